@@ -1,0 +1,49 @@
+# The README's two fresh-machine commands: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+
+.PHONY: setup system-deps demo test lint format clean
+
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else \
+		echo "not root or no apt-get: make sure these are installed: $(APT_PACKAGES)"; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+setup: system-deps $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+
+# The main job on the fake camera: a sender, and a receiver recording a 5 s clip into
+# out/. In a terminal the sender keeps serving its browser page until Ctrl-C.
+export WAIT_READY := import sys, time, urllib.request\nfor _ in range(150):\n    try:\n        urllib.request.urlopen(sys.argv[1], timeout=1); sys.exit(0)\n    except OSError:\n        time.sleep(0.2)\nsys.exit("the sender did not start")
+demo: setup
+	@mkdir -p out
+	@$(BIN)/webcam-sender --source testsrc --port $(PORT) & sender=$$!; \
+	trap 'kill $$sender 2>/dev/null; wait $$sender' EXIT INT TERM; \
+	$(BIN)/python -c "$$(printf "$$WAIT_READY")" http://127.0.0.1:$(PORT)/healthz || exit 1; \
+	$(BIN)/webcam-receiver http://127.0.0.1:$(PORT) --duration 5 --record out/demo.mkv \
+		--snapshots out/snapshots --snapshot-every 50 --stats-json out/demo-stats.json || exit 1; \
+	echo "recorded out/demo.mkv, snapshots in out/snapshots, summary in out/demo-stats.json"; \
+	if [ -t 0 ]; then echo "browser page: http://127.0.0.1:$(PORT)/ (Ctrl-C stops the sender)"; wait $$sender; fi
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint:
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,1 @@
+"""What the sender and the receiver share: ICE and codec configuration, the frame stamp, logging."""

@@ -1,0 +1,71 @@
+"""What both command-line tools share: one-line errors and signal-driven shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
+
+
+class CliError(Exception):
+    """A failure the user can act on; printed as one line, exit code ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(prog: str, exc: CliError) -> int:
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return exc.code
+
+
+def size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` for argparse."""
+    match = re.fullmatch(r"(\d+)[xX](\d+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}")
+    width, height = int(match[1]), int(match[2])
+    if width % 2 or height % 2 or not width or not height:
+        raise argparse.ArgumentTypeError(f"width and height must be even and positive: {text!r}")
+    return width, height
+
+
+def positive(kind: Callable[[str], N]) -> Callable[[str], N]:
+    """An argparse type for positive numbers of ``kind`` (int or float)."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT/SIGTERM instead of raising inside whatever is running."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # Windows: KeyboardInterrupt instead
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,112 @@
+"""The receiving peer: offer, answer, and decoded frames for the caller.
+
+async with Receiver("http://127.0.0.1:8080") as rx:
+    async for frame in rx.frames():  # av.VideoFrame, decoded
+        img = frame.to_ndarray(format="bgr24")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
+
+from common.ice import rtc_configuration
+
+from .signalling import SignallingError, exchange_json
+from .stats import FrameStats
+
+logger = logging.getLogger(__name__)
+
+
+class ReceiverError(Exception):
+    """Connecting or receiving failed; the message is one line for the user."""
+
+
+class Receiver:
+    """A connection to one sender. Owns its peer connection; ``close()`` ends it."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ice_servers: Iterable[str] = (),
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.stats = FrameStats()
+        self._configuration = rtc_configuration(ice_servers)
+        self._pc: RTCPeerConnection | None = None
+        self._track: asyncio.Future[MediaStreamTrack] | None = None
+        self._first: av.VideoFrame | None = None
+
+    async def connect(self) -> None:
+        """Negotiate, then wait for the first decoded frame (``connect_timeout``)."""
+        loop = asyncio.get_running_loop()
+        self._pc = pc = RTCPeerConnection(self._configuration)
+        self._track = track = loop.create_future()
+
+        @pc.on("track")
+        def _on_track(remote: MediaStreamTrack) -> None:
+            if remote.kind == "video" and not track.done():
+                track.set_result(remote)
+
+        pc.addTransceiver("video", direction="recvonly")
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await pc.setLocalDescription(await pc.createOffer())
+                answer = await exchange_json(self.url, pc.localDescription)
+                await pc.setRemoteDescription(answer)
+                self._first = await (await track).recv()
+        except SignallingError as exc:
+            await self.close()
+            raise ReceiverError(str(exc)) from None
+        except TimeoutError:
+            await self.close()
+            raise ReceiverError(
+                f"no video from {self.url} within {self.connect_timeout:g} s"
+            ) from None
+        except MediaStreamError:
+            await self.close()
+            raise ReceiverError(f"{self.url} closed the connection before any video") from None
+        except ValueError as exc:  # an answer aiortc cannot apply
+            await self.close()
+            raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
+        logger.info("receiving from %s", self.url)
+
+    async def frames(self) -> AsyncIterator[av.VideoFrame]:
+        """Decoded frames until the connection ends or the receiver is closed."""
+        if self._track is None:
+            raise ReceiverError("not connected: use 'async with Receiver(...)' or connect()")
+        track = self._track.result()
+        while True:
+            if self._first is not None:
+                frame, self._first = self._first, None
+            else:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+            self.stats.update(frame)
+            yield frame
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState if self._pc else "closed"
+
+    async def close(self) -> None:
+        if self._pc is not None:
+            pc, self._pc = self._pc, None
+            await pc.close()
+
+    async def __aenter__(self) -> Receiver:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,115 @@
+"""What the receiver measures: frame rate, size, and, when the stamp is present,
+capture-to-decoded latency and missing sequence numbers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from common import stamp
+
+# A decoded stamp cell is near black or near white. A picture with more cells in
+# between than an encoder's smoothing explains carries no stamp. (VP8 can blur a
+# cell that straddles a 16x16 macroblock edge when the cell size is not a multiple of 16.)
+_DARK, _LIGHT = 64, 192
+_MAX_UNCLEAR_CELLS = 2
+
+
+def read_stamp(frame: av.VideoFrame) -> stamp.Stamp | None:
+    """The stamp of a decoded yuv420p frame, or None when the picture carries none."""
+    if frame.width < stamp.MIN_WIDTH or frame.format.name not in ("yuv420p", "yuvj420p"):
+        return None
+    s = stamp.cell_size(frame.width)
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8, count=plane.line_size * 2 * s)
+    luma = rows.reshape(2 * s, plane.line_size)[:, : frame.width]
+    centres = luma[s // 2 :: s][:2, s // 2 : stamp.BITS * s : s]
+    if np.count_nonzero((centres > _DARK) & (centres < _LIGHT)) > _MAX_UNCLEAR_CELLS:
+        return None
+    return stamp.read(luma)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+@dataclass
+class FrameStats:
+    """Running counters, updated once per decoded frame."""
+
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    dropped: int = 0
+    stamped: int = 0
+    first_at: float | None = None
+    last_at: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    last_sequence: int | None = None
+    _window: list[float] = field(default_factory=list)
+
+    def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
+        now = time.monotonic()
+        self.frames += 1
+        self.first_at = self.first_at if self.first_at is not None else now
+        self.last_at = now
+        self.width, self.height = frame.width, frame.height
+        self._window.append(now)
+        found = read_stamp(frame)
+        if found is not None:
+            self.stamped += 1
+            self.latencies_ms.append(stamp.age_us(found) / 1000)
+            last = self.last_sequence
+            if last is None or found.sequence > last:
+                if last is not None:
+                    self.dropped += found.sequence - last - 1
+                self.last_sequence = found.sequence
+        return found
+
+    @property
+    def seconds(self) -> float:
+        if self.first_at is None or self.last_at is None:
+            return 0.0
+        return self.last_at - self.first_at
+
+    @property
+    def fps(self) -> float:
+        return (self.frames - 1) / self.seconds if self.frames > 1 and self.seconds > 0 else 0.0
+
+    def recent_fps(self, window: float = 1.0) -> float:
+        cutoff = time.monotonic() - window
+        self._window = [t for t in self._window if t >= cutoff]
+        return len(self._window) / window
+
+    def status_line(self) -> str:
+        parts = [f"frames {self.frames}", f"fps {self.recent_fps():.1f}"]
+        if self.width:
+            parts.append(f"{self.width}x{self.height}")
+        recent = self.latencies_ms[-30:]
+        if recent:
+            parts.append(
+                f"latency p50 {percentile(recent, 50):.0f} ms p95 {percentile(recent, 95):.0f} ms"
+            )
+            parts.append(f"dropped {self.dropped}")
+        return "  ".join(parts)
+
+    def summary(self) -> dict[str, object]:
+        result: dict[str, object] = {
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "width": self.width,
+            "height": self.height,
+            "stamped_frames": self.stamped,
+            "dropped": self.dropped if self.stamped else None,
+            "latency_ms": None,
+        }
+        if self.latencies_ms:
+            result["latency_ms"] = {
+                "p50": round(percentile(self.latencies_ms, 50), 2),
+                "p95": round(percentile(self.latencies_ms, 95), 2),
+            }
+        return result

@@ -1,0 +1,93 @@
+"""The sender's aiohttp application: routes, and the resources that live as long as it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+
+from aiohttp import web
+
+from common.ice import rtc_configuration
+
+from . import signalling, sources
+from .fanout import SharedSource
+from .sessions import Sessions
+from .signalling import SESSIONS
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    source: sources.SourceSpec = field(default_factory=lambda: sources.SourceSpec("testsrc"))
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    codec: str = "vp8"
+    ice_servers: tuple[str, ...] = ()
+    max_viewers: int = 16
+    idle_close: float = 1.0
+
+
+CONFIG = web.AppKey("config", SenderConfig)
+SOURCE = web.AppKey("source", SharedSource)
+
+
+async def media(app: web.Application) -> AsyncIterator[None]:
+    """The shared source and the session registry: made at start-up, closed at shutdown."""
+    config = app[CONFIG]
+
+    async def open_camera() -> sources.Source:
+        return await sources.open_source(config.source, config.width, config.height, config.fps)
+
+    async with (
+        SharedSource(open_camera, idle_close=config.idle_close) as source,
+        Sessions(
+            source, rtc_configuration(config.ice_servers), config.codec, config.max_viewers
+        ) as sessions,
+    ):
+        app[SOURCE] = source
+        app[SESSIONS] = sessions
+        yield
+    # Leaving the blocks closed every peer connection first, then the camera.
+
+
+def _static(name: str, content_type: str) -> web.Response:
+    text = resources.files("sender").joinpath("static", name).read_text(encoding="utf-8")
+    return web.Response(text=text, content_type=content_type)
+
+
+async def index(request: web.Request) -> web.Response:
+    return _static("index.html", "text/html")
+
+
+async def client_js(request: web.Request) -> web.Response:
+    return _static("client.js", "application/javascript")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    source = request.app[SOURCE]
+    return web.json_response(
+        {
+            "status": "ok",
+            "viewers": len(request.app[SESSIONS]),
+            "source_open": source.is_open,
+            "source_opens": source.opens,
+            "source": request.app[CONFIG].source.describe(),
+        }
+    )
+
+
+def create_app(config: SenderConfig) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app.cleanup_ctx.append(media)
+    app.router.add_get("/", index)
+    app.router.add_get("/client.js", client_js)
+    app.router.add_get("/healthz", healthz)
+    signalling.add_routes(app)
+    return app

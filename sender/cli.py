@@ -1,0 +1,109 @@
+"""``webcam-sender``: publish a camera (or the fake camera) over WebRTC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from aiohttp import web
+
+from common.cli import CliError, fail, positive, size, stop_on_signals
+from common.codecs import CODECS
+from common.ice import parse_ice_server
+from common.logs import setup_logging
+
+from . import sources
+from .app import SenderConfig, create_app
+
+logger = logging.getLogger(__name__)
+PROG = "webcam-sender"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--source",
+        default="auto",
+        help="auto (default camera, else the fake camera), testsrc, /dev/videoN, "
+        "avfoundation:NAME, dshow:NAME, or a video file (looped)",
+    )
+    parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
+    parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
+    parser.add_argument("--codec", choices=CODECS, default="vp8", help="preferred video codec")
+    parser.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="stun:HOST:PORT or turn:USER:PASS@HOST:PORT (repeatable; default none: host candidates only)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port to serve on (8080)")
+    parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    width, height = args.size
+    for url in args.ice_server:
+        try:
+            parse_ice_server(url)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    try:
+        spec = await sources.choose(args.source, width, height, args.fps)
+    except (sources.SourceError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    config = SenderConfig(
+        source=spec,
+        width=width,
+        height=height,
+        fps=args.fps,
+        codec=args.codec,
+        ice_servers=tuple(args.ice_server),
+        max_viewers=args.max_viewers,
+    )
+    runner = web.AppRunner(
+        create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(
+                f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}"
+            ) from None
+        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+        port = runner.addresses[0][1] if args.port == 0 else args.port
+        print(f"{PROG}: serving {spec.describe()} on http://{shown}:{port}/", flush=True)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            await stop.wait()
+        logger.info("shutting down")
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return asyncio.run(serve(args))
+    except CliError as exc:
+        return fail(PROG, exc)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

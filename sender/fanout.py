@@ -1,0 +1,146 @@
+"""One camera, many viewers.
+
+The source is opened when the first viewer subscribes, read by one capture task, and
+each frame is offered to every viewer's track. It is closed shortly after the last
+viewer leaves, so a viewer arriving right after another left does not reopen it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .sources import Source, SourceError
+
+logger = logging.getLogger(__name__)
+
+IDLE_CLOSE_SECONDS = 1.0
+
+
+class ViewerTrack(MediaStreamTrack):
+    """A viewer's view of the shared source: always the newest frame, never a backlog."""
+
+    kind = "video"
+
+    def __init__(self, owner: SharedSource) -> None:
+        super().__init__()
+        self._owner = owner
+        self._queue: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue(maxsize=1)
+        self.dropped = 0
+
+    def offer(self, frame: av.VideoFrame | None) -> None:
+        """Hand over a frame, replacing one the viewer has not taken yet."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(frame)
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._queue.get()
+        if frame is None:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self._owner.unsubscribe(self)
+        super().stop()
+
+
+class SharedSource:
+    """Owns the capture: opens it for the first viewer, closes it after the last."""
+
+    def __init__(
+        self,
+        opener: Callable[[], Awaitable[Source]],
+        idle_close: float = IDLE_CLOSE_SECONDS,
+    ) -> None:
+        self._opener = opener
+        self._idle_close = idle_close
+        self._viewers: set[ViewerTrack] = set()
+        self._capture: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.opens = 0  # how many times the device was opened (tests and /healthz)
+        self.is_open = False
+        self.frames_captured = 0
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    def subscribe(self) -> ViewerTrack:
+        track = ViewerTrack(self)
+        self._viewers.add(track)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._capture is None or self._capture.done():
+            self._capture = asyncio.create_task(self._run(), name="capture")
+        return track
+
+    def unsubscribe(self, track: ViewerTrack) -> None:
+        self._viewers.discard(track)
+        if not self._viewers and self._capture is not None and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(
+                self._idle_close, self._stop_capture
+            )
+
+    def _stop_capture(self) -> None:
+        self._idle_timer = None
+        if not self._viewers and self._capture is not None:
+            self._capture.cancel()
+
+    async def _run(self) -> None:
+        try:
+            source = await self._opener()
+        except SourceError as exc:
+            logger.error("%s", exc)
+            self._end_viewers()
+            return
+        self.opens += 1
+        self.is_open = True
+        try:
+            while True:
+                frame = await source.read()
+                self.frames_captured += 1
+                for viewer in list(self._viewers):
+                    viewer.offer(frame)
+        except SourceError as exc:
+            logger.error("%s", exc)
+            self._end_viewers()
+        finally:
+            self.is_open = False
+            # Shielded so that a cancelled capture still releases the device.
+            await asyncio.shield(source.close())
+            logger.info("camera closed")
+
+    def _end_viewers(self) -> None:
+        for viewer in list(self._viewers):
+            viewer.offer(None)
+
+    async def close(self) -> None:
+        """Stop capturing and release the device now, whoever is still watching."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._end_viewers()
+        self._viewers.clear()
+        if self._capture is not None:
+            self._capture.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._capture
+            self._capture = None
+
+    async def __aenter__(self) -> SharedSource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

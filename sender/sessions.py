@@ -1,0 +1,159 @@
+"""Viewer sessions: one peer connection per viewer, owned by the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import SessionDescription
+
+from common.codecs import prefer_codec
+
+from .fanout import SharedSource
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+class OfferError(ValueError):
+    """An offer we refuse; the message is safe to send back to the client."""
+
+
+class CapacityError(RuntimeError):
+    """Every viewer slot is taken."""
+
+
+def check_offer(sdp: str) -> None:
+    """Refuse offers aiortc cannot parse or that do not ask to receive video."""
+    if not sdp.strip():
+        raise OfferError("empty SDP")
+    if not sdp.lstrip().startswith("v=0"):
+        raise OfferError("cannot parse SDP: it must start with v=0")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises whatever its parser hits
+        raise OfferError(f"cannot parse SDP: {exc or type(exc).__name__}") from None
+    video = [m for m in description.media if m.kind == "video"]
+    if not video:
+        raise OfferError("the offer has no video section")
+    if not any(m.direction in ("recvonly", "sendrecv") for m in video):
+        raise OfferError("the offer does not ask to receive video (needs recvonly or sendrecv)")
+
+
+class Session:
+    """A viewer: its peer connection and its subscription to the source."""
+
+    def __init__(self, registry: Sessions, pc: RTCPeerConnection, remote: str) -> None:
+        self.id = secrets.token_urlsafe(16)  # 128 random bits
+        self.pc = pc
+        self.remote = remote
+        self.started = time.monotonic()
+        self.joined = False
+        self._registry = registry
+        self._closing: asyncio.Task[None] | None = None
+        self._timeout = asyncio.get_running_loop().call_later(
+            CONNECT_TIMEOUT_SECONDS, self.close_soon, "ICE did not connect in time"
+        )
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            state = pc.connectionState
+            logger.debug("session %s connection %s", self.id, state)
+            if state == "connected":
+                self._timeout.cancel()
+            elif state in ("failed", "closed"):
+                self.close_soon("connection " + state)
+
+    def close_soon(self, reason: str) -> None:
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close(reason), name=f"close {self.id}")
+
+    async def close(self, reason: str = "closed by server") -> None:
+        self.close_soon(reason)
+        assert self._closing is not None
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
+        self._timeout.cancel()
+        await self.pc.close()  # stops the sender, which stops (unsubscribes) its track
+        self._registry._forget(self)
+        if not self.joined:
+            return
+        logger.info(
+            "viewer left: session %s from %s after %.1f s (%s)",
+            self.id,
+            self.remote,
+            time.monotonic() - self.started,
+            reason,
+        )
+
+
+class Sessions:
+    """Every live viewer session; the only place peer connections are created."""
+
+    def __init__(
+        self,
+        source: SharedSource,
+        configuration: RTCConfiguration,
+        codec: str = "vp8",
+        max_viewers: int = 16,
+    ) -> None:
+        self._source = source
+        self._configuration = configuration
+        self._codec = codec
+        self._max_viewers = max_viewers
+        self._sessions: dict[str, Session] = {}
+        self.started = 0
+        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    async def open(self, offer_sdp: str, remote: str) -> tuple[Session, RTCSessionDescription]:
+        """Answer a viewer's offer; raises OfferError or CapacityError."""
+        check_offer(offer_sdp)
+        if len(self._sessions) >= self._max_viewers:
+            raise CapacityError(f"all {self._max_viewers} viewer slots are taken")
+        pc = RTCPeerConnection(self._configuration)
+        session = Session(self, pc, remote)
+        self._sessions[session.id] = session
+        try:
+            transceiver = pc.addTransceiver("video", direction="sendonly")
+            prefer_codec(transceiver, self._codec)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            if transceiver.mid is None:
+                raise OfferError("the offer's video section cannot be answered")
+            transceiver.sender.replaceTrack(self._source.subscribe())
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            self.failed += 1
+            await session.close("offer refused")
+            if isinstance(exc, OfferError):
+                raise
+            raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from None
+        self.started += 1
+        session.joined = True
+        logger.info("viewer joined: session %s from %s", session.id, remote)
+        return session, pc.localDescription
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.id, None)
+
+    async def close(self) -> None:
+        """Close every session (shutdown)."""
+        await asyncio.gather(
+            *(s.close("server shutting down") for s in list(self._sessions.values()))
+        )
+
+    async def __aenter__(self) -> Sessions:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

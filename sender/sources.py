@@ -1,0 +1,286 @@
+"""Video sources: the fake camera, capture devices and looped video files.
+
+Every source hands out ``yuv420p`` frames at the configured size, converted once
+here: several viewers' encoders share each frame, and concurrent ``reformat()`` calls
+on one frame crash libswscale (seen with aiortc 1.16 / PyAV 18).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import os
+import platform
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from common import stamp
+
+logger = logging.getLogger(__name__)
+
+PIXEL_FORMAT = "yuv420p"
+VIDEO_CLOCK_RATE = 90000
+TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+
+
+class SourceError(Exception):
+    """A source that cannot be opened or read; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """What ``--source`` names, resolved: how to open it, not yet opened."""
+
+    kind: str  # "testsrc", "device" or "file"
+    url: str = ""
+    format: str | None = None
+
+    def describe(self) -> str:
+        return "fake camera (testsrc)" if self.kind == "testsrc" else f"{self.kind} {self.url}"
+
+
+class Source(ABC):
+    """One opened capture. ``read()`` paces itself to the source's frame rate."""
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self._started = time.monotonic()
+
+    async def open(self) -> None:
+        """Acquire the device or file; the fake camera has nothing to acquire."""
+
+    @abstractmethod
+    async def read(self) -> av.VideoFrame: ...
+
+    async def close(self) -> None:
+        """Release the device or file."""
+
+    async def __aenter__(self) -> Source:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _stamp_time(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """Give ``frame`` a 90 kHz presentation time from the capture clock."""
+        frame.pts = int((time.monotonic() - self._started) * VIDEO_CLOCK_RATE)
+        frame.time_base = TIME_BASE
+        return frame
+
+
+class TestPattern(Source):
+    """The fake camera: a moving pattern (so encoders do real work) and the frame stamp."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        super().__init__(width, height, fps)
+        stamp.cell_size(width)  # fails early on widths the stamp cannot carry
+        x = np.arange(width * 2, dtype=np.uint32)
+        y = np.arange(height, dtype=np.uint32)
+        # Diagonal bands in luma, scrolled each frame; slow colour gradients in chroma.
+        self._luma = ((x[None, :] + y[:, None]) * 2 % 256).astype(np.uint8)
+        cw, ch = width // 2, height // 2
+        self._chroma = np.concatenate(
+            [
+                np.tile(64 + np.arange(cw * 2, dtype=np.uint32) * 128 // (cw * 2), (ch, 1)),
+                np.tile(64 + np.arange(ch, dtype=np.uint32)[:, None] * 128 // ch, (1, cw * 2)),
+            ]
+        ).astype(np.uint8)
+        self._sequence = 0
+
+    async def read(self) -> av.VideoFrame:
+        due = self._started + self._sequence / self.fps
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -1.0:  # fell far behind (suspended, overloaded): do not burst
+            self._started = time.monotonic() - self._sequence / self.fps
+        frame = self._draw(self._sequence)
+        self._sequence += 1
+        return frame
+
+    def _draw(self, sequence: int) -> av.VideoFrame:
+        w, h = self.width, self.height
+        cw, ch = w // 2, h // 2
+        image = np.empty(w * h + 2 * cw * ch, dtype=np.uint8)
+        luma = image[: w * h].reshape(h, w)
+        shift = (sequence * 4) % w
+        luma[:] = self._luma[:, shift : shift + w]
+        box = h // 4
+        left = (sequence * 6) % max(1, w - box)
+        luma[h // 2 : h // 2 + box, left : left + box] = 235
+        chroma = image[w * h :].reshape(2, ch, cw)
+        offset = sequence % cw
+        chroma[0] = self._chroma[:ch, offset : offset + cw]
+        chroma[1] = self._chroma[ch:, offset : offset + cw]
+        # Neutral chroma under the stamp, so its cells are true white and black.
+        chroma[:, : stamp.cell_size(w)] = 128
+        stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
+        frame = av.VideoFrame.from_ndarray(image.reshape(-1, w), format=PIXEL_FORMAT)
+        return self._stamp_time(frame)
+
+
+class AvSource(Source):
+    """A capture device or a video file opened with PyAV; files loop at their own pace."""
+
+    def __init__(self, spec: SourceSpec, width: int, height: int, fps: float) -> None:
+        super().__init__(width, height, fps)
+        self._spec = spec
+        self._loop = spec.kind == "file"
+        self._container: av.container.InputContainer | None = None
+        self._frames = None
+        self._file_clock: tuple[float, float] | None = None  # (wall start, first pts seconds)
+
+    def _options(self) -> dict[str, str]:
+        if self._spec.kind != "device":
+            return {}
+        return {"video_size": f"{self.width}x{self.height}", "framerate": f"{self.fps:g}"}
+
+    def _open(self) -> None:
+        try:
+            self._container = av.open(
+                self._spec.url, format=self._spec.format, options=self._options(), timeout=5
+            )
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open {self._spec.describe()}: {_reason(exc)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise SourceError(f"{self._spec.describe()} has no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        self._frames = self._container.decode(stream)
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._open)
+
+    def _next(self) -> av.VideoFrame:
+        assert self._container is not None
+        while True:
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                if not self._loop:
+                    raise SourceError(f"{self._spec.describe()} ended") from None
+                self._container.seek(0)
+                self._frames = self._container.decode(self._container.streams.video[0])
+                self._file_clock = None
+                continue
+            except av.FFmpegError as exc:
+                raise SourceError(
+                    f"reading {self._spec.describe()} failed: {_reason(exc)}"
+                ) from None
+            return frame
+
+    async def read(self) -> av.VideoFrame:
+        frame = await asyncio.to_thread(self._next)
+        if self._loop and frame.pts is not None and frame.time_base is not None:
+            await self._pace(float(frame.pts * frame.time_base))
+        converted = frame.reformat(width=self.width, height=self.height, format=PIXEL_FORMAT)
+        return self._stamp_time(converted)
+
+    async def _pace(self, media_seconds: float) -> None:
+        """Files decode faster than real time: hold each frame until its presentation time."""
+        if self._file_clock is None:
+            self._file_clock = (time.monotonic(), media_seconds)
+        wall_start, media_start = self._file_clock
+        delay = wall_start + (media_seconds - media_start) - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self._container is not None:
+            container, self._container = self._container, None
+            await asyncio.to_thread(container.close)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return " ".join(str(text).split())
+
+
+def default_camera() -> SourceSpec | None:
+    """The platform's default camera, if the platform has an obvious one."""
+    system = platform.system()
+    if system == "Linux":
+        return (
+            SourceSpec("device", "/dev/video0", "v4l2") if os.path.exists("/dev/video0") else None
+        )
+    if system == "Darwin":
+        return SourceSpec("device", "default:none", "avfoundation")
+    if system == "Windows":
+        return SourceSpec("device", "video=Integrated Camera", "dshow")
+    return None
+
+
+def resolve(source: str) -> SourceSpec:
+    """Turn ``--source`` into a spec, without opening anything.
+
+    ``testsrc``; ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
+    ``v4l2:PATH``; otherwise a video file path (or a URL PyAV can open).
+    """
+    if source == "testsrc":
+        return SourceSpec("testsrc")
+    if source == "auto":
+        raise ValueError("resolve 'auto' with open_default() instead")
+    prefix, sep, rest = source.partition(":")
+    if sep and prefix in ("avfoundation", "dshow", "v4l2") and rest:
+        return SourceSpec("device", rest, prefix)
+    if source.startswith("/dev/video"):
+        if not os.path.exists(source):
+            raise SourceError(f"no such camera: {source}")
+        return SourceSpec("device", source, "v4l2")
+    if "://" not in source and not os.path.isfile(source):
+        raise SourceError(f"no such camera or video file: {source}")
+    return SourceSpec("file", source)
+
+
+def create(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
+    if spec.kind == "testsrc":
+        return TestPattern(width, height, fps)
+    return AvSource(spec, width, height, fps)
+
+
+async def open_source(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
+    source = create(spec, width, height, fps)
+    await source.open()
+    logger.info("camera opened: %s %dx%d@%g", spec.describe(), width, height, fps)
+    return source
+
+
+async def probe(spec: SourceSpec, width: int, height: int, fps: float) -> None:
+    """Open and close a source once at start-up, so a missing or busy device fails early."""
+    source = await open_source(spec, width, height, fps)
+    try:
+        await source.read()
+    finally:
+        await source.close()
+        logger.info("camera closed: %s (start-up check)", spec.describe())
+
+
+async def choose(name: str, width: int, height: int, fps: float) -> SourceSpec:
+    """Resolve ``--source`` and check that it opens; ``auto`` falls back to the fake camera."""
+    if name == "auto":
+        camera = default_camera()
+        if camera is not None:
+            try:
+                await probe(camera, width, height, fps)
+                return camera
+            except SourceError as exc:
+                logger.warning("%s; using the fake camera (testsrc)", exc)
+        else:
+            logger.warning("no camera found; using the fake camera (testsrc)")
+        return SourceSpec("testsrc")
+    spec = resolve(name)
+    if spec.kind == "testsrc":
+        stamp.cell_size(width)
+        return spec
+    await probe(spec, width, height, fps)
+    return spec
