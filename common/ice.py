@@ -33,3 +33,12 @@ def parse_ice_server(url: str) -> RTCIceServer:
 def rtc_configuration(urls: Iterable[str] = ()) -> RTCConfiguration:
     """An RTCConfiguration with exactly these servers (none means host candidates only)."""
     return RTCConfiguration(iceServers=[parse_ice_server(url) for url in urls])
+
+
+def link_header(server: RTCIceServer) -> str:
+    """A WHEP/WHIP ``Link: <uri>; rel="ice-server"`` value (RFC 9725 section 4.6)."""
+    value = f'<{server.urls}>; rel="ice-server"'
+    if server.username is not None:
+        value += f'; username="{server.username}"; credential="{server.credential or ""}"'
+        value += '; credential-type="password"'
+    return value

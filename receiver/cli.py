@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -16,16 +17,35 @@ from common.ice import parse_ice_server
 from common.logs import setup_logging
 
 from .client import Receiver, ReceiverError
+from .signalling import SIGNALLING, SignallingError, tls_context
 from .sinks import DisplaySink, RecordSink, Sink, SinkError, SnapshotSink
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
 PROG = "webcam-receiver"
+TOKEN_ENV = "WEBCAM_RECEIVER_TOKEN"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument("url", help="the sender's URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument(
+        "url", help="the sender's URL (http://127.0.0.1:8080) or any WHEP endpoint URL"
+    )
+    parser.add_argument(
+        "--signalling",
+        choices=SIGNALLING,
+        default="whep",
+        help="whep (default: POST /whep) or json (the tutorial's POST /offer)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"bearer token the sender requires (or set {TOKEN_ENV})",
+    )
+    parser.add_argument("--cafile", metavar="FILE", help="trust this CA for an HTTPS sender")
+    parser.add_argument(
+        "--insecure", action="store_true", help="do not verify the sender's HTTPS certificate"
+    )
     parser.add_argument("--display", action="store_true", help="show the picture in a window")
     parser.add_argument(
         "--record", metavar="FILE", help="record to a video file (.mkv, .mp4, .webm)"
@@ -90,7 +110,21 @@ async def run(args: argparse.Namespace) -> int:
         sinks = make_sinks(args)
     except SinkError as exc:
         raise CliError(str(exc)) from None
-    rx = Receiver(args.url, ice_servers=args.ice_server, connect_timeout=args.connect_timeout)
+    try:
+        tls = tls_context(args.cafile, args.insecure)
+    except SignallingError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        rx = Receiver(
+            args.url,
+            ice_servers=args.ice_server,
+            connect_timeout=args.connect_timeout,
+            signalling=args.signalling,
+            token=args.token,
+            tls=tls,
+        )
+    except ReceiverError as exc:
+        raise CliError(str(exc)) from None
     stop = asyncio.Event()
     status = None
     try:

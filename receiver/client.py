@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator, Iterable
 
 import av
@@ -17,7 +18,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from common.ice import rtc_configuration
 
-from .signalling import SignallingError, exchange_json
+from .signalling import Signalling, SignallingError
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,18 @@ class Receiver:
         *,
         ice_servers: Iterable[str] = (),
         connect_timeout: float = 10.0,
+        signalling: str = "whep",
+        token: str | None = None,
+        tls: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
         self.stats = FrameStats()
         self._configuration = rtc_configuration(ice_servers)
+        try:
+            self._signalling = Signalling(url, signalling, token=token, tls=tls)
+        except SignallingError as exc:
+            raise ReceiverError(str(exc)) from None
         self._pc: RTCPeerConnection | None = None
         self._track: asyncio.Future[MediaStreamTrack] | None = None
         self._first: av.VideoFrame | None = None
@@ -60,7 +68,7 @@ class Receiver:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await pc.setLocalDescription(await pc.createOffer())
-                answer = await exchange_json(self.url, pc.localDescription)
+                answer = await self._signalling.exchange(pc.localDescription)
                 await pc.setRemoteDescription(answer)
                 self._first = await (await track).recv()
         except SignallingError as exc:
@@ -100,9 +108,11 @@ class Receiver:
         return self._pc.connectionState if self._pc else "closed"
 
     async def close(self) -> None:
+        """Close the peer connection and end the signalling session (WHEP DELETE)."""
         if self._pc is not None:
             pc, self._pc = self._pc, None
             await pc.close()
+        await self._signalling.close()
 
     async def __aenter__(self) -> Receiver:
         await self.connect()

@@ -9,12 +9,13 @@ from importlib import resources
 
 from aiohttp import web
 
-from common.ice import rtc_configuration
+from common.ice import link_header, parse_ice_server, rtc_configuration
 
 from . import signalling, sources
+from .access import ACCESS, AccessPolicy, access_control
 from .fanout import SharedSource
 from .sessions import Sessions
-from .signalling import SESSIONS
+from .signalling import ICE_LINKS, SESSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,9 @@ class SenderConfig:
     ice_servers: tuple[str, ...] = ()
     max_viewers: int = 16
     idle_close: float = 1.0
+    connect_timeout: float = 30.0  # a viewer whose ICE has not connected by then is dropped
+    token: str | None = field(default=None, repr=False)  # never logged
+    allowed_origins: tuple[str, ...] = ()
 
 
 CONFIG = web.AppKey("config", SenderConfig)
@@ -47,7 +51,11 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     async with (
         SharedSource(open_camera, idle_close=config.idle_close) as source,
         Sessions(
-            source, rtc_configuration(config.ice_servers), config.codec, config.max_viewers
+            source,
+            rtc_configuration(config.ice_servers),
+            config.codec,
+            config.max_viewers,
+            config.connect_timeout,
         ) as sessions,
     ):
         app[SOURCE] = source
@@ -83,8 +91,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: SenderConfig) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[access_control])
     app[CONFIG] = config
+    app[ACCESS] = AccessPolicy(config.token, frozenset(config.allowed_origins))
+    app[ICE_LINKS] = [link_header(parse_ice_server(url)) for url in config.ice_servers]
     app.cleanup_ctx.append(media)
     app.router.add_get("/", index)
     app.router.add_get("/client.js", client_js)

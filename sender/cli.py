@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import ssl
 import sys
 
 from aiohttp import web
@@ -19,6 +21,7 @@ from .app import SenderConfig, create_app
 
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
+TOKEN_ENV = "WEBCAM_SENDER_TOKEN"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,13 +48,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (8080)")
     parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
     parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        help=f"require 'Authorization: Bearer TOKEN' for signalling (or set {TOKEN_ENV})",
+    )
+    parser.add_argument("--cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let pages from ORIGIN (e.g. https://example.org) call the sender (repeatable)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
     )
     return parser.parse_args(argv)
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.cert and not args.key:
+        return None
+    if not (args.cert and args.key):
+        raise CliError("--cert and --key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.cert, args.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(
+            f"cannot load --cert/--key: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return context
+
+
 async def serve(args: argparse.Namespace) -> int:
     width, height = args.size
+    tls = tls_context(args)
     for url in args.ice_server:
         try:
             parse_ice_server(url)
@@ -69,13 +102,15 @@ async def serve(args: argparse.Namespace) -> int:
         codec=args.codec,
         ice_servers=tuple(args.ice_server),
         max_viewers=args.max_viewers,
+        token=args.token,
+        allowed_origins=tuple(args.allow_origin),
     )
     runner = web.AppRunner(
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, args.host, args.port)
+        site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
         try:
             await site.start()
         except OSError as exc:
@@ -84,7 +119,8 @@ async def serve(args: argparse.Namespace) -> int:
             ) from None
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         port = runner.addresses[0][1] if args.port == 0 else args.port
-        print(f"{PROG}: serving {spec.describe()} on http://{shown}:{port}/", flush=True)
+        scheme = "https" if tls else "http"
+        print(f"{PROG}: serving {spec.describe()} on {scheme}://{shown}:{port}/", flush=True)
         stop = asyncio.Event()
         with stop_on_signals(stop):
             await stop.wait()

@@ -44,19 +44,34 @@ def check_offer(sdp: str) -> None:
         raise OfferError("the offer does not ask to receive video (needs recvonly or sendrecv)")
 
 
+def _ice_ufrag(sdp: str) -> str | None:
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 class Session:
     """A viewer: its peer connection and its subscription to the source."""
 
-    def __init__(self, registry: Sessions, pc: RTCPeerConnection, remote: str) -> None:
+    def __init__(
+        self,
+        registry: Sessions,
+        pc: RTCPeerConnection,
+        remote: str,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+    ) -> None:
         self.id = secrets.token_urlsafe(16)  # 128 random bits
         self.pc = pc
         self.remote = remote
         self.started = time.monotonic()
         self.joined = False
+        self.etag = secrets.token_hex(8)
+        self.remote_ufrag: str | None = None
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
         self._timeout = asyncio.get_running_loop().call_later(
-            CONNECT_TIMEOUT_SECONDS, self.close_soon, "ICE did not connect in time"
+            connect_timeout, self.close_soon, "ICE did not connect in time"
         )
 
         @pc.on("connectionstatechange")
@@ -101,8 +116,10 @@ class Sessions:
         configuration: RTCConfiguration,
         codec: str = "vp8",
         max_viewers: int = 16,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
     ) -> None:
         self._source = source
+        self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec
         self._max_viewers = max_viewers
@@ -122,7 +139,7 @@ class Sessions:
         if len(self._sessions) >= self._max_viewers:
             raise CapacityError(f"all {self._max_viewers} viewer slots are taken")
         pc = RTCPeerConnection(self._configuration)
-        session = Session(self, pc, remote)
+        session = Session(self, pc, remote, self._connect_timeout)
         self._sessions[session.id] = session
         try:
             transceiver = pc.addTransceiver("video", direction="sendonly")
@@ -130,6 +147,7 @@ class Sessions:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
+            session.remote_ufrag = _ice_ufrag(offer_sdp)
             transceiver.sender.replaceTrack(self._source.subscribe())
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:

@@ -1,4 +1,9 @@
-"""HTTP signalling: the JSON ``/offer`` endpoint the browser page and the tutorial use."""
+"""HTTP signalling: WHEP (draft-ietf-wish-whep) and the tutorial's JSON ``/offer``.
+
+WHEP: ``POST /whep`` (application/sdp offer) creates a session and answers 201 with the
+SDP answer and the session URL in ``Location``; ``PATCH`` on it trickles candidates;
+``DELETE`` ends it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,20 @@ import json
 import logging
 
 from aiohttp import web
+from aiortc.sdp import candidate_from_sdp
 
-from .sessions import CapacityError, OfferError, Sessions
+from .sessions import CapacityError, OfferError, Session, Sessions
 
 logger = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", Sessions)
+ICE_LINKS = web.AppKey("ice_links", list)  # Link header values advertising ICE servers
+
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+WHEP_PATH = "/whep"
+SESSION_PATH = "/whep/sessions/{session_id}"
+RETRY_AFTER_SECONDS = "5"
 
 
 def json_error(status: int, reason: str, **headers: str) -> web.Response:
@@ -23,11 +36,25 @@ def remote_of(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else (request.remote or "unknown")
 
 
-async def parse_json_offer(request: web.Request) -> str:
+async def open_session(request: web.Request, sdp: str) -> tuple[Session, str] | web.Response:
+    """The one place both signalling flavours create a session; errors become responses."""
+    try:
+        session, answer = await request.app[SESSIONS].open(sdp, remote_of(request))
+    except OfferError as exc:
+        return json_error(400, str(exc))
+    except CapacityError as exc:
+        return json_error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
+    return session, answer.sdp
+
+
+# --- the tutorial's JSON endpoint -------------------------------------------------
+
+
+def parse_json_offer(text: str) -> str:
     """The SDP of a ``{"sdp": ..., "type": "offer"}`` body; OfferError otherwise."""
     try:
-        params = json.loads(await request.text())
-    except (ValueError, UnicodeDecodeError):
+        params = json.loads(text)
+    except ValueError:
         raise OfferError("body is not valid JSON") from None
     if not isinstance(params, dict):
         raise OfferError('body must be a JSON object {"sdp": ..., "type": "offer"}')
@@ -38,16 +65,136 @@ async def parse_json_offer(request: web.Request) -> str:
     return params["sdp"]
 
 
+async def read_text(request: web.Request) -> str:
+    try:
+        return (await request.read()).decode("utf-8")
+    except UnicodeDecodeError:
+        raise OfferError("body is not UTF-8 text") from None
+
+
 async def post_offer(request: web.Request) -> web.Response:
     try:
-        sdp = await parse_json_offer(request)
-        _, answer = await request.app[SESSIONS].open(sdp, remote_of(request))
+        sdp = parse_json_offer(await read_text(request))
     except OfferError as exc:
         return json_error(400, str(exc))
-    except CapacityError as exc:
-        return json_error(503, str(exc), **{"Retry-After": "5"})
-    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+    opened = await open_session(request, sdp)
+    if isinstance(opened, web.Response):
+        return opened
+    return web.json_response({"sdp": opened[1], "type": "answer"})
+
+
+# --- WHEP ----------------------------------------------------------------------------
+
+
+async def post_whep(request: web.Request) -> web.Response:
+    if request.content_type != SDP:
+        return json_error(415, f"Content-Type must be {SDP}", **{"Accept-Post": SDP})
+    try:
+        sdp = await read_text(request)
+    except OfferError as exc:
+        return json_error(400, str(exc))
+    opened = await open_session(request, sdp)
+    if isinstance(opened, web.Response):
+        return opened
+    session, answer = opened
+    location = request.app.router["whep_session"].url_for(session_id=session.id)
+    response = web.Response(status=201, text=answer, content_type=SDP)
+    response.headers["Location"] = str(location)
+    response.headers["ETag"] = f'"{session.etag}"'
+    for link in request.app[ICE_LINKS]:
+        response.headers.add("Link", link)
+    return response
+
+
+async def options_whep(request: web.Request) -> web.Response:
+    headers = {"Accept-Post": SDP, "Allow": "OPTIONS, POST"}
+    response = web.Response(status=204, headers=headers)
+    for link in request.app[ICE_LINKS]:
+        response.headers.add("Link", link)
+    return response
+
+
+def find_session(request: web.Request) -> Session:
+    session = request.app[SESSIONS].get(request.match_info["session_id"])
+    if session is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "no such session"}), content_type="application/json"
+        )
+    return session
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    session = find_session(request)
+    await session.close("ended by viewer (DELETE)")
+    return web.Response(status=200)
+
+
+async def patch_session(request: web.Request) -> web.Response:
+    session = find_session(request)
+    if request.content_type != SDPFRAG:
+        return json_error(415, f"Content-Type must be {SDPFRAG}")
+    try:
+        fragment = parse_sdpfrag(await read_text(request))
+    except OfferError as exc:
+        return json_error(400, str(exc))
+    if fragment.restarts(session):
+        # ICE restart is not supported: the status the draft names for PATCH requests
+        # a session does not support.
+        return json_error(422, "ICE restart is not supported; start a new session")
+    try:
+        for mid, line in fragment.candidates:
+            candidate = candidate_from_sdp(line.split(":", 1)[1])
+            candidate.sdpMid = mid
+            await session.pc.addIceCandidate(candidate)
+        if fragment.end_of_candidates:
+            await session.pc.addIceCandidate(None)
+    except (ValueError, IndexError) as exc:
+        return json_error(400, f"bad candidate: {exc}")
+    return web.Response(status=204)
+
+
+class SdpFragment:
+    """The parts of an ``application/trickle-ice-sdpfrag`` body (RFC 8840) we use."""
+
+    def __init__(self) -> None:
+        self.ufrag: str | None = None
+        self.pwd: str | None = None
+        self.candidates: list[tuple[str | None, str]] = []
+        self.end_of_candidates = False
+
+    def restarts(self, session: Session) -> bool:
+        return self.ufrag is not None and self.ufrag != session.remote_ufrag
+
+
+def parse_sdpfrag(text: str) -> SdpFragment:
+    fragment = SdpFragment()
+    mid: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if len(line) < 2 or line[1] != "=":
+            raise OfferError(f"not an SDP line: {line[:80]!r}")
+        if line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=ice-ufrag:"):
+            fragment.ufrag = line[len("a=ice-ufrag:") :]
+        elif line.startswith("a=ice-pwd:"):
+            fragment.pwd = line[len("a=ice-pwd:") :]
+        elif line.startswith("a=candidate:"):
+            fragment.candidates.append((mid, line[2:]))
+        elif line == "a=end-of-candidates":
+            fragment.end_of_candidates = True
+    return fragment
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/offer", post_offer)
+    whep = app.router.add_resource(WHEP_PATH, name="whep")
+    whep.add_route("POST", post_whep)
+    whep.add_route("OPTIONS", options_whep)
+    session = app.router.add_resource(SESSION_PATH, name="whep_session")
+    session.add_route("DELETE", delete_session)
+    session.add_route("PATCH", patch_session)

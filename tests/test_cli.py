@@ -111,7 +111,7 @@ async def test_no_video_within_connect_timeout(unused_tcp_port) -> None:
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "receiver", f"http://127.0.0.1:{unused_tcp_port}",
-            "--connect-timeout", "3", "--frames", "1",
+            "--signalling", "json", "--connect-timeout", "3", "--frames", "1",
             stderr=asyncio.subprocess.PIPE, env=child_env(),
         )  # fmt: skip
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
