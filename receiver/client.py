@@ -108,11 +108,11 @@ class Receiver:
         return self._pc.connectionState if self._pc else "closed"
 
     async def close(self) -> None:
-        """Close the peer connection and end the signalling session (WHEP DELETE)."""
+        """End the signalling session (WHEP DELETE), then close the peer connection."""
+        await self._signalling.close()
         if self._pc is not None:
             pc, self._pc = self._pc, None
             await pc.close()
-        await self._signalling.close()
 
     async def __aenter__(self) -> Receiver:
         await self.connect()

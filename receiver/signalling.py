@@ -13,6 +13,7 @@ from aiortc import RTCSessionDescription
 logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_SECONDS = 10.0
+DELETE_TIMEOUT_SECONDS = 2.0  # leaving must not hang on a sender that went away
 SIGNALLING = ("whep", "json")
 
 
@@ -107,7 +108,8 @@ class Signalling:
         http, self._http = self._http, None
         try:
             if self.session_url:
-                async with http.delete(self.session_url) as response:
+                timeout = aiohttp.ClientTimeout(total=DELETE_TIMEOUT_SECONDS)
+                async with http.delete(self.session_url, timeout=timeout) as response:
                     logger.debug("DELETE %s: %s", self.session_url, response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
             logger.debug("DELETE %s failed: %s", self.session_url, exc)

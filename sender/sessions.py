@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from common.codecs import prefer_codec
@@ -68,6 +68,7 @@ class Session:
         self.joined = False
         self.etag = secrets.token_hex(8)
         self.remote_ufrag: str | None = None
+        self.track: MediaStreamTrack | None = None
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
         self._timeout = asyncio.get_running_loop().call_later(
@@ -94,7 +95,11 @@ class Session:
 
     async def _close(self, reason: str) -> None:
         self._timeout.cancel()
-        await self.pc.close()  # stops the sender, which stops (unsubscribes) its track
+        await self.pc.close()
+        if self.track is not None:
+            # aiortc stops a sender's track only if RTP ever started (not so when ICE
+            # never connected), and a live track keeps the camera open.
+            self.track.stop()
         self._registry._forget(self)
         if not self.joined:
             return
@@ -148,7 +153,8 @@ class Sessions:
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
             session.remote_ufrag = _ice_ufrag(offer_sdp)
-            transceiver.sender.replaceTrack(self._source.subscribe())
+            session.track = self._source.subscribe()
+            transceiver.sender.replaceTrack(session.track)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
             self.failed += 1

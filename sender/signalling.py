@@ -141,15 +141,18 @@ async def patch_session(request: web.Request) -> web.Response:
         # ICE restart is not supported: the status the draft names for PATCH requests
         # a session does not support.
         return json_error(422, "ICE restart is not supported; start a new session")
-    try:
-        for mid, line in fragment.candidates:
+    candidates = []
+    for mid, line in fragment.candidates:
+        try:
             candidate = candidate_from_sdp(line.split(":", 1)[1])
-            candidate.sdpMid = mid
-            await session.pc.addIceCandidate(candidate)
-        if fragment.end_of_candidates:
-            await session.pc.addIceCandidate(None)
-    except (ValueError, IndexError) as exc:
-        return json_error(400, f"bad candidate: {exc}")
+        except Exception:  # aiortc's parser raises whatever the bad line provokes
+            return json_error(400, f"bad candidate line: {line[:80]!r}")
+        candidate.sdpMid = mid
+        candidates.append(candidate)
+    for candidate in candidates:
+        await session.pc.addIceCandidate(candidate)
+    if fragment.end_of_candidates:
+        await session.pc.addIceCandidate(None)
     return web.Response(status=204)
 
 

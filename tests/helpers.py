@@ -98,7 +98,7 @@ class SenderProcess:
         except queue.Empty:
             self.stop()
             raise AssertionError(f"sender did not start: {self.stderr()}") from None
-        if " on http://" not in line:
+        if " on http" not in line:
             self.stop()
             raise AssertionError(f"sender did not start: {line} {self.stderr()}")
         self.url = line.rsplit(" on ", 1)[1].strip().rstrip("/")
