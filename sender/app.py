@@ -33,6 +33,7 @@ class SenderConfig:
     max_viewers: int = 16
     idle_close: float = 1.0
     connect_timeout: float = 30.0  # a viewer whose ICE has not connected by then is dropped
+    bitrate: int | None = None  # fixed encoder bitrate; None follows the viewers' estimates
     token: str | None = field(default=None, repr=False)  # never logged
     allowed_origins: tuple[str, ...] = ()
 
@@ -56,6 +57,8 @@ async def media(app: web.Application) -> AsyncIterator[None]:
             config.codec,
             config.max_viewers,
             config.connect_timeout,
+            config.fps,
+            config.bitrate,
         ) as sessions,
     ):
         app[SOURCE] = source
@@ -86,6 +89,9 @@ async def healthz(request: web.Request) -> web.Response:
             "source_open": source.is_open,
             "source_opens": source.opens,
             "source": request.app[CONFIG].source.describe(),
+            "encoders": {
+                e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
+            },
         }
     )
 

@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
     )
     parser.add_argument("--port", type=int, default=8080, help="port to serve on (8080)")
+    parser.add_argument(
+        "--bitrate",
+        type=positive(int),
+        metavar="BPS",
+        help="fixed video bitrate in bits/s (default: follow the weakest viewer's estimate)",
+    )
     parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
     parser.add_argument(
         "--token",
@@ -102,6 +108,7 @@ async def serve(args: argparse.Namespace) -> int:
         codec=args.codec,
         ice_servers=tuple(args.ice_server),
         max_viewers=args.max_viewers,
+        bitrate=args.bitrate,
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
     )

@@ -12,6 +12,8 @@ from aiortc.sdp import SessionDescription
 
 from common.codecs import prefer_codec
 
+from . import rtcp_feedback
+from .encoding import Encoders
 from .fanout import SharedSource
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ def check_offer(sdp: str) -> None:
         raise OfferError("the offer does not ask to receive video (needs recvonly or sendrecv)")
 
 
+def _sending_codec(answer: str) -> str:
+    """The codec we send: the first one of our answer's video section."""
+    video = next(m for m in SessionDescription.parse(answer).media if m.kind == "video")
+    return video.rtp.codecs[0].name.lower()
+
+
 def _ice_ufrag(sdp: str) -> str | None:
     for line in sdp.splitlines():
         if line.startswith("a=ice-ufrag:"):
@@ -69,6 +77,7 @@ class Session:
         self.etag = secrets.token_hex(8)
         self.remote_ufrag: str | None = None
         self.track: MediaStreamTrack | None = None
+        self.codec = ""
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
         self._timeout = asyncio.get_running_loop().call_later(
@@ -122,8 +131,11 @@ class Sessions:
         codec: str = "vp8",
         max_viewers: int = 16,
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        fps: float = 30.0,
+        bitrate: int | None = None,
     ) -> None:
-        self._source = source
+        rtcp_feedback.install()
+        self.encoders = Encoders(source, fps, bitrate)
         self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec
@@ -153,9 +165,10 @@ class Sessions:
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
             session.remote_ufrag = _ice_ufrag(offer_sdp)
-            session.track = self._source.subscribe()
-            transceiver.sender.replaceTrack(session.track)
             await pc.setLocalDescription(await pc.createAnswer())
+            session.codec = _sending_codec(pc.localDescription.sdp)
+            session.track = self.encoders.subscribe(session.codec)
+            transceiver.sender.replaceTrack(session.track)
         except Exception as exc:
             self.failed += 1
             await session.close("offer refused")
@@ -164,7 +177,7 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
-        logger.info("viewer joined: session %s from %s", session.id, remote)
+        logger.info("viewer joined: session %s from %s (%s)", session.id, remote, session.codec)
         return session, pc.localDescription
 
     def _forget(self, session: Session) -> None:
