@@ -3,9 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
-APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+# OpenCV's libraries; Chromium for the browser tests; GStreamer's webrtcbin (run by
+# Debian's own python3) for the interoperability tests.
+APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 \
+	chromium \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-libav gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-bad-1.0
 
-.PHONY: setup system-deps demo test lint format clean
+.PHONY: setup system-deps demo test bench lint format clean
 
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -38,6 +43,11 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+# Side by side against stock aiortc; the table goes to docs/performance.md.
+bench: setup
+	@mkdir -p out
+	$(BIN)/python -m bench.run --json out/bench.json
 
 lint:
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,103 @@
+"""The baseline sender: the pattern of aiortc's webcam example and of the tutorial.
+
+Each viewer gets ``MediaRelay().subscribe(source)`` and so its own encoder; the JSON
+``/offer`` endpoint answers with aiortc's defaults (explicit empty ICE servers, so that
+neither side waits on STUN). The source is our fake camera, so both senders capture the
+same pictures at the same cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+
+import av
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+
+from common.cli import size, stop_on_signals
+from sender.sources import TestPattern
+
+
+class CameraTrack(MediaStreamTrack):
+    kind = "video"
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        super().__init__()
+        self._pattern = TestPattern(width, height, fps)
+
+    async def recv(self) -> av.VideoFrame:
+        return await self._pattern.read()
+
+
+def force_codec(pc: RTCPeerConnection, sender: RTCRtpSender, forced: str) -> None:
+    """As aiortc's examples/webcam/webcam.py does."""
+    kind = forced.split("/")[0]
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    transceiver = next(t for t in pc.getTransceivers() if t.sender == sender)
+    transceiver.setCodecPreferences([c for c in codecs if c.mimeType == forced])
+
+
+def make_app(width: int, height: int, fps: float, codec: str) -> web.Application:
+    relay = MediaRelay()
+    camera = CameraTrack(width, height, fps)
+    peers: set[RTCPeerConnection] = set()
+
+    async def offer(request: web.Request) -> web.Response:
+        params = await request.json()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peers.add(pc)
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await pc.close()
+                peers.discard(pc)
+
+        video_sender = pc.addTrack(relay.subscribe(camera))
+        force_codec(pc, video_sender, "video/VP8" if codec == "vp8" else "video/H264")
+        await pc.setRemoteDescription(RTCSessionDescription(**params))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": "answer"})
+
+    async def closing(app: web.Application) -> None:
+        await asyncio.gather(*(pc.close() for pc in list(peers)))
+
+    app = web.Application()
+    app.router.add_post("/offer", offer)
+    app.on_shutdown.append(closing)
+    return app
+
+
+async def serve(args: argparse.Namespace) -> None:
+    runner = web.AppRunner(make_app(*args.size, args.fps, args.codec), shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    print(f"stock-sender: serving on http://127.0.0.1:{runner.addresses[0][1]}/", flush=True)
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=size, default=(640, 480))
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

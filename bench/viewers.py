@@ -1,0 +1,209 @@
+"""Benchmark viewers, run in their own process so the sender's CPU is the sender's.
+
+``latency``: one decoding viewer; ``project`` uses our Receiver (WHEP, low-latency
+jitter buffer), ``stock`` a plain aiortc RTCPeerConnection with aiortc's defaults.
+``load``: N viewers that count complete frames without decoding them, while the
+sender's CPU time is read from /proc. ``cycles``: connect, get a frame, leave, K times,
+reading the sender's resident memory. Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+
+import aiohttp
+import aiortc.rtcrtpreceiver
+import av
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from common import stamp
+from receiver import Receiver
+from receiver.stats import read_stamp
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class CountingDecoder:
+    """Stands in for aiortc's decoder: one tiny frame per complete encoded frame."""
+
+    def __init__(self) -> None:
+        self._frame = av.VideoFrame(16, 16, "yuv420p")
+
+    def decode(self, encoded_frame: object) -> list[av.VideoFrame]:
+        return [self._frame]
+
+
+def count_without_decoding() -> None:
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: CountingDecoder()
+
+
+class PlainViewer:
+    """A plain aiortc peer speaking the JSON /offer, as the tutorial's page does."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/") + "/offer"
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    async def connect(self) -> MediaStreamTrack:
+        pc = self.pc
+        pc.on("track", lambda t: self.track.done() or self.track.set_result(t))
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        body = {"sdp": pc.localDescription.sdp, "type": "offer"}
+        async with aiohttp.ClientSession() as http, http.post(self.url, json=body) as resp:
+            resp.raise_for_status()
+            answer = await resp.json()
+        await pc.setRemoteDescription(RTCSessionDescription(**answer))
+        return await self.track
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def latency(url: str, impl: str, seconds: float) -> dict:
+    started = time.monotonic()
+    samples: list[float] = []
+    first_frame = None
+    if impl == "project":
+        async with Receiver(url, connect_timeout=30) as rx:
+            async for frame in rx.frames():
+                first_frame = first_frame or time.monotonic() - started
+                if (found := read_stamp(frame)) is not None:
+                    samples.append(stamp.age_us(found) / 1000)
+                if time.monotonic() - started - first_frame >= seconds:
+                    break
+    else:
+        viewer = PlainViewer(url)
+        try:
+            track = await viewer.connect()
+            while True:
+                frame = await track.recv()
+                first_frame = first_frame or time.monotonic() - started
+                if (found := read_stamp(frame)) is not None:
+                    samples.append(stamp.age_us(found) / 1000)
+                if time.monotonic() - started - first_frame >= seconds:
+                    break
+        finally:
+            await viewer.close()
+    return {
+        "first_frame_ms": round(first_frame * 1000, 1),
+        "latency_p50_ms": round(percentile(samples, 50), 2),
+        "latency_p95_ms": round(percentile(samples, 95), 2),
+        "frames": len(samples),
+    }
+
+
+async def load(url: str, viewers: int, seconds: float, warmup: float, pid: int) -> dict:
+    count_without_decoding()
+    peers = [PlainViewer(url) for _ in range(viewers)]
+    counts = [0] * viewers
+    measuring = asyncio.Event()
+    done = asyncio.Event()
+
+    async def watch(i: int, track: MediaStreamTrack) -> None:
+        while not done.is_set():
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            if measuring.is_set():
+                counts[i] += 1
+
+    try:
+        tracks = await asyncio.gather(*(p.connect() for p in peers))
+        tasks = [asyncio.create_task(watch(i, t)) for i, t in enumerate(tracks)]
+        await asyncio.sleep(warmup)
+        cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
+        measuring.set()
+        await asyncio.sleep(seconds)
+        measuring.clear()
+        cpu_end, wall_end = cpu_seconds(pid), time.monotonic()
+        done.set()
+        for task in tasks:
+            task.cancel()
+    finally:
+        await asyncio.gather(*(p.close() for p in peers))
+    wall = wall_end - wall_start
+    fps = [c / wall for c in counts]
+    return {
+        "viewers": viewers,
+        "sender_cpu": round((cpu_end - cpu_start) / wall, 3),
+        "fps_min": round(min(fps), 1),
+        "fps_mean": round(statistics.mean(fps), 1),
+    }
+
+
+async def cycles(url: str, count: int, pid: int) -> dict:
+    count_without_decoding()
+    rss: list[int] = []
+    failures = 0
+    for _ in range(count):
+        viewer = PlainViewer(url)
+        try:
+            track = await asyncio.wait_for(viewer.connect(), 30)
+            await asyncio.wait_for(track.recv(), 30)
+        except Exception:  # a benchmark counts failures, it does not stop
+            failures += 1
+        finally:
+            await viewer.close()
+        rss.append(rss_bytes(pid))
+    await asyncio.sleep(2.0)  # let the sender finish closing the last session
+    return {
+        "cycles": count,
+        "failures": failures,
+        "rss_after_first_mb": round(rss[0] / 2**20, 1),
+        "rss_after_last_mb": round(rss_bytes(pid) / 2**20, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["latency", "load", "cycles"])
+    parser.add_argument("url")
+    parser.add_argument("--impl", choices=["project", "stock"], default="project")
+    parser.add_argument("--viewers", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--pid", type=int, help="the sender's process id")
+    args = parser.parse_args()
+    if args.mode == "latency":
+        result = asyncio.run(latency(args.url, args.impl, args.seconds))
+    elif args.mode == "load":
+        result = asyncio.run(load(args.url, args.viewers, args.seconds, args.warmup, args.pid))
+    else:
+        result = asyncio.run(cycles(args.url, args.cycles, args.pid))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
