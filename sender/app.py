@@ -11,7 +11,7 @@ from aiohttp import web
 
 from common.ice import link_header, parse_ice_server, rtc_configuration
 
-from . import signalling, sources
+from . import metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .fanout import SharedSource
 from .sessions import Sessions
@@ -63,6 +63,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     ):
         app[SOURCE] = source
         app[SESSIONS] = sessions
+        metrics.install(app, source, sessions)
         yield
     # Leaving the blocks closed every peer connection first, then the camera.
 
@@ -105,5 +106,6 @@ def create_app(config: SenderConfig) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/client.js", client_js)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics.metrics)
     signalling.add_routes(app)
     return app

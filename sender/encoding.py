@@ -31,6 +31,18 @@ VIEWER_QUEUE_PACKETS = 15  # half a second at 30 fps; a viewer further behind st
 BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more than 10%
 
 
+@dataclass
+class Totals:
+    """Counters that outlive encoders and viewers (for /metrics)."""
+
+    frames_encoded: int = 0
+    keyframes: int = 0
+    encode_seconds: float = 0.0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    frames_dropped: int = 0
+
+
 @dataclass(frozen=True)
 class CodecProfile:
     """Encoder settings for one codec, matching aiortc 1.16's own encoders."""
@@ -118,6 +130,7 @@ class EncodedTrack(MediaStreamTrack):
         if self._queue.full():
             # Stalled or slow: a partial backlog is useless to a decoder, so start over.
             self.packets_dropped += self._queue.qsize()
+            self._encoder.totals.frames_dropped += self._queue.qsize()
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._need_keyframe = True
@@ -139,6 +152,8 @@ class EncodedTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         self.packets_sent += 1
+        self._encoder.totals.frames_sent += 1
+        self._encoder.totals.bytes_sent += packet.size
         return packet
 
     def request_keyframe(self) -> None:
@@ -166,8 +181,10 @@ class SharedEncoder:
         fps: float,
         fixed_bitrate: int | None = None,
         on_idle: Callable[[SharedEncoder], None] | None = None,
+        totals: Totals | None = None,
     ) -> None:
         self.profile = profile
+        self.totals = totals if totals is not None else Totals()
         self._source = source
         self._fps = fps
         self._fixed_bitrate = fixed_bitrate
@@ -179,8 +196,6 @@ class SharedEncoder:
         self.target_bitrate = fixed_bitrate or profile.default_bitrate
         self.frames_encoded = 0
         self.keyframes = 0
-        self.encode_seconds = 0.0
-        self.bytes_encoded = 0
 
     @property
     def viewers(self) -> int:
@@ -263,13 +278,15 @@ class SharedEncoder:
             picture.pts, picture.time_base = frame.pts, frame.time_base
             picture.pict_type = av.video.frame.PictureType.I
         packets = codec.encode(picture)
+        keyframes = 0
         for packet in packets:
             packet.time_base = TIME_BASE
-            self.bytes_encoded += packet.size
-            if packet.is_keyframe:
-                self.keyframes += 1
+            keyframes += packet.is_keyframe
+        self.keyframes += keyframes
         self.frames_encoded += 1
-        self.encode_seconds += time.perf_counter() - started
+        self.totals.keyframes += keyframes
+        self.totals.frames_encoded += 1
+        self.totals.encode_seconds += time.perf_counter() - started
         return packets
 
     async def close(self) -> None:
@@ -290,12 +307,18 @@ class Encoders:
         self._fps = fps
         self._fixed_bitrate = fixed_bitrate
         self._encoders: dict[str, SharedEncoder] = {}
+        self.totals = Totals()
 
     def subscribe(self, codec: str) -> EncodedTrack:
         encoder = self._encoders.get(codec)
         if encoder is None:
             encoder = SharedEncoder(
-                self._source, PROFILES[codec], self._fps, self._fixed_bitrate, self._forget
+                self._source,
+                PROFILES[codec],
+                self._fps,
+                self._fixed_bitrate,
+                self._forget,
+                self.totals,
             )
             self._encoders[codec] = encoder
         return encoder.subscribe()

@@ -147,11 +147,21 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def live(self) -> list[Session]:
+        return list(self._sessions.values())
+
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
     async def open(self, offer_sdp: str, remote: str) -> tuple[Session, RTCSessionDescription]:
         """Answer a viewer's offer; raises OfferError or CapacityError."""
+        try:
+            return await self._open(offer_sdp, remote)
+        except (OfferError, CapacityError):
+            self.failed += 1
+            raise
+
+    async def _open(self, offer_sdp: str, remote: str) -> tuple[Session, RTCSessionDescription]:
         check_offer(offer_sdp)
         if len(self._sessions) >= self._max_viewers:
             raise CapacityError(f"all {self._max_viewers} viewer slots are taken")
@@ -170,7 +180,6 @@ class Sessions:
             session.track = self.encoders.subscribe(session.codec)
             transceiver.sender.replaceTrack(session.track)
         except Exception as exc:
-            self.failed += 1
             await session.close("offer refused")
             if isinstance(exc, OfferError):
                 raise

@@ -1,0 +1,124 @@
+"""Prometheus metrics at ``GET /metrics`` (prometheus-client), read at scrape time from
+the objects that own the numbers, plus per-viewer WebRTC stats."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiortc.stats import RTCOutboundRtpStreamStats, RTCRemoteInboundRtpStreamStats
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .fanout import SharedSource
+from .sessions import Session, Sessions
+
+
+@dataclass
+class ViewerStats:
+    """One viewer's WebRTC stats as of the last scrape."""
+
+    rtt_seconds: float | None = None
+    packets_lost: int = 0
+    fraction_lost: float = 0.0
+    bytes_sent: int = 0
+    bitrate_bps: float = 0.0
+    at: float = 0.0
+
+
+async def viewer_stats(session: Session, previous: ViewerStats | None) -> ViewerStats:
+    stats = ViewerStats(at=time.monotonic())
+    report = await session.pc.getStats()
+    for item in report.values():
+        if isinstance(item, RTCOutboundRtpStreamStats):
+            stats.bytes_sent = item.bytesSent
+        elif isinstance(item, RTCRemoteInboundRtpStreamStats):
+            stats.rtt_seconds = item.roundTripTime
+            stats.packets_lost = item.packetsLost
+            stats.fraction_lost = item.fractionLost / 256  # RTCP carries it in 1/256ths
+    if previous is not None and stats.at > previous.at:
+        sent = stats.bytes_sent - previous.bytes_sent
+        stats.bitrate_bps = max(0, sent) * 8 / (stats.at - previous.at)
+    return stats
+
+
+class SenderCollector(Collector):
+    def __init__(self, source: SharedSource, sessions: Sessions) -> None:
+        self._source = source
+        self._sessions = sessions
+        self.viewers: dict[str, ViewerStats] = {}
+
+    async def refresh(self) -> None:
+        """WebRTC stats are async in aiortc; gather them before the (sync) collection."""
+        live = self._sessions.live()
+        results = await asyncio.gather(
+            *(viewer_stats(s, self.viewers.get(s.id)) for s in live), return_exceptions=True
+        )
+        self.viewers = {
+            s.id: r for s, r in zip(live, results, strict=True) if isinstance(r, ViewerStats)
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        sessions, totals = self._sessions, self._sessions.encoders.totals
+        yield GaugeMetricFamily("webcam_viewers", "Connected viewer sessions", len(sessions))
+        yield GaugeMetricFamily(
+            "webcam_source_open", "1 while the camera is open", int(self._source.is_open)
+        )
+        counters = [
+            ("webcam_sessions_started", "Viewer sessions answered", sessions.started),
+            ("webcam_sessions_failed", "Offers refused or failed", sessions.failed),
+            ("webcam_source_opens", "Times the camera was opened", self._source.opens),
+            ("webcam_frames_captured", "Frames read from the camera", self._source.frames_captured),
+            ("webcam_frames_encoded", "Frames encoded (once per codec)", totals.frames_encoded),
+            ("webcam_keyframes", "Keyframes encoded", totals.keyframes),
+            ("webcam_encode_seconds", "Time spent encoding", totals.encode_seconds),
+            ("webcam_frames_sent", "Encoded frames handed to viewers", totals.frames_sent),
+            ("webcam_bytes_sent", "Encoded bytes handed to viewers", totals.bytes_sent),
+            ("webcam_frames_dropped", "Frames dropped for slow viewers", totals.frames_dropped),
+        ]
+        for name, documentation, value in counters:
+            yield CounterMetricFamily(name, documentation, value=value)
+        per_viewer = {
+            "rtt": GaugeMetricFamily(
+                "webcam_viewer_rtt_seconds", "Round-trip time (RTCP)", labels=["session"]
+            ),
+            "lost": GaugeMetricFamily(
+                "webcam_viewer_packets_lost", "Packets lost, as reported", labels=["session"]
+            ),
+            "fraction": GaugeMetricFamily(
+                "webcam_viewer_fraction_lost", "Recent packet loss ratio", labels=["session"]
+            ),
+            "bitrate": GaugeMetricFamily(
+                "webcam_viewer_bitrate_bps", "Bitrate sent to the viewer", labels=["session"]
+            ),
+        }
+        for session_id, stats in self.viewers.items():
+            if stats.rtt_seconds is not None:
+                per_viewer["rtt"].add_metric([session_id], stats.rtt_seconds)
+            per_viewer["lost"].add_metric([session_id], stats.packets_lost)
+            per_viewer["fraction"].add_metric([session_id], stats.fraction_lost)
+            per_viewer["bitrate"].add_metric([session_id], stats.bitrate_bps)
+        yield from per_viewer.values()
+
+
+METRICS = web.AppKey("metrics", SenderCollector)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+def install(app: web.Application, source: SharedSource, sessions: Sessions) -> None:
+    """A registry per app, so that several senders in one process keep their own."""
+    collector = SenderCollector(source, sessions)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    app[METRICS] = collector
+    app[REGISTRY] = registry
+
+
+async def metrics(request: web.Request) -> web.Response:
+    await request.app[METRICS].refresh()
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
