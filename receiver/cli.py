@@ -62,6 +62,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--connect-timeout", type=positive(float), default=10.0, metavar="S", help="(10)"
     )
     parser.add_argument("--ice-server", action="append", default=[], metavar="URL")
+    parser.add_argument(
+        "--segment-seconds",
+        type=positive(float),
+        metavar="N",
+        help="start a new recording file every N s (name --record with strftime fields)",
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="reconnect up to N times in a row when the sender is away (3)",
+    )
+    parser.add_argument("--retry-forever", action="store_true", help="never give up reconnecting")
+    parser.add_argument(
+        "--stall-timeout",
+        type=positive(float),
+        default=3.0,
+        metavar="S",
+        help="treat S seconds without video as a lost connection (3)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no status line, warnings only")
     parser.add_argument("--stats-json", metavar="FILE", help="write the final summary as JSON")
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -73,7 +94,7 @@ def make_sinks(args: argparse.Namespace) -> list[Sink]:
     if args.display:
         sinks.append(DisplaySink())
     if args.record:
-        sinks.append(RecordSink(args.record))
+        sinks.append(RecordSink(args.record, segment_seconds=args.segment_seconds))
     if args.snapshots:
         sinks.append(SnapshotSink(args.snapshots, args.snapshot_every))
     return sinks
@@ -85,19 +106,95 @@ async def report_status(stats: FrameStats) -> None:
         print(stats.status_line(), file=sys.stderr, flush=True)
 
 
-async def pump(rx: Receiver, sinks: list[Sink], args: argparse.Namespace) -> None:
-    """Feed frames to the sinks until --frames, --duration, a closed window or the stream ends."""
-    deadline = time.monotonic() + args.duration if args.duration else None
-    async for frame in rx.frames():
-        for sink in sinks:
-            await sink.write(frame)
-        if args.frames and rx.stats.frames >= args.frames:
-            return
-        if deadline is not None and time.monotonic() >= deadline:
-            return
-        if any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in sinks):
-            return
-    raise ReceiverError(f"the sender ended the stream after {rx.stats.frames} frames")
+class Retry:
+    """Exponential backoff between connection attempts: 0.25 s doubling, capped at 5 s."""
+
+    FIRST, CAP = 0.25, 5.0
+
+    def __init__(self, max_retries: int | None) -> None:
+        self.max_retries = max_retries  # None: forever
+        self.failures = 0
+
+    def next_delay(self) -> float | None:
+        """The wait before the next attempt, or None when the retries are used up."""
+        self.failures += 1
+        if self.max_retries is not None and self.failures > self.max_retries:
+            return None
+        return min(self.CAP, self.FIRST * 2 ** (self.failures - 1))
+
+
+class Run:
+    """Connections, one after the other, feeding the same sinks and statistics."""
+
+    def __init__(self, args: argparse.Namespace, sinks: list[Sink], tls: object) -> None:
+        self.args = args
+        self.sinks = sinks
+        self.tls = tls
+        self.stats = FrameStats()
+        self.retry = Retry(None if args.retry_forever else args.max_retries)
+        self.deadline = time.monotonic() + args.duration if args.duration else None
+
+    def receiver(self) -> Receiver:
+        args = self.args
+        return Receiver(
+            args.url,
+            ice_servers=args.ice_server,
+            connect_timeout=args.connect_timeout,
+            signalling=args.signalling,
+            token=args.token,
+            tls=self.tls,
+            stall_timeout=args.stall_timeout,
+            stats=self.stats,
+        )
+
+    async def __call__(self) -> None:
+        status = None
+        try:
+            while True:
+                rx = self.receiver()
+                try:
+                    try:
+                        await rx.connect()
+                    except ReceiverError as exc:
+                        await self.wait_to_retry(str(exc))
+                        continue
+                    self.retry.failures = 0
+                    if status is None and not self.args.quiet:
+                        status = asyncio.create_task(report_status(self.stats))
+                    if await self.pump(rx):
+                        return
+                finally:
+                    await rx.close()
+                reason = rx.ended or "the connection ended"
+                await self.wait_to_retry(f"{reason} after {self.stats.frames} frames")
+                self.stats.gap()
+                for sink in self.sinks:
+                    await sink.gap()
+        finally:
+            if status is not None:
+                status.cancel()
+
+    async def wait_to_retry(self, reason: str) -> None:
+        delay = self.retry.next_delay()
+        if delay is None:
+            raise ReceiverError(reason)
+        logger.warning("%s; retrying in %.2g s", reason, delay)
+        await asyncio.sleep(delay)
+
+    async def pump(self, rx: Receiver) -> bool:
+        """Feed frames to the sinks; True when the run is over (--frames, --duration, a
+        closed window), False when the connection was lost."""
+        args = self.args
+        async for frame in rx.frames():
+            for sink in self.sinks:
+                await sink.write(frame)
+            if args.frames and self.stats.frames >= args.frames:
+                return True
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return True
+            if any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in self.sinks):
+                return True
+        return False
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -107,53 +204,37 @@ async def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     try:
-        sinks = make_sinks(args)
-    except SinkError as exc:
-        raise CliError(str(exc)) from None
-    try:
         tls = tls_context(args.cafile, args.insecure)
-    except SignallingError as exc:
+        sinks = make_sinks(args)
+    except (SignallingError, SinkError) as exc:
         raise CliError(str(exc)) from None
     try:
-        rx = Receiver(
-            args.url,
-            ice_servers=args.ice_server,
-            connect_timeout=args.connect_timeout,
-            signalling=args.signalling,
-            token=args.token,
-            tls=tls,
-        )
+        session = Run(args, sinks, tls)
     except ReceiverError as exc:
         raise CliError(str(exc)) from None
     stop = asyncio.Event()
-    status = None
+    failure: BaseException | None = None
     try:
         with stop_on_signals(stop):
-            connect = asyncio.create_task(rx.connect())
+            work = asyncio.create_task(session())
             stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({connect, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if not connect.done():  # interrupted while connecting
-                connect.cancel()
-                return 0
-            connect.result()
-            if not args.quiet:
-                status = asyncio.create_task(report_status(rx.stats))
-            work = asyncio.create_task(pump(rx, sinks, args))
             await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            work.cancel()
+            stopper.cancel()
+            if not work.done():  # Ctrl-C / SIGTERM: stop at once, cleanly
+                work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-            stopper.cancel()
     except (ReceiverError, SinkError) as exc:
-        raise CliError(str(exc), code=1) from None
+        failure = exc
     finally:
-        if status is not None:
-            status.cancel()
-        await rx.close()
         for sink in sinks:
-            with contextlib.suppress(SinkError):
+            try:
                 await sink.close()
-        write_summary(rx.stats, args)
+            except SinkError as exc:
+                failure = failure or exc
+        write_summary(session.stats, args)
+    if failure is not None:
+        raise CliError(str(failure), code=1)
     return 0
 
 

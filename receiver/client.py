@@ -40,10 +40,14 @@ class Receiver:
         signalling: str = "whep",
         token: str | None = None,
         tls: ssl.SSLContext | bool = True,
+        stall_timeout: float = 3.0,
+        stats: FrameStats | None = None,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self.stats = FrameStats()
+        self.stall_timeout = stall_timeout
+        self.stats = stats if stats is not None else FrameStats()
+        self.ended: str | None = None  # why frames() stopped
         self._configuration = rtc_configuration(ice_servers)
         try:
             self._signalling = Signalling(url, signalling, token=token, tls=tls)
@@ -88,7 +92,8 @@ class Receiver:
         logger.info("receiving from %s", self.url)
 
     async def frames(self) -> AsyncIterator[av.VideoFrame]:
-        """Decoded frames until the connection ends or the receiver is closed."""
+        """Decoded frames until the connection ends, stalls (no video for
+        ``stall_timeout`` s: the sender vanished) or the receiver is closed."""
         if self._track is None:
             raise ReceiverError("not connected: use 'async with Receiver(...)' or connect()")
         track = self._track.result()
@@ -97,8 +102,12 @@ class Receiver:
                 frame, self._first = self._first, None
             else:
                 try:
-                    frame = await track.recv()
+                    frame = await asyncio.wait_for(track.recv(), self.stall_timeout)
                 except MediaStreamError:
+                    self.ended = "the sender ended the stream"
+                    return
+                except TimeoutError:
+                    self.ended = f"no video for {self.stall_timeout:g} s"
                     return
             self.stats.update(frame)
             yield frame

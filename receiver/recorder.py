@@ -1,4 +1,5 @@
-"""Recording decoded frames to a video file, timed by the stream's RTP timestamps."""
+"""Recording to video files: timed by the stream's RTP clock, written progressively so a
+crash loses at most the last second, split into segments by time or by reconnection."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import fractions
 import logging
 import os
+import time
+from dataclasses import dataclass
 
 import av
 
@@ -13,14 +16,24 @@ logger = logging.getLogger(__name__)
 
 TIME_BASE = fractions.Fraction(1, 90000)  # the RTP video clock
 RTP_WRAP = 1 << 32
-ENCODERS = {
-    ".webm": "libvpx",
-    ".mkv": "libx264",
-    ".mp4": "libx264",
-    ".mov": "libx264",
-    ".avi": "libx264",
-}
 QUEUE_FRAMES = 90
+# Matroska: a cluster a second, flushed as written. MP4: fragmented, a fragment a second.
+CONTAINER_OPTIONS = {
+    ".mkv": {"cluster_time_limit": "1000", "flush_packets": "1"},
+    ".webm": {"cluster_time_limit": "1000", "flush_packets": "1"},
+    ".mp4": {
+        "movflags": "frag_keyframe+empty_moov+default_base_moof",
+        "frag_duration": "1000000",
+        "flush_packets": "1",
+    },
+    ".mov": {
+        "movflags": "frag_keyframe+empty_moov+default_base_moof",
+        "frag_duration": "1000000",
+        "flush_packets": "1",
+    },
+}
+ENCODERS = {".webm": "libvpx", ".mkv": "libx264", ".mp4": "libx264", ".mov": "libx264"}
+SPLIT, STOP = "split", "stop"  # worker commands, queued between frames
 
 
 class RecorderError(Exception):
@@ -44,92 +57,160 @@ class RtpClock:
         return timestamp + self._wraps * RTP_WRAP - self._first
 
 
-class Recorder:
-    """Encodes frames into ``path`` on a worker thread, so decoding never waits on disk."""
+def check_pattern(pattern: str) -> str:
+    """Fail early, before connecting, on names we cannot write."""
+    extension = os.path.splitext(pattern)[1].lower()
+    if extension not in ENCODERS:
+        raise RecorderError(
+            f"cannot record to {pattern!r}: use one of {', '.join(sorted(ENCODERS))}"
+        )
+    folder = os.path.dirname(os.path.abspath(time.strftime(pattern)))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise RecorderError(f"cannot write {pattern}: {folder} is not a writable folder")
+    return extension
 
-    def __init__(self, path: str, fps: float = 30.0) -> None:
-        extension = os.path.splitext(path)[1].lower()
-        if extension not in ENCODERS:
-            raise RecorderError(
-                f"cannot record to {path!r}: use one of {', '.join(sorted(ENCODERS))}"
-            )
-        self.path = path
-        self._codec = ENCODERS[extension]
+
+@dataclass
+class Segment:
+    path: str
+    container: av.container.OutputContainer
+    stream: av.VideoStream | None = None
+    frames: int = 0
+
+
+class Recorder:
+    """Encodes decoded frames into files on a worker thread, so decoding never waits on
+    the disk. ``pattern`` may hold strftime fields; each segment gets its own name."""
+
+    def __init__(
+        self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None
+    ) -> None:
+        self.pattern = pattern
+        self._extension = check_pattern(pattern)
         self._fps = fps
+        self._segment_ticks = int(segment_seconds * 90000) if segment_seconds else None
         self._clock = RtpClock()
+        self._segment: Segment | None = None
+        self._segment_start = 0
         self._last_pts = -1
-        self._container: av.container.OutputContainer | None = None
-        self._stream: av.VideoStream | None = None
-        self._queue: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue(QUEUE_FRAMES)
+        self._split = False
+        self._queue: asyncio.Queue[av.VideoFrame | str] = asyncio.Queue(QUEUE_FRAMES)
         self._worker: asyncio.Task[None] | None = None
+        self.files: list[str] = []
         self.frames = 0
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            raise RecorderError(f"cannot write {path}: {folder} is not a writable folder")
-        try:
-            self._container = av.open(path, mode="w")
-        except (av.FFmpegError, OSError) as exc:
-            raise RecorderError(f"cannot write {path}: {_reason(exc)}") from None
 
     async def write(self, frame: av.VideoFrame) -> None:
         if self._worker is None:
-            self._worker = asyncio.create_task(self._run(), name=f"record {self.path}")
+            self._worker = asyncio.create_task(self._run(), name=f"record {self.pattern}")
         if self._worker.done():
             self._worker.result()  # raises the worker's RecorderError
         await self._queue.put(frame)
 
+    async def split(self) -> None:
+        """Start a new file with the next frame (after a gap: the stream's clock restarts)."""
+        if self._worker is not None and not self._worker.done():
+            await self._queue.put(SPLIT)
+
     async def _run(self) -> None:
-        while (frame := await self._queue.get()) is not None:
-            await asyncio.to_thread(self._encode, frame)
-
-    def _encode(self, frame: av.VideoFrame | None) -> None:
-        assert self._container is not None
-        if frame is not None:
-            if self._stream is None:
-                self._open_stream(frame)
-            assert self._stream is not None
-            pts = self._clock(frame.pts) if frame.pts is not None else self._last_pts + 1
-            if pts <= self._last_pts:  # never let a repeated timestamp break the muxer
-                return
-            self._last_pts = pts
-            if (frame.width, frame.height) != (self._stream.width, self._stream.height):
-                frame = frame.reformat(width=self._stream.width, height=self._stream.height)
-            frame.pts, frame.time_base = pts, TIME_BASE
-            packets = self._stream.encode(frame)
-            self.frames += 1
-        elif self._stream is not None:
-            packets = self._stream.encode(None)
-        else:
-            return
         try:
-            self._container.mux(packets)
-        except (av.FFmpegError, OSError) as exc:
-            raise RecorderError(f"writing {self.path} failed: {_reason(exc)}") from None
+            while (item := await self._queue.get()) != STOP:
+                if item == SPLIT:
+                    await asyncio.to_thread(self._finish_segment)
+                    self._clock = RtpClock()
+                    self._last_pts = -1
+                else:
+                    await asyncio.to_thread(self._encode, item)
+            await asyncio.to_thread(self._finish_segment)
+        except RecorderError:
+            await asyncio.to_thread(self._finish_segment, True)
+            raise
 
-    def _open_stream(self, frame: av.VideoFrame) -> None:
-        assert self._container is not None
-        stream = self._container.add_stream(self._codec, rate=round(self._fps))
+    def _encode(self, frame: av.VideoFrame) -> None:
+        pts = self._clock(frame.pts) if frame.pts is not None else self._last_pts + 3000
+        if pts <= self._last_pts:  # never let a repeated timestamp break the muxer
+            return
+        self._last_pts = pts
+        ticks = self._segment_ticks
+        if self._segment is not None and ticks and pts - self._segment_start >= ticks:
+            self._finish_segment()
+        if self._segment is None:
+            self._segment = self._open_segment()
+            self._segment_start = pts
+        segment = self._segment
+        if segment.stream is None:
+            segment.stream = self._add_stream(segment.container, frame)
+        stream = segment.stream
+        if (frame.width, frame.height) != (stream.width, stream.height):
+            frame = frame.reformat(width=stream.width, height=stream.height)
+        frame.pts, frame.time_base = pts - self._segment_start, TIME_BASE
+        frame.pict_type = av.video.frame.PictureType.NONE
+        self._mux(segment, stream.encode(frame))
+        segment.frames += 1
+        self.frames += 1
+
+    def _mux(self, segment: Segment, packets: list[av.Packet]) -> None:
+        try:
+            segment.container.mux(packets)
+        except (av.FFmpegError, OSError) as exc:
+            raise RecorderError(f"writing {segment.path} failed: {_reason(exc)}") from None
+
+    def _open_segment(self) -> Segment:
+        path = self._next_path()
+        try:
+            container = av.open(
+                path, mode="w", container_options=CONTAINER_OPTIONS.get(self._extension, {})
+            )
+        except (av.FFmpegError, OSError) as exc:
+            raise RecorderError(f"cannot write {path}: {_reason(exc)}") from None
+        self.files.append(path)
+        logger.info("recording to %s", path)
+        return Segment(path, container)
+
+    def _next_path(self) -> str:
+        path = time.strftime(self.pattern)
+        stem, extension = os.path.splitext(path)
+        number = 1
+        # The first file takes the name as given; later ones never overwrite anything.
+        while path in self.files or (self.files and os.path.exists(path)):
+            number += 1
+            path = f"{stem}-{number}{extension}"
+        return path
+
+    def _add_stream(
+        self, container: av.container.OutputContainer, frame: av.VideoFrame
+    ) -> av.VideoStream:
+        stream = container.add_stream(ENCODERS[self._extension], rate=round(self._fps))
         stream.width, stream.height = frame.width, frame.height
         stream.pix_fmt = "yuv420p"
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
-        if self._codec == "libx264":
+        if stream.codec_context.name == "libx264":
+            # A keyframe every two seconds: segments and crash-truncated files seek well.
             stream.codec_context.options = {"preset": "veryfast", "tune": "zerolatency"}
-        self._stream = stream
+            stream.codec_context.gop_size = round(self._fps * 2)
+        return stream
 
-    async def close(self) -> None:
-        """Flush the encoder and finish the file."""
-        if self._container is None:
+    def _finish_segment(self, failed: bool = False) -> None:
+        segment, self._segment = self._segment, None
+        if segment is None:
             return
         try:
-            if self._worker is not None:
-                await self._queue.put(None)
-                await self._worker
-            await asyncio.to_thread(self._encode, None)
+            if segment.stream is not None and not failed:
+                self._mux(segment, segment.stream.encode(None))
         finally:
-            container, self._container = self._container, None
-            await asyncio.to_thread(container.close)
-            logger.info("recording closed: %s (%d frames)", self.path, self.frames)
+            try:
+                segment.container.close()
+            except (av.FFmpegError, OSError) as exc:
+                logger.warning("closing %s: %s", segment.path, _reason(exc))
+            logger.info("recording closed: %s (%d frames)", segment.path, segment.frames)
+
+    async def close(self) -> None:
+        """Flush the encoder and finish the file; raises the error that stopped it, if any."""
+        if self._worker is None:
+            return
+        if not self._worker.done():
+            await self._queue.put(STOP)
+        await self._worker
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,6 +23,9 @@ class SinkError(Exception):
 class Sink(Protocol):
     async def write(self, frame: av.VideoFrame) -> None: ...
 
+    async def gap(self) -> None:
+        """The connection was lost; frames after this come from a new one."""
+
     async def close(self) -> None: ...
 
 
@@ -48,6 +51,9 @@ class DisplaySink:
         self._shown = True
         if key in (ord("q"), 27) or visible < 1:
             self.closed_by_user.set()
+
+    async def gap(self) -> None:
+        pass
 
     async def close(self) -> None:
         if self._shown:
@@ -81,6 +87,9 @@ class SnapshotSink:
             raise SinkError(f"cannot write {path}")
         self.written.append(path)
 
+    async def gap(self) -> None:
+        pass
+
     async def close(self) -> None:
         if self.written:
             logger.info("wrote %d snapshots to %s", len(self.written), self.directory)
@@ -89,9 +98,9 @@ class SnapshotSink:
 class RecordSink:
     """Adapts the Recorder to the sink interface (its errors become SinkErrors)."""
 
-    def __init__(self, path: str, fps: float = 30.0) -> None:
+    def __init__(self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None):
         try:
-            self.recorder = Recorder(path, fps)
+            self.recorder = Recorder(pattern, fps, segment_seconds)
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
 
@@ -99,10 +108,13 @@ class RecordSink:
         try:
             await self.recorder.write(frame)
         except RecorderError as exc:
-            raise SinkError(str(exc)) from None
+            raise SinkError(f"recording stopped: {exc}") from None
+
+    async def gap(self) -> None:
+        await self.recorder.split()
 
     async def close(self) -> None:
         try:
             await self.recorder.close()
         except RecorderError as exc:
-            raise SinkError(str(exc)) from None
+            raise SinkError(f"recording stopped: {exc}") from None

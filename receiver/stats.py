@@ -49,6 +49,7 @@ class FrameStats:
     last_at: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
     last_sequence: int | None = None
+    reconnects: int = 0
     _window: list[float] = field(default_factory=list)
 
     def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
@@ -68,6 +69,11 @@ class FrameStats:
                     self.dropped += found.sequence - last - 1
                 self.last_sequence = found.sequence
         return found
+
+    def gap(self) -> None:
+        """A new connection: its sender may count sequence numbers afresh."""
+        self.last_sequence = None
+        self.reconnects += 1
 
     @property
     def seconds(self) -> float:
@@ -106,6 +112,7 @@ class FrameStats:
             "stamped_frames": self.stamped,
             "dropped": self.dropped if self.stamped else None,
             "latency_ms": None,
+            "reconnects": self.reconnects,
         }
         if self.latencies_ms:
             result["latency_ms"] = {

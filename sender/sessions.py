@@ -7,7 +7,13 @@ import logging
 import secrets
 import time
 
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceCandidate,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.sdp import SessionDescription
 
 from common.codecs import prefer_codec
@@ -80,6 +86,7 @@ class Session:
         self.codec = ""
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
+        self._trickle: asyncio.Task[None] | None = None
         self._timeout = asyncio.get_running_loop().call_later(
             connect_timeout, self.close_soon, "ICE did not connect in time"
         )
@@ -93,6 +100,23 @@ class Session:
             elif state in ("failed", "closed"):
                 self.close_soon("connection " + state)
 
+    def add_candidates(self, candidates: list[RTCIceCandidate], end: bool) -> None:
+        """Add trickled candidates in order, behind any still being added."""
+        previous = self._trickle
+
+        async def add() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            try:
+                for candidate in candidates:
+                    await self.pc.addIceCandidate(candidate)
+                if end:
+                    await self.pc.addIceCandidate(None)
+            except Exception as exc:  # a closed connection, a name that did not resolve
+                logger.debug("session %s: trickled candidate not added: %s", self.id, exc)
+
+        self._trickle = asyncio.create_task(add(), name=f"trickle {self.id}")
+
     def close_soon(self, reason: str) -> None:
         if self._closing is None:
             self._closing = asyncio.create_task(self._close(reason), name=f"close {self.id}")
@@ -104,6 +128,8 @@ class Session:
 
     async def _close(self, reason: str) -> None:
         self._timeout.cancel()
+        if self._trickle is not None:
+            self._trickle.cancel()
         await self.pc.close()
         if self.track is not None:
             # aiortc stops a sender's track only if RTP ever started (not so when ICE

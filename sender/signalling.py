@@ -149,10 +149,9 @@ async def patch_session(request: web.Request) -> web.Response:
             return json_error(400, f"bad candidate line: {line[:80]!r}")
         candidate.sdpMid = mid
         candidates.append(candidate)
-    for candidate in candidates:
-        await session.pc.addIceCandidate(candidate)
-    if fragment.end_of_candidates:
-        await session.pc.addIceCandidate(None)
+    # Chromium's candidates carry mDNS (.local) names that aioice resolves with a 1 s
+    # time-out each: answer now, let the session add them in the background.
+    session.add_candidates(candidates, fragment.end_of_candidates)
     return web.Response(status=204)
 
 

@@ -1,67 +1,402 @@
-// Viewer page: a recvonly offer posted to the sender's own /offer (relative URL).
+// Viewer page: WHEP (POST whep, application/sdp) with trickle ICE (PATCH the session
+// with application/trickle-ice-sdpfrag bodies), an optional bearer token, live stats.
+// Plain JS, no build step; relative URLs only.
 "use strict";
 
-let pc = null;
-const GATHER_TIMEOUT_MS = 2000;
+const TOKEN_KEY = "webrtc-webcam.token"; // sessionStorage only: gone with the tab
+const SDP = "application/sdp";
+const SDPFRAG = "application/trickle-ice-sdpfrag";
+
+// The frame stamp (common/stamp.py): two rows of 40 cells at the top of the picture.
+const STAMP_BITS = 40;
+const STAMP_MODULUS = 2 ** 40;
+const STAMP_MIN_WIDTH = 320;
+const STAMP_LOW = 64; // bimodality: every cell centre below LOW or above HIGH
+const STAMP_HIGH = 192;
+const STAMP_THRESHOLD = 128;
+const STAMP_READ_INTERVAL_MS = 100;
+
+const FPS_WINDOW_MS = 1000;
+const RENDER_INTERVAL_MS = 250;
+
+// For tests and benchmarks; reset on every Start.
+const viewerStats = {
+  frames: 0, fps: 0, width: 0, height: 0, latencyMs: null, firstFrameMs: null,
+  patches: 0, // successful PATCHes of candidates
+  answeredMs: null, // Start to the SDP answer received
+  state: "idle",
+};
+window.viewerStats = viewerStats;
+
+let current = null; // the running attempt (see start())
 
 function $(id) { return document.getElementById(id); }
 
-function showState(text) { $("status").textContent = "state: " + text; }
-
 function showError(text) { $("error").textContent = text || ""; }
 
-// Resolve once ICE gathering is complete, or after a short timeout with what we have.
-function gatheringDone(peer) {
-  if (peer.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, GATHER_TIMEOUT_MS);
-    peer.addEventListener("icegatheringstatechange", () => {
-      if (peer.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
-    });
-  });
+function showState(text) {
+  viewerStats.state = text;
+  $("state").textContent = text;
 }
 
-async function start() {
-  $("start").disabled = true;
-  showError("");
-  showState("connecting");
-  const peer = new RTCPeerConnection({ iceServers: [] });
-  pc = peer;
-  peer.addEventListener("connectionstatechange", () => {
-    if (pc === peer) showState(peer.connectionState);
-  });
-  peer.addEventListener("track", (event) => {
-    if (event.track.kind === "video") $("video").srcObject = event.streams[0] || new MediaStream([event.track]);
-  });
-  peer.addTransceiver("video", { direction: "recvonly" });
-  try {
-    await peer.setLocalDescription(await peer.createOffer());
-    await gatheringDone(peer);
-    const response = await fetch("offer", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: peer.localDescription.sdp, type: peer.localDescription.type }),
-    });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error || response.statusText);
-    if (pc !== peer) return; // stopped meanwhile
-    await peer.setRemoteDescription(body);
-    $("stop").disabled = false;
-  } catch (err) {
-    showError(String(err.message || err));
-    stop();
+function setRunning(running) {
+  $("start").disabled = running;
+  $("stop").disabled = !running;
+  $("connect").disabled = running;
+}
+
+class AuthError extends Error {
+  constructor(sentToken) {
+    super(sentToken ? "wrong token" : "token required");
+    this.sentToken = sentToken;
   }
 }
 
-function stop() {
-  if (pc) { pc.close(); pc = null; }
-  $("video").srcObject = null;
-  $("stop").disabled = true;
-  $("start").disabled = false;
-  showState("closed");
+function requestHeaders(attempt, extra) {
+  const headers = Object.assign({}, extra || {});
+  if (attempt.token) headers.Authorization = "Bearer " + attempt.token;
+  return headers;
+}
+
+async function errorText(response) {
+  let reason = response.statusText || "request failed";
+  try {
+    const body = await response.json();
+    if (body && typeof body.error === "string") reason = body.error;
+  } catch (_) { /* not JSON */ }
+  return `the sender answered ${response.status}: ${reason}`;
+}
+
+// --- signalling: WHEP + trickle ICE ----------------------------------------------
+
+async function start(startedAt) {
+  if (current) teardown(current);
+  showError("");
+  resetStats(startedAt);
+  setRunning(true);
+  showState("connecting");
+
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const attempt = {
+    pc,
+    url: null, // the WHEP session URL, from Location
+    token: sessionStorage.getItem(TOKEN_KEY),
+    queue: [], // local candidates not yet sent
+    gathered: false, // ICE gathering finished
+    endSent: false, // a=end-of-candidates sent
+    patching: false, // a PATCH is in flight
+    closed: false,
+    startedAt,
+    frameHandle: null,
+    lastPresented: null,
+    fpsSamples: [],
+    lastStampRead: -Infinity,
+  };
+  current = attempt;
+
+  pc.addEventListener("icecandidate", (event) => {
+    if (attempt.closed) return;
+    if (event.candidate) {
+      if (event.candidate.candidate) attempt.queue.push(event.candidate);
+    } else {
+      attempt.gathered = true;
+    }
+    flushCandidates(attempt);
+  });
+  pc.addEventListener("connectionstatechange", () => {
+    if (current !== attempt) return;
+    showState(pc.connectionState);
+    if (pc.connectionState === "failed") {
+      showError("the connection failed (ICE or DTLS); press Start to try again");
+      stop("failed");
+    }
+  });
+  pc.addEventListener("track", (event) => {
+    if (current !== attempt || event.track.kind !== "video") return;
+    attachVideo(attempt, event.streams[0] || new MediaStream([event.track]));
+  });
+  pc.addTransceiver("video", { direction: "recvonly" });
+
+  try {
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    // At once: candidates follow by PATCH as they are gathered.
+    const response = await fetch("whep", {
+      method: "POST",
+      headers: requestHeaders(attempt, { "Content-Type": SDP }),
+      body: offer.sdp,
+    }).catch((err) => { throw new Error("cannot reach the sender: " + err.message); });
+    const location = response.headers.get("Location");
+    if (attempt.closed) { // stopped meanwhile
+      if (response.status === 201 && location) deleteSession(attempt, new URL(location, response.url).href);
+      return;
+    }
+    if (response.status === 401) throw new AuthError(Boolean(attempt.token));
+    if (response.status !== 201) throw new Error(await errorText(response));
+    if (!location) throw new Error("the sender's answer has no Location header");
+    attempt.url = new URL(location, response.url).href;
+    const answer = await response.text();
+    if (attempt.closed) return;
+    $("auth").hidden = true;
+    viewerStats.answeredMs = performance.now() - startedAt;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer });
+    flushCandidates(attempt);
+  } catch (err) {
+    if (attempt.closed) return;
+    teardown(attempt);
+    current = null;
+    setRunning(false);
+    if (err instanceof AuthError) {
+      askForToken(err.sentToken);
+    } else {
+      showState("closed");
+      showError(String((err && err.message) || err));
+    }
+  }
+}
+
+// Send every queued candidate (and end-of-candidates once gathering is over) in one
+// PATCH; one PATCH at a time, what arrives meanwhile goes in the next.
+async function flushCandidates(attempt) {
+  if (!attempt.url || attempt.patching || attempt.closed || attempt.endSent) return;
+  const end = attempt.gathered;
+  if (!attempt.queue.length && !end) return;
+  const batch = attempt.queue.splice(0);
+  attempt.patching = true;
+  try {
+    const response = await fetch(attempt.url, {
+      method: "PATCH",
+      headers: requestHeaders(attempt, { "Content-Type": SDPFRAG }),
+      body: sdpFragment(attempt.pc, batch, end),
+    });
+    if (response.ok) {
+      if (current === attempt) viewerStats.patches += 1;
+    } else if (!attempt.closed) {
+      console.warn("PATCH of candidates refused:", await errorText(response));
+    }
+  } catch (err) {
+    if (!attempt.closed) console.warn("PATCH of candidates failed:", err);
+  } finally {
+    attempt.patching = false;
+    if (end) attempt.endSent = true;
+  }
+  flushCandidates(attempt);
+}
+
+// An RFC 8840 fragment: ICE credentials, the first media section's m= line and mid,
+// the candidates, and a=end-of-candidates when gathering is over.
+function sdpFragment(pc, candidates, end) {
+  const lines = pc.localDescription.sdp.split(/\r?\n/);
+  const first = (prefix, from) => {
+    const found = lines.slice(from || 0).find((line) => line.startsWith(prefix));
+    return found === undefined ? null : found.slice(prefix.length);
+  };
+  const mIndex = lines.findIndex((line) => line.startsWith("m="));
+  const mid = first("a=mid:", mIndex) || "0";
+  const out = [
+    "a=ice-ufrag:" + first("a=ice-ufrag:"),
+    "a=ice-pwd:" + first("a=ice-pwd:"),
+    lines[mIndex],
+    "a=mid:" + mid,
+  ];
+  for (const candidate of candidates) {
+    if (candidate.sdpMid === mid || candidate.sdpMLineIndex === 0) out.push("a=" + candidate.candidate);
+  }
+  if (end) out.push("a=end-of-candidates");
+  return out.join("\r\n") + "\r\n";
+}
+
+const DELETE_TIMEOUT_MS = 3000;
+
+// DELETE the session; resolves when answered (or failed, or after DELETE_TIMEOUT_MS).
+function deleteSession(attempt, url, keepalive) {
+  const init = { method: "DELETE", headers: requestHeaders(attempt), keepalive: Boolean(keepalive) };
+  if (window.AbortSignal && AbortSignal.timeout) init.signal = AbortSignal.timeout(DELETE_TIMEOUT_MS);
+  return fetch(url, init).catch(() => { /* the sender may be gone already */ });
+}
+
+// End an attempt: the session is DELETEd first and the peer connection closed once the
+// sender has answered, so the sender ends it for the DELETE rather than for the DTLS
+// close racing it. The picture stops at once.
+function teardown(attempt, leaving) {
+  attempt.closed = true;
+  detachVideo(attempt);
+  const url = attempt.url;
+  attempt.url = null;
+  if (url && !leaving) {
+    deleteSession(attempt, url).then(() => attempt.pc.close());
+  } else {
+    if (url) deleteSession(attempt, url, true);
+    attempt.pc.close();
+  }
+}
+
+function stop(state) {
+  const attempt = current;
+  current = null;
+  if (attempt) teardown(attempt);
+  setRunning(false);
+  showState(state || "closed");
+  viewerStats.fps = 0;
+  render();
+}
+
+// --- the token -----------------------------------------------------------------------
+
+function askForToken(sentToken) {
+  showState(sentToken ? "token refused" : "token needed");
+  if (sentToken) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    showError("wrong token: the sender refused it (401). Check the token and press Connect.");
+  } else {
+    showError("this sender needs a token: enter it and press Connect.");
+  }
+  $("auth").hidden = false;
+  $("token").value = "";
+  $("token").focus();
+}
+
+function connectWithToken(event) {
+  event.preventDefault();
+  const token = $("token").value.trim();
+  if (!token) {
+    showError("enter the token first");
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  start(event.timeStamp || performance.now());
+}
+
+// --- the video and its stats ----------------------------------------------------------
+
+function resetStats(startedAt) {
+  Object.assign(viewerStats, {
+    frames: 0, fps: 0, width: 0, height: 0, latencyMs: null, firstFrameMs: null, patches: 0,
+    answeredMs: null,
+  });
+  viewerStats.startedAt = startedAt;
+  $("latency").textContent = "-";
+  render();
+}
+
+function attachVideo(attempt, stream) {
+  const video = $("video");
+  video.srcObject = stream;
+  video.play().catch(() => { /* autoplay muted: play() only helps where it is blocked */ });
+  if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+    const onFrame = (now, meta) => {
+      if (current !== attempt) return;
+      const presented = meta.presentedFrames;
+      const added = attempt.lastPresented === null || presented <= attempt.lastPresented
+        ? 1 : presented - attempt.lastPresented;
+      attempt.lastPresented = presented;
+      // expectedDisplayTime is on the performance clock; the stamp on the wall clock
+      const displayedAt = Date.now() + (meta.expectedDisplayTime - performance.now());
+      frameArrived(attempt, added, meta.presentationTime || now, displayedAt);
+      attempt.frameHandle = video.requestVideoFrameCallback(onFrame);
+    };
+    attempt.frameHandle = video.requestVideoFrameCallback(onFrame);
+  } else {
+    attempt.pollTimer = setInterval(() => pollDecoded(attempt), STAMP_READ_INTERVAL_MS);
+  }
+}
+
+// Without requestVideoFrameCallback: framesDecoded from getStats.
+async function pollDecoded(attempt) {
+  if (current !== attempt) return;
+  const report = await attempt.pc.getStats();
+  report.forEach((entry) => {
+    if (entry.type !== "inbound-rtp" || entry.kind !== "video") return;
+    const decoded = entry.framesDecoded || 0;
+    const added = decoded - viewerStats.frames;
+    if (added > 0 && current === attempt) frameArrived(attempt, added, performance.now(), Date.now());
+  });
+}
+
+function detachVideo(attempt) {
+  const video = $("video");
+  if (attempt.frameHandle !== null && video.cancelVideoFrameCallback) {
+    video.cancelVideoFrameCallback(attempt.frameHandle);
+  }
+  attempt.frameHandle = null;
+  if (attempt.pollTimer) clearInterval(attempt.pollTimer);
+  if (current === attempt || current === null) video.srcObject = null;
+}
+
+function frameArrived(attempt, added, when, wallMs) {
+  if (viewerStats.firstFrameMs === null) viewerStats.firstFrameMs = when - attempt.startedAt;
+  viewerStats.frames += added;
+  const video = $("video");
+  viewerStats.width = video.videoWidth;
+  viewerStats.height = video.videoHeight;
+  const samples = attempt.fpsSamples;
+  samples.push([when, viewerStats.frames]);
+  while (samples.length > 2 && when - samples[1][0] >= FPS_WINDOW_MS) samples.shift();
+  const [t0, f0] = samples[0];
+  if (when > t0) viewerStats.fps = ((viewerStats.frames - f0) * 1000) / (when - t0);
+  if (when - attempt.lastStampRead >= STAMP_READ_INTERVAL_MS) {
+    attempt.lastStampRead = when;
+    const captureUs = readStamp(video);
+    if (captureUs === null) {
+      viewerStats.latencyMs = null;
+      $("latency").textContent = "no stamp";
+    } else {
+      let ageUs = (((wallMs * 1000 - captureUs) % STAMP_MODULUS) + STAMP_MODULUS) % STAMP_MODULUS;
+      if (ageUs > STAMP_MODULUS / 2) ageUs -= STAMP_MODULUS; // clocks apart: a negative age
+      viewerStats.latencyMs = ageUs / 1000;
+      $("latency").textContent = String(Math.round(ageUs / 1000));
+    }
+  }
+}
+
+let stampCanvas = null;
+
+// The capture time (µs mod 2**40) from the stamp's first row, or null when the picture
+// carries no stamp: every cell centre of both rows must be clearly black or white.
+function readStamp(video) {
+  const width = video.videoWidth;
+  if (width < STAMP_MIN_WIDTH || video.videoHeight < 2 * Math.floor(width / STAMP_BITS)) return null;
+  const s = Math.floor(width / STAMP_BITS);
+  const height = 2 * s;
+  if (!stampCanvas) stampCanvas = document.createElement("canvas");
+  if (stampCanvas.width !== width || stampCanvas.height !== height) {
+    stampCanvas.width = width;
+    stampCanvas.height = height;
+  }
+  const ctx = stampCanvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(video, 0, 0, width, height, 0, 0, width, height);
+  const pixels = ctx.getImageData(0, 0, width, height).data;
+  const rows = [];
+  for (let row = 0; row < 2; row++) {
+    const y = row * s + (s >> 1);
+    let value = 0;
+    for (let bit = 0; bit < STAMP_BITS; bit++) {
+      const x = bit * s + (s >> 1);
+      const green = pixels[(y * width + x) * 4 + 1];
+      if (green >= STAMP_LOW && green <= STAMP_HIGH) return null;
+      if (green >= STAMP_THRESHOLD) value += 2 ** bit;
+    }
+    rows.push(value);
+  }
+  return rows[0];
+}
+
+function render() {
+  if (current && current.fpsSamples.length) {
+    const last = current.fpsSamples[current.fpsSamples.length - 1][0];
+    if (performance.now() - last > 2 * FPS_WINDOW_MS) viewerStats.fps = 0; // stalled
+  }
+  $("frames").textContent = String(viewerStats.frames);
+  $("fps").textContent = viewerStats.frames ? viewerStats.fps.toFixed(1) : "-";
+  $("resolution").textContent = viewerStats.width ? `${viewerStats.width}x${viewerStats.height}` : "-";
 }
 
 window.addEventListener("DOMContentLoaded", () => {
-  $("start").addEventListener("click", start);
-  $("stop").addEventListener("click", stop);
+  $("start").addEventListener("click", (event) => start(event.timeStamp || performance.now()));
+  $("stop").addEventListener("click", () => stop("closed"));
+  $("auth").addEventListener("submit", connectWithToken);
+  $("video").addEventListener("resize", render);
+  setInterval(render, RENDER_INTERVAL_MS);
 });
+
+window.addEventListener("pagehide", () => { if (current) teardown(current, true); });
