@@ -15,13 +15,17 @@ from collections.abc import AsyncIterator, Iterable
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from aiortc.stats import RTCInboundRtpStreamStats
 
 from common.ice import rtc_configuration
 
+from . import ice_rtt
 from .signalling import Signalling, SignallingError
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
+
+RTT_INTERVAL_SECONDS = 2.0
 
 
 class ReceiverError(Exception):
@@ -56,6 +60,7 @@ class Receiver:
         self._pc: RTCPeerConnection | None = None
         self._track: asyncio.Future[MediaStreamTrack] | None = None
         self._first: av.VideoFrame | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
         """Negotiate, then wait for the first decoded frame (``connect_timeout``)."""
@@ -90,6 +95,22 @@ class Receiver:
             await self.close()
             raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
         logger.info("receiving from %s", self.url)
+        self._probe = asyncio.create_task(self._measure_rtt(), name="rtt")
+
+    async def _measure_rtt(self) -> None:
+        while self._pc is not None:
+            rtt = await ice_rtt.measure(self._pc)
+            if rtt is not None:
+                self.stats.rtt_ms.append(rtt * 1000)
+            await asyncio.sleep(RTT_INTERVAL_SECONDS)
+
+    async def _read_transport_stats(self) -> None:
+        """Loss and jitter as aiortc's receiver counts them, kept before the pc closes."""
+        if self._pc is None:
+            return
+        for item in (await self._pc.getStats()).values():
+            if isinstance(item, RTCInboundRtpStreamStats) and item.kind == "video":
+                self.stats.add_transport(item.packetsReceived, item.packetsLost, item.jitter)
 
     async def frames(self) -> AsyncIterator[av.VideoFrame]:
         """Decoded frames until the connection ends, stalls (no video for
@@ -118,6 +139,10 @@ class Receiver:
 
     async def close(self) -> None:
         """End the signalling session (WHEP DELETE), then close the peer connection."""
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+        await self._read_transport_stats()
         await self._signalling.close()
         if self._pc is not None:
             pc, self._pc = self._pc, None

@@ -50,6 +50,10 @@ class FrameStats:
     latencies_ms: list[float] = field(default_factory=list)
     last_sequence: int | None = None
     reconnects: int = 0
+    rtt_ms: list[float] = field(default_factory=list)
+    packets_received: int = 0  # summed over connections
+    packets_lost: int = 0
+    jitter_ms: float | None = None  # of the last connection
     _window: list[float] = field(default_factory=list)
 
     def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
@@ -69,6 +73,12 @@ class FrameStats:
                     self.dropped += found.sequence - last - 1
                 self.last_sequence = found.sequence
         return found
+
+    def add_transport(self, received: int, lost: int, jitter_rtp: int) -> None:
+        """One connection's RTP counters (jitter in 90 kHz RTP units)."""
+        self.packets_received += received
+        self.packets_lost += max(0, lost)
+        self.jitter_ms = jitter_rtp / 90
 
     def gap(self) -> None:
         """A new connection: its sender may count sequence numbers afresh."""
@@ -113,7 +123,20 @@ class FrameStats:
             "dropped": self.dropped if self.stamped else None,
             "latency_ms": None,
             "reconnects": self.reconnects,
+            "rtt_ms": None,
+            "packets_received": self.packets_received,
+            "packets_lost": self.packets_lost,
+            "loss": None,
+            "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
         }
+        if self.rtt_ms:
+            result["rtt_ms"] = {
+                "p50": round(percentile(self.rtt_ms, 50), 3),
+                "max": round(max(self.rtt_ms), 3),
+            }
+        expected = self.packets_received + self.packets_lost
+        if expected:
+            result["loss"] = round(self.packets_lost / expected, 4)
         if self.latencies_ms:
             result["latency_ms"] = {
                 "p50": round(percentile(self.latencies_ms, 50), 2),
