@@ -11,12 +11,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from common.cli import CliError, fail, positive, stop_on_signals
 from common.ice import parse_ice_server
 from common.logs import setup_logging
 
 from .client import Receiver, ReceiverError
+from .recorder import MODES
 from .signalling import SIGNALLING, SignallingError, tls_context
 from .sinks import DisplaySink, RecordSink, Sink, SinkError, SnapshotSink
 from .stats import FrameStats
@@ -63,6 +65,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ice-server", action="append", default=[], metavar="URL")
     parser.add_argument(
+        "--record-mode",
+        choices=MODES,
+        default="copy",
+        help="copy: keep the received VP8/H.264 as it is (default: lossless, almost no CPU); "
+        "encode: re-encode the decoded frames",
+    )
+    parser.add_argument(
         "--segment-seconds",
         type=positive(float),
         metavar="N",
@@ -89,12 +98,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_sinks(args: argparse.Namespace) -> list[Sink]:
+def make_sinks(args: argparse.Namespace, request_keyframe: Callable[[], None]) -> list[Sink]:
     sinks: list[Sink] = []
     if args.display:
         sinks.append(DisplaySink())
     if args.record:
-        sinks.append(RecordSink(args.record, segment_seconds=args.segment_seconds))
+        sinks.append(
+            RecordSink(
+                args.record,
+                segment_seconds=args.segment_seconds,
+                mode=args.record_mode,
+                request_keyframe=request_keyframe,
+            )
+        )
     if args.snapshots:
         sinks.append(SnapshotSink(args.snapshots, args.snapshot_every))
     return sinks
@@ -126,9 +142,12 @@ class Retry:
 class Run:
     """Connections, one after the other, feeding the same sinks and statistics."""
 
-    def __init__(self, args: argparse.Namespace, sinks: list[Sink], tls: object) -> None:
+    def __init__(self, args: argparse.Namespace, tls: object) -> None:
         self.args = args
-        self.sinks = sinks
+        self.sinks = make_sinks(args, self.request_keyframe)
+        self.copying = [s for s in self.sinks if getattr(s, "copies", False)]
+        self.decoding = [s for s in self.sinks if s not in self.copying]
+        self.current: Receiver | None = None
         self.tls = tls
         self.stats = FrameStats()
         self.retry = Retry(None if args.retry_forever else args.max_retries)
@@ -145,13 +164,21 @@ class Run:
             tls=self.tls,
             stall_timeout=args.stall_timeout,
             stats=self.stats,
+            encoded=bool(self.copying),
+            # with no sink at all it decodes, to read the stamps for the statistics
+            decode=bool(self.decoding) or not self.copying,
+            codecs=self.copying[0].codecs() if self.copying else None,
         )
+
+    def request_keyframe(self) -> None:
+        if self.current is not None:
+            self.current.request_keyframe()
 
     async def __call__(self) -> None:
         status = None
         try:
             while True:
-                rx = self.receiver()
+                rx = self.current = self.receiver()
                 try:
                     try:
                         await rx.connect()
@@ -184,17 +211,41 @@ class Run:
     async def pump(self, rx: Receiver) -> bool:
         """Feed frames to the sinks; True when the run is over (--frames, --duration, a
         closed window), False when the connection was lost."""
-        args = self.args
+        loops = [self.decoded(rx)] if rx.decode else []
+        if self.copying:
+            loops.append(self.encoded(rx))
+        tasks = [asyncio.create_task(loop) for loop in loops]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return any(task.result() for task in done)
+
+    async def decoded(self, rx: Receiver) -> bool:
         async for frame in rx.frames():
-            for sink in self.sinks:
+            for sink in self.decoding:
                 await sink.write(frame)
-            if args.frames and self.stats.frames >= args.frames:
-                return True
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                return True
-            if any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in self.sinks):
+            if self.finished():
                 return True
         return False
+
+    async def encoded(self, rx: Receiver) -> bool:
+        async for frame in rx.encoded_frames():
+            for sink in self.copying:
+                await sink.write(frame)
+            if not rx.decode and self.finished():
+                return True
+        return False
+
+    def finished(self) -> bool:
+        args = self.args
+        if args.frames and self.stats.frames >= args.frames:
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
+        return any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in self.sinks)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -204,14 +255,10 @@ async def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise CliError(str(exc)) from None
     try:
-        tls = tls_context(args.cafile, args.insecure)
-        sinks = make_sinks(args)
-    except (SignallingError, SinkError) as exc:
+        session = Run(args, tls_context(args.cafile, args.insecure))
+    except (SignallingError, SinkError, ReceiverError) as exc:
         raise CliError(str(exc)) from None
-    try:
-        session = Run(args, sinks, tls)
-    except ReceiverError as exc:
-        raise CliError(str(exc)) from None
+    sinks = session.sinks
     stop = asyncio.Event()
     failure: BaseException | None = None
     try:

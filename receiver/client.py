@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 from aiortc.stats import RTCInboundRtpStreamStats
 
 from common.ice import rtc_configuration
 
-from . import ice_rtt
+from . import ice_rtt, passthrough
+from .passthrough import EncodedFrame
 from .signalling import Signalling, SignallingError
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
 
 RTT_INTERVAL_SECONDS = 2.0
+ENCODED_QUEUE_FRAMES = 300
+T = TypeVar("T")
 
 
 class ReceiverError(Exception):
@@ -33,7 +37,10 @@ class ReceiverError(Exception):
 
 
 class Receiver:
-    """A connection to one sender. Owns its peer connection; ``close()`` ends it."""
+    """A connection to one sender. Owns its peer connection; ``close()`` ends it.
+
+    ``encoded=True`` also hands out the frames as received (``encoded_frames()``), for
+    lossless recording; ``decode=False`` then skips decoding altogether."""
 
     def __init__(
         self,
@@ -46,12 +53,19 @@ class Receiver:
         tls: ssl.SSLContext | bool = True,
         stall_timeout: float = 3.0,
         stats: FrameStats | None = None,
+        encoded: bool = False,
+        decode: bool = True,
+        codecs: Sequence[str] | None = None,
     ) -> None:
+        if not (encoded or decode):
+            raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
         self.url = url
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.stats = stats if stats is not None else FrameStats()
         self.ended: str | None = None  # why frames() stopped
+        self.decode = decode
+        self.codecs = [c.lower() for c in codecs] if codecs else None
         self._configuration = rtc_configuration(ice_servers)
         try:
             self._signalling = Signalling(url, signalling, token=token, tls=tls)
@@ -60,10 +74,14 @@ class Receiver:
         self._pc: RTCPeerConnection | None = None
         self._track: asyncio.Future[MediaStreamTrack] | None = None
         self._first: av.VideoFrame | None = None
+        self._encoded: asyncio.Queue[EncodedFrame] | None = (
+            asyncio.Queue(ENCODED_QUEUE_FRAMES) if encoded else None
+        )
         self._probe: asyncio.Task[None] | None = None
+        self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
 
     async def connect(self) -> None:
-        """Negotiate, then wait for the first decoded frame (``connect_timeout``)."""
+        """Negotiate, then wait for the first frame (``connect_timeout``)."""
         loop = asyncio.get_running_loop()
         self._pc = pc = RTCPeerConnection(self._configuration)
         self._track = track = loop.create_future()
@@ -73,13 +91,28 @@ class Receiver:
             if remote.kind == "video" and not track.done():
                 track.set_result(remote)
 
-        pc.addTransceiver("video", direction="recvonly")
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        if self.codecs:
+            transceiver.setCodecPreferences(
+                [
+                    c
+                    for c in RTCRtpReceiver.getCapabilities("video").codecs
+                    if c.name.lower() in self.codecs or c.name.lower() == "rtx"
+                ]
+            )
+        if self._encoded is not None:
+            passthrough.tap(transceiver.receiver, self._on_encoded, decode=self.decode)
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await pc.setLocalDescription(await pc.createOffer())
                 answer = await self._signalling.exchange(pc.localDescription)
                 await pc.setRemoteDescription(answer)
-                self._first = await (await track).recv()
+                if self.decode:
+                    self._first = await (await track).recv()
+                else:
+                    assert self._encoded is not None
+                    first = await self._encoded.get()
+                    self._encoded.put_nowait(first)  # still the first one out
         except SignallingError as exc:
             await self.close()
             raise ReceiverError(str(exc)) from None
@@ -97,6 +130,23 @@ class Receiver:
         logger.info("receiving from %s", self.url)
         self._probe = asyncio.create_task(self._measure_rtt(), name="rtt")
 
+    def _on_encoded(self, frame: EncodedFrame) -> None:
+        assert self._encoded is not None
+        if self._encoded.full():  # the consumer is stuck: drop, and restart on a keyframe
+            self._encoded.get_nowait()
+            self.request_keyframe()
+        self._encoded.put_nowait(frame)
+
+    def request_keyframe(self) -> None:
+        """Ask the sender for a keyframe (RTCP PLI), e.g. to start a new recording file."""
+        if self._pc is None:
+            return
+        receiver = self._pc.getReceivers()[0]
+        for source in receiver.getSynchronizationSources():
+            task = asyncio.ensure_future(receiver._send_rtcp_pli(source.source))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
     async def _measure_rtt(self) -> None:
         while self._pc is not None:
             rtt = await ice_rtt.measure(self._pc)
@@ -112,25 +162,39 @@ class Receiver:
             if isinstance(item, RTCInboundRtpStreamStats) and item.kind == "video":
                 self.stats.add_transport(item.packetsReceived, item.packetsLost, item.jitter)
 
-    async def frames(self) -> AsyncIterator[av.VideoFrame]:
-        """Decoded frames until the connection ends, stalls (no video for
-        ``stall_timeout`` s: the sender vanished) or the receiver is closed."""
-        if self._track is None:
-            raise ReceiverError("not connected: use 'async with Receiver(...)' or connect()")
-        track = self._track.result()
+    async def _until_stalled(self, next_item: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
+        """Items until the stream ends or stalls (no video for ``stall_timeout`` s: the
+        sender vanished without a goodbye)."""
         while True:
-            if self._first is not None:
-                frame, self._first = self._first, None
-            else:
-                try:
-                    frame = await asyncio.wait_for(track.recv(), self.stall_timeout)
-                except MediaStreamError:
-                    self.ended = "the sender ended the stream"
-                    return
-                except TimeoutError:
-                    self.ended = f"no video for {self.stall_timeout:g} s"
-                    return
+            try:
+                yield await asyncio.wait_for(next_item(), self.stall_timeout)
+            except MediaStreamError:
+                self.ended = "the sender ended the stream"
+                return
+            except TimeoutError:
+                self.ended = f"no video for {self.stall_timeout:g} s"
+                return
+
+    async def frames(self) -> AsyncIterator[av.VideoFrame]:
+        """Decoded frames until the connection ends, stalls or the receiver is closed."""
+        if self._track is None or not self.decode:
+            raise ReceiverError("not connected (or decode=False): connect() first")
+        track = self._track.result()
+        if self._first is not None:
+            first, self._first = self._first, None
+            self.stats.update(first)
+            yield first
+        async for frame in self._until_stalled(track.recv):
             self.stats.update(frame)
+            yield frame
+
+    async def encoded_frames(self) -> AsyncIterator[EncodedFrame]:
+        """Frames as received, before decoding (needs ``encoded=True``)."""
+        if self._encoded is None or self._pc is None:
+            raise ReceiverError("encoded frames need Receiver(encoded=True) and connect()")
+        async for frame in self._until_stalled(self._encoded.get):
+            if not self.decode:
+                self.stats.update_encoded(*frame.size)
             yield frame
 
     @property

@@ -8,9 +8,12 @@ import fractions
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
+
+from .passthrough import EncodedFrame, h264_parameter_sets
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ CONTAINER_OPTIONS = {
     },
 }
 ENCODERS = {".webm": "libvpx", ".mkv": "libx264", ".mp4": "libx264", ".mov": "libx264"}
+# What each container can take as received, without re-encoding.
+COPY_CODECS = {".webm": {"vp8"}, ".mkv": {"vp8", "h264"}, ".mp4": {"h264"}, ".mov": {"h264"}}
+MODES = ("copy", "encode")
 SPLIT, STOP = "split", "stop"  # worker commands, queued between frames
 
 
@@ -83,9 +89,20 @@ class Recorder:
     the disk. ``pattern`` may hold strftime fields; each segment gets its own name."""
 
     def __init__(
-        self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None
+        self,
+        pattern: str,
+        fps: float = 30.0,
+        segment_seconds: float | None = None,
+        mode: str = "encode",
+        request_keyframe: Callable[[], None] | None = None,
     ) -> None:
+        if mode not in MODES:
+            raise RecorderError(f"unknown recording mode {mode!r}: use copy or encode")
         self.pattern = pattern
+        self.mode = mode
+        self._request_keyframe = request_keyframe
+        self._keyframe_asked = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._extension = check_pattern(pattern)
         self._fps = fps
         self._segment_ticks = int(segment_seconds * 90000) if segment_seconds else None
@@ -94,13 +111,19 @@ class Recorder:
         self._segment_start = 0
         self._last_pts = -1
         self._split = False
-        self._queue: asyncio.Queue[av.VideoFrame | str] = asyncio.Queue(QUEUE_FRAMES)
+        self._queue: asyncio.Queue[av.VideoFrame | EncodedFrame | str] = asyncio.Queue(QUEUE_FRAMES)
         self._worker: asyncio.Task[None] | None = None
         self.files: list[str] = []
         self.frames = 0
 
-    async def write(self, frame: av.VideoFrame) -> None:
+    def accepts(self, codec: str) -> bool:
+        """Whether frames of ``codec`` can be copied into this container as they are."""
+        return codec in COPY_CODECS[self._extension]
+
+    async def write(self, frame: av.VideoFrame | EncodedFrame) -> None:
+        """A decoded frame (mode encode) or a frame as received (mode copy)."""
         if self._worker is None:
+            self._loop = asyncio.get_running_loop()
             self._worker = asyncio.create_task(self._run(), name=f"record {self.pattern}")
         if self._worker.done():
             self._worker.result()  # raises the worker's RecorderError
@@ -118,6 +141,8 @@ class Recorder:
                     await asyncio.to_thread(self._finish_segment)
                     self._clock = RtpClock()
                     self._last_pts = -1
+                elif isinstance(item, EncodedFrame):
+                    await asyncio.to_thread(self._copy, item)
                 else:
                     await asyncio.to_thread(self._encode, item)
             await asyncio.to_thread(self._finish_segment)
@@ -147,6 +172,58 @@ class Recorder:
         self._mux(segment, stream.encode(frame))
         segment.frames += 1
         self.frames += 1
+
+    def _copy(self, frame: EncodedFrame) -> None:
+        """Write a received frame as it is; files and segments start at keyframes."""
+        pts = self._clock(frame.timestamp)
+        if pts <= self._last_pts:
+            return
+        ticks = self._segment_ticks
+        due = self._segment is not None and ticks and pts - self._segment_start >= ticks
+        if due and frame.keyframe:
+            self._finish_segment()
+        elif due or (self._segment is None and not frame.keyframe):
+            self._ask_for_keyframe()
+            if self._segment is None:
+                return
+        self._last_pts = pts
+        if self._segment is None:
+            self._segment = self._open_segment()
+            self._segment_start = pts
+            self._keyframe_asked = False
+        segment = self._segment
+        if segment.stream is None:
+            segment.stream = self._add_copy_stream(segment.container, frame)
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = pts - self._segment_start
+        packet.time_base = TIME_BASE
+        packet.stream = segment.stream
+        packet.is_keyframe = frame.keyframe
+        self._mux(segment, [packet])
+        segment.frames += 1
+        self.frames += 1
+
+    def _ask_for_keyframe(self) -> None:
+        """From the worker thread: the request goes out on the event loop."""
+        if not self._keyframe_asked and self._request_keyframe and self._loop is not None:
+            self._keyframe_asked = True
+            self._loop.call_soon_threadsafe(self._request_keyframe)
+
+    def _add_copy_stream(
+        self, container: av.container.OutputContainer, frame: EncodedFrame
+    ) -> av.VideoStream:
+        # The picture size is in the bitstream: decode this one keyframe to learn it.
+        probe = av.CodecContext.create(frame.codec, "r")
+        decoded = probe.decode(av.Packet(frame.data))
+        width, height = (decoded[0].width, decoded[0].height) if decoded else frame.size
+        stream = container.add_stream(frame.codec, rate=round(self._fps))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = TIME_BASE
+        stream.codec_context.time_base = TIME_BASE
+        if frame.codec == "h264":
+            stream.codec_context.extradata = h264_parameter_sets(frame.data)
+        return stream
 
     def _mux(self, segment: Segment, packets: list[av.Packet]) -> None:
         try:
@@ -195,7 +272,7 @@ class Recorder:
         if segment is None:
             return
         try:
-            if segment.stream is not None and not failed:
+            if segment.stream is not None and not failed and self.mode == "encode":
                 self._mux(segment, segment.stream.encode(None))
         finally:
             try:

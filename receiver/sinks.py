@@ -6,12 +6,14 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Protocol
 
 import av
 import cv2
 
-from .recorder import Recorder, RecorderError
+from .passthrough import EncodedFrame
+from .recorder import COPY_CODECS, Recorder, RecorderError
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +98,28 @@ class SnapshotSink:
 
 
 class RecordSink:
-    """Adapts the Recorder to the sink interface (its errors become SinkErrors)."""
+    """Adapts the Recorder to the sink interface (its errors become SinkErrors). In copy
+    mode it takes frames as received (``EncodedFrame``), in encode mode decoded ones."""
 
-    def __init__(self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None):
+    def __init__(
+        self,
+        pattern: str,
+        fps: float = 30.0,
+        segment_seconds: float | None = None,
+        mode: str = "copy",
+        request_keyframe: Callable[[], None] | None = None,
+    ) -> None:
         try:
-            self.recorder = Recorder(pattern, fps, segment_seconds)
+            self.recorder = Recorder(pattern, fps, segment_seconds, mode, request_keyframe)
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
+        self.copies = mode == "copy"
 
-    async def write(self, frame: av.VideoFrame) -> None:
+    def codecs(self) -> list[str]:
+        """The codecs this recording can take as received (copy mode)."""
+        return sorted(COPY_CODECS[os.path.splitext(self.recorder.pattern)[1].lower()])
+
+    async def write(self, frame: av.VideoFrame | EncodedFrame) -> None:
         try:
             await self.recorder.write(frame)
         except RecorderError as exc:

@@ -56,13 +56,16 @@ class FrameStats:
     jitter_ms: float | None = None  # of the last connection
     _window: list[float] = field(default_factory=list)
 
-    def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
+    def _count(self) -> None:
         now = time.monotonic()
         self.frames += 1
         self.first_at = self.first_at if self.first_at is not None else now
         self.last_at = now
-        self.width, self.height = frame.width, frame.height
         self._window.append(now)
+
+    def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
+        self._count()
+        self.width, self.height = frame.width, frame.height
         found = read_stamp(frame)
         if found is not None:
             self.stamped += 1
@@ -73,6 +76,12 @@ class FrameStats:
                     self.dropped += found.sequence - last - 1
                 self.last_sequence = found.sequence
         return found
+
+    def update_encoded(self, width: int = 0, height: int = 0) -> None:
+        """Count a frame kept as received, not decoded (so no stamp to read)."""
+        self._count()
+        if width:
+            self.width, self.height = width, height
 
     def add_transport(self, received: int, lost: int, jitter_rtp: int) -> None:
         """One connection's RTP counters (jitter in 90 kHz RTP units)."""

@@ -1,0 +1,98 @@
+"""Encoded frames straight from aiortc's receiver, before (or instead of) decoding.
+
+aiortc 1.16.0's ``RTCRtpReceiver`` puts each complete frame from its jitter buffer on a
+private ``queue.Queue`` read by its decoder thread, and offers no way to see them. For
+lossless, nearly free recording (``--record-mode copy``) we replace that queue, before the
+receiver starts, with one that also hands every frame to us, and can skip decoding.
+``tests/test_passthrough.py`` fails if an aiortc upgrade renames or bypasses the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+logger = logging.getLogger(__name__)
+
+QUEUE_ATTRIBUTE = "_RTCRtpReceiver__decoder_queue"
+NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One complete video frame as received: VP8 bytes or H.264 Annex B."""
+
+    codec: str  # "vp8" or "h264"
+    data: bytes
+    timestamp: int  # RTP clock (90 kHz), unwrapped by aiortc from the first frame
+    keyframe: bool
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) from a VP8 keyframe's header (RFC 6386 9.1); else (0, 0)."""
+        if self.codec != "vp8" or not self.keyframe or len(self.data) < 10:
+            return 0, 0
+        width = int.from_bytes(self.data[6:8], "little") & 0x3FFF
+        height = int.from_bytes(self.data[8:10], "little") & 0x3FFF
+        return width, height
+
+
+def nal_units(data: bytes) -> list[bytes]:
+    """Split an Annex B byte stream at its start codes."""
+    units, start = [], None
+    i = data.find(b"\x00\x00\x01")
+    while i != -1:
+        if start is not None:
+            end = i - 1 if data[i - 1] == 0 else i
+            units.append(data[start:end])
+        start = i + 3
+        i = data.find(b"\x00\x00\x01", start)
+    if start is not None:
+        units.append(data[start:])
+    return [u for u in units if u]
+
+
+def is_keyframe(codec: str, data: bytes) -> bool:
+    if codec == "vp8":
+        return bool(data) and not data[0] & 0x01  # P bit clear: a key frame (RFC 6386 9.1)
+    return any(unit[0] & 0x1F == NAL_IDR for unit in nal_units(data))
+
+
+def h264_parameter_sets(data: bytes) -> bytes:
+    """SPS and PPS of a keyframe, in Annex B: the container's codec private data."""
+    sets = [u for u in nal_units(data) if u[0] & 0x1F in (NAL_SPS, NAL_PPS)]
+    return b"".join(b"\x00\x00\x00\x01" + u for u in sets)
+
+
+class TapQueue(queue.Queue):
+    """aiortc's decoder queue, with a tap; ``decode=False`` keeps frames from the decoder."""
+
+    def __init__(self, tap: Callable[[EncodedFrame], None], decode: bool) -> None:
+        super().__init__()
+        self._tap = tap
+        self._decode = decode
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item  # type: ignore[misc]
+            assert isinstance(codec, RTCRtpCodecParameters) and isinstance(frame, JitterFrame)
+            name = codec.name.lower()
+            self._tap(
+                EncodedFrame(name, frame.data, frame.timestamp, is_keyframe(name, frame.data))
+            )
+            if not self._decode:
+                return
+        super().put(item, block, timeout)
+
+
+def tap(receiver: RTCRtpReceiver, callback: Callable[[EncodedFrame], None], decode: bool) -> None:
+    """Install the tap; call before the connection starts receiving."""
+    if not hasattr(receiver, QUEUE_ATTRIBUTE):
+        raise RuntimeError(f"aiortc changed: RTCRtpReceiver has no {QUEUE_ATTRIBUTE}")
+    setattr(receiver, QUEUE_ATTRIBUTE, TapQueue(callback, decode))
