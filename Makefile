@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
-# OpenCV's libraries; Chromium for the browser tests; GStreamer's webrtcbin (run by
-# Debian's own python3) for the interoperability tests.
-APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 \
-	chromium \
+# OpenCV's libraries and a virtual X server for --display; Chromium for the browser
+# tests; GStreamer's webrtcbin (run by Debian's own python3) for interoperability; Janus
+# for the SFU tests; iproute2 and nftables for the two-host loss tests.
+APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 xvfb \
+	chromium janus iproute2 nftables \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-bad-1.0
 

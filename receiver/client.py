@@ -16,11 +16,13 @@ from typing import TypeVar
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
-from aiortc.stats import RTCInboundRtpStreamStats
 
+from common import dtls_ciphers
 from common.ice import rtc_configuration
+from common.janus import JanusError, parse_janus_url
 
-from . import ice_rtt, passthrough
+from . import ice_rtt, jitterbuffer, passthrough
+from .janus_subscriber import JanusSubscription
 from .passthrough import EncodedFrame
 from .signalling import Signalling, SignallingError
 from .stats import FrameStats
@@ -57,6 +59,8 @@ class Receiver:
         decode: bool = True,
         codecs: Sequence[str] | None = None,
     ) -> None:
+        dtls_ciphers.install()  # peers with RSA certificates (GStreamer)
+        jitterbuffer.install()  # frames leave on their marker packet: one frame less latency
         if not (encoded or decode):
             raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
         self.url = url
@@ -67,9 +71,14 @@ class Receiver:
         self.decode = decode
         self.codecs = [c.lower() for c in codecs] if codecs else None
         self._configuration = rtc_configuration(ice_servers)
+        self._signalling: Signalling | None = None
+        self._janus: JanusSubscription | None = None
         try:
-            self._signalling = Signalling(url, signalling, token=token, tls=tls)
-        except SignallingError as exc:
+            if url.startswith("janus+"):  # subscribe through an SFU
+                self._janus = JanusSubscription(parse_janus_url(url), tls=tls)
+            else:
+                self._signalling = Signalling(url, signalling, token=token, tls=tls)
+        except (SignallingError, JanusError) as exc:
             raise ReceiverError(str(exc)) from None
         self._pc: RTCPeerConnection | None = None
         self._track: asyncio.Future[MediaStreamTrack] | None = None
@@ -88,31 +97,31 @@ class Receiver:
 
         @pc.on("track")
         def _on_track(remote: MediaStreamTrack) -> None:
-            if remote.kind == "video" and not track.done():
-                track.set_result(remote)
+            if remote.kind != "video" or track.done():
+                return
+            if self._encoded is not None:  # before the receiver starts: see passthrough.py
+                receiver = next(
+                    t.receiver for t in pc.getTransceivers() if t.receiver.track is remote
+                )
+                passthrough.tap(receiver, self._on_encoded, decode=self.decode)
+            track.set_result(remote)
 
-        transceiver = pc.addTransceiver("video", direction="recvonly")
-        if self.codecs:
-            transceiver.setCodecPreferences(
-                [
-                    c
-                    for c in RTCRtpReceiver.getCapabilities("video").codecs
-                    if c.name.lower() in self.codecs or c.name.lower() == "rtx"
-                ]
-            )
-        if self._encoded is not None:
-            passthrough.tap(transceiver.receiver, self._on_encoded, decode=self.decode)
         try:
             async with asyncio.timeout(self.connect_timeout):
-                await pc.setLocalDescription(await pc.createOffer())
-                answer = await self._signalling.exchange(pc.localDescription)
-                await pc.setRemoteDescription(answer)
+                if self._janus is not None:
+                    await self._janus.connect(pc)  # Janus offers, we answer
+                else:
+                    await self._offer(pc)
                 if self.decode:
                     self._first = await (await track).recv()
                 else:
                     assert self._encoded is not None
+                    await track
                     first = await self._encoded.get()
                     self._encoded.put_nowait(first)  # still the first one out
+        except JanusError as exc:
+            await self.close()
+            raise ReceiverError(str(exc)) from None
         except SignallingError as exc:
             await self.close()
             raise ReceiverError(str(exc)) from None
@@ -129,6 +138,22 @@ class Receiver:
             raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
         logger.info("receiving from %s", self.url)
         self._probe = asyncio.create_task(self._measure_rtt(), name="rtt")
+
+    async def _offer(self, pc: RTCPeerConnection) -> None:
+        """We offer to receive video (WHEP or JSON), the sender answers."""
+        assert self._signalling is not None
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        if self.codecs:
+            transceiver.setCodecPreferences(
+                [
+                    c
+                    for c in RTCRtpReceiver.getCapabilities("video").codecs
+                    if c.name.lower() in self.codecs or c.name.lower() == "rtx"
+                ]
+            )
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await self._signalling.exchange(pc.localDescription)
+        await pc.setRemoteDescription(answer)
 
     def _on_encoded(self, frame: EncodedFrame) -> None:
         assert self._encoded is not None
@@ -155,12 +180,22 @@ class Receiver:
             await asyncio.sleep(RTT_INTERVAL_SECONDS)
 
     async def _read_transport_stats(self) -> None:
-        """Loss and jitter as aiortc's receiver counts them, kept before the pc closes."""
+        """Loss and jitter of the video stream, kept before the pc closes. Read from the
+        receiver's per-SSRC counters: aiortc 1.16's getStats() files the RTX stream under
+        the same id as the video, so after a retransmission it reports the RTX counters."""
         if self._pc is None:
             return
-        for item in (await self._pc.getStats()).values():
-            if isinstance(item, RTCInboundRtpStreamStats) and item.kind == "video":
-                self.stats.add_transport(item.packetsReceived, item.packetsLost, item.jitter)
+        for transceiver in self._pc.getTransceivers():
+            if transceiver.kind != "video":
+                continue
+            receiver = transceiver.receiver
+            streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+            rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})  # RTX SSRC -> media SSRC
+            for ssrc, stream in streams.items():
+                if ssrc not in rtx:
+                    self.stats.add_transport(
+                        stream.packets_received, stream.packets_lost, stream.jitter
+                    )
 
     async def _until_stalled(self, next_item: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
         """Items until the stream ends or stalls (no video for ``stall_timeout`` s: the
@@ -207,7 +242,10 @@ class Receiver:
             self._probe.cancel()
             self._probe = None
         await self._read_transport_stats()
-        await self._signalling.close()
+        if self._signalling is not None:
+            await self._signalling.close()
+        if self._janus is not None:
+            await self._janus.close()
         if self._pc is not None:
             pc, self._pc = self._pc, None
             await pc.close()

@@ -14,6 +14,12 @@ checks a frame's start: a frame is released only if the packet just before it (s
 number minus one) was received and is the previous frame's end (marker set or another
 timestamp). A frame whose start cannot be known (after a reset or an overflow that skipped
 lost packets) is dropped, never released; aiortc has already asked for a keyframe then.
+Nothing precedes the very first packet received: as stock aiortc does, it is taken as a
+frame start (our sender starts every viewer at a keyframe's first packet); if it was not,
+the decoder fails and aiortc's decode-error PLI recovers, as without this module.
+
+``add()`` still returns at most one frame per packet (that is how the receiver calls it), so
+frames that complete together behind a repaired gap leave one per following packet.
 
 ``install()`` swaps the name ``JitterBuffer`` in ``aiortc.rtcrtpreceiver`` for a factory that
 builds this class for video; audio keeps stock aiortc's buffer (it uses ``prefetch``).
@@ -72,8 +78,9 @@ class LowLatencyJitterBuffer(JitterBuffer):
                 if self._is_video:
                     pli_flag = True
             else:
-                # Already released or given up (a duplicate or a late retransmission).
-                return pli_flag, None
+                # Already released or given up (a duplicate or a late retransmission). Stock
+                # returns nothing here; a complete frame still waiting may go (one per call).
+                return pli_flag, self._remove_frame(packet.sequence_number)
 
         if delta >= self.capacity:
             # Stock: drop the oldest frames until the packet fits, and ask for a keyframe.
@@ -107,7 +114,9 @@ class LowLatencyJitterBuffer(JitterBuffer):
                     data=b"".join(p._data for p in packets),  # type: ignore[union-attr]
                     timestamp=first.timestamp,
                 )
-            logger.debug("dropped the frame at RTP timestamp %d: its start is unknown", first.timestamp)
+            logger.debug(
+                "dropped the frame at RTP timestamp %d: its start is unknown", first.timestamp
+            )
 
     def _head_frame_length(self) -> int | None:
         """How many packets the frame at the origin has, once it is complete; else None.
@@ -132,12 +141,8 @@ class LowLatencyJitterBuffer(JitterBuffer):
         """Whether the packet at the origin is its frame's first packet."""
         if self._trust_origin:
             return True
-        before = self._before
-        return (
-            before is not None
-            and before.sequence_number == uint16_add(self._origin, -1)
-            and (bool(before.marker) or before.timestamp != first.timestamp)
-        )
+        before = self._before  # the packet at origin - 1, if received
+        return before is not None and (bool(before.marker) or before.timestamp != first.timestamp)
 
     def _pop(self) -> None:
         """Empty the origin's slot and move the origin on, remembering what was there."""
@@ -175,16 +180,13 @@ class LowLatencyJitterBuffer(JitterBuffer):
         return False
 
 
-_stock_jitter_buffer = JitterBuffer
-
-
 def _receiver_jitter_buffer(
     capacity: int, prefetch: int = 0, is_video: bool = False
 ) -> JitterBuffer:
     """Stands in for ``JitterBuffer`` in ``aiortc.rtcrtpreceiver``: ours for video only."""
     if is_video and not prefetch:
         return LowLatencyJitterBuffer(capacity, is_video=True)
-    return _stock_jitter_buffer(capacity, prefetch=prefetch, is_video=is_video)
+    return JitterBuffer(capacity, prefetch=prefetch, is_video=is_video)  # aiortc's own
 
 
 def install() -> None:

@@ -45,6 +45,8 @@ class DisplaySink:
 
     async def write(self, frame: av.VideoFrame) -> None:
         try:
+            if not self._shown:  # the picture alone, without Qt's toolbar
+                cv2.namedWindow(self.title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)
             cv2.imshow(self.title, frame.to_ndarray(format="bgr24"))
             key = cv2.waitKey(1) & 0xFF
             visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE)

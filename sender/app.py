@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -10,10 +12,12 @@ from importlib import resources
 from aiohttp import web
 
 from common.ice import link_header, parse_ice_server, rtc_configuration
+from common.janus import JanusTarget
 
 from . import metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .fanout import SharedSource
+from .janus_publisher import JanusPublication
 from .sessions import Sessions
 from .signalling import ICE_LINKS, SESSIONS
 
@@ -36,10 +40,14 @@ class SenderConfig:
     bitrate: int | None = None  # fixed encoder bitrate; None follows the viewers' estimates
     token: str | None = field(default=None, repr=False)  # never logged
     allowed_origins: tuple[str, ...] = ()
+    publish: tuple[JanusTarget, ...] = field(default=(), repr=False)  # may hold secrets
+    name: str = field(default_factory=socket.gethostname)
+    local: bool = True  # serve our own viewers (WHEP, /offer, the page)
 
 
 CONFIG = web.AppKey("config", SenderConfig)
 SOURCE = web.AppKey("source", SharedSource)
+PUBLICATIONS = web.AppKey("publications", list)
 
 
 async def media(app: web.Application) -> AsyncIterator[None]:
@@ -63,8 +71,23 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     ):
         app[SOURCE] = source
         app[SESSIONS] = sessions
-        metrics.install(app, source, sessions)
-        yield
+        publications = [
+            JanusPublication(
+                target,
+                lambda: sessions.encoders.subscribe("vp8"),  # shares the local viewers' encoder
+                config.name,
+                config.ice_servers,
+            )
+            for target in config.publish
+        ]
+        app[PUBLICATIONS] = publications
+        metrics.install(app, source, sessions, publications)
+        for publication in publications:
+            await publication.start()
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(p.close() for p in publications))
     # Leaving the blocks closed every peer connection first, then the camera.
 
 
@@ -93,6 +116,15 @@ async def healthz(request: web.Request) -> web.Response:
             "encoders": {
                 e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
             },
+            "publications": [
+                {
+                    "target": p.target.describe(),
+                    "state": p.state,
+                    "error": p.last_error,
+                    "bitrate": round(await p.bitrate()),
+                }
+                for p in request.app[PUBLICATIONS]
+            ],
         }
     )
 
@@ -103,9 +135,10 @@ def create_app(config: SenderConfig) -> web.Application:
     app[ACCESS] = AccessPolicy(config.token, frozenset(config.allowed_origins))
     app[ICE_LINKS] = [link_header(parse_ice_server(url)) for url in config.ice_servers]
     app.cleanup_ctx.append(media)
-    app.router.add_get("/", index)
-    app.router.add_get("/client.js", client_js)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics.metrics)
-    signalling.add_routes(app)
+    if config.local:
+        app.router.add_get("/", index)
+        app.router.add_get("/client.js", client_js)
+        signalling.add_routes(app)
     return app

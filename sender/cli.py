@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
+import socket
 import ssl
 import sys
 
@@ -14,6 +16,7 @@ from aiohttp import web
 from common.cli import CliError, fail, positive, size, stop_on_signals
 from common.codecs import CODECS
 from common.ice import parse_ice_server
+from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
 from . import sources
@@ -68,6 +71,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="let pages from ORIGIN (e.g. https://example.org) call the sender (repeatable)",
     )
     parser.add_argument(
+        "--publish",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="also publish into a Janus VideoRoom: janus+http://HOST:PORT/janus?room=ROOM "
+        "(repeatable)",
+    )
+    parser.add_argument("--publish-token", help="Janus token for --publish URLs without one")
+    parser.add_argument(
+        "--name", default=socket.gethostname(), help="display name in the room (host name)"
+    )
+    parser.add_argument(
+        "--no-local",
+        action="store_true",
+        help="only publish: serve no viewers here (no page, /whep or /offer)",
+    )
+    parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
     )
     return parser.parse_args(argv)
@@ -88,9 +108,25 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+def publish_targets(args: argparse.Namespace) -> tuple[JanusTarget, ...]:
+    targets = []
+    for url in args.publish:
+        try:
+            target = parse_janus_url(url)
+        except JanusError as exc:
+            raise CliError(str(exc)) from None
+        if args.publish_token and not target.token:
+            target = dataclasses.replace(target, token=args.publish_token)
+        targets.append(target)
+    if args.no_local and not targets:
+        raise CliError("--no-local needs at least one --publish URL")
+    return tuple(targets)
+
+
 async def serve(args: argparse.Namespace) -> int:
     width, height = args.size
     tls = tls_context(args)
+    publish = publish_targets(args)
     for url in args.ice_server:
         try:
             parse_ice_server(url)
@@ -111,6 +147,9 @@ async def serve(args: argparse.Namespace) -> int:
         bitrate=args.bitrate,
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
+        publish=publish,
+        name=args.name,
+        local=not args.no_local,
     )
     runner = web.AppRunner(
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0

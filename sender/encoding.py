@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 TIME_BASE = fractions.Fraction(1, 90000)
 VIEWER_QUEUE_PACKETS = 15  # half a second at 30 fps; a viewer further behind starts over
 BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more than 10%
+KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyframe
 
 
 @dataclass
@@ -193,6 +194,7 @@ class SharedEncoder:
         self._frames: ViewerTrack | None = None
         self._task: asyncio.Task[None] | None = None
         self._keyframe = False
+        self._last_keyframe = -KEYFRAME_INTERVAL_MIN
         self.target_bitrate = fixed_bitrate or profile.default_bitrate
         self.frames_encoded = 0
         self.keyframes = 0
@@ -252,7 +254,13 @@ class SharedEncoder:
                         frame.width, frame.height, self.target_bitrate, self._fps
                     )
                     self._keyframe = True
-                keyframe, self._keyframe = self._keyframe, False
+                # One viewer's burst of PLIs must not turn everyone's stream into keyframes.
+                keyframe = self._keyframe and (
+                    time.monotonic() - self._last_keyframe >= KEYFRAME_INTERVAL_MIN
+                )
+                if keyframe:
+                    self._keyframe = False
+                    self._last_keyframe = time.monotonic()
                 packets = await asyncio.to_thread(self._encode, codec, frame, keyframe)
                 for packet in packets:
                     for viewer in list(self._viewers):

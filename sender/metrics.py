@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .fanout import SharedSource
+from .janus_publisher import FAILED, PUBLISHING, RETRYING, JanusPublication
 from .sessions import Session, Sessions
 
 
@@ -47,10 +48,17 @@ async def viewer_stats(session: Session, previous: ViewerStats | None) -> Viewer
 
 
 class SenderCollector(Collector):
-    def __init__(self, source: SharedSource, sessions: Sessions) -> None:
+    def __init__(
+        self,
+        source: SharedSource,
+        sessions: Sessions,
+        publications: Sequence[JanusPublication] = (),
+    ) -> None:
         self._source = source
         self._sessions = sessions
+        self._publications = publications
         self.viewers: dict[str, ViewerStats] = {}
+        self.publication_bitrates: list[float] = []
 
     async def refresh(self) -> None:
         """WebRTC stats are async in aiortc; gather them before the (sync) collection."""
@@ -61,6 +69,7 @@ class SenderCollector(Collector):
         self.viewers = {
             s.id: r for s, r in zip(live, results, strict=True) if isinstance(r, ViewerStats)
         }
+        self.publication_bitrates = [await p.bitrate() for p in self._publications]
 
     def collect(self) -> Iterator[Metric]:
         sessions, totals = self._sessions, self._sessions.encoders.totals
@@ -103,15 +112,35 @@ class SenderCollector(Collector):
             per_viewer["fraction"].add_metric([session_id], stats.fraction_lost)
             per_viewer["bitrate"].add_metric([session_id], stats.bitrate_bps)
         yield from per_viewer.values()
+        state = GaugeMetricFamily(
+            "webcam_publication_state",
+            "1 for the state each SFU publication is in",
+            labels=["target", "state"],
+        )
+        bitrate = GaugeMetricFamily(
+            "webcam_publication_bitrate_bps", "Bitrate sent to the SFU", labels=["target"]
+        )
+        for publication, bps in zip(self._publications, self.publication_bitrates, strict=False):
+            target = publication.target.describe()
+            for name in (PUBLISHING, RETRYING, FAILED):
+                state.add_metric([target, name], int(publication.state == name))
+            bitrate.add_metric([target], bps)
+        yield state
+        yield bitrate
 
 
 METRICS = web.AppKey("metrics", SenderCollector)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
-def install(app: web.Application, source: SharedSource, sessions: Sessions) -> None:
+def install(
+    app: web.Application,
+    source: SharedSource,
+    sessions: Sessions,
+    publications: Sequence[JanusPublication] = (),
+) -> None:
     """A registry per app, so that several senders in one process keep their own."""
-    collector = SenderCollector(source, sessions)
+    collector = SenderCollector(source, sessions, publications)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
     app[METRICS] = collector

@@ -16,6 +16,7 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
+from common import dtls_ciphers
 from common.codecs import prefer_codec
 
 from . import rtcp_feedback
@@ -161,6 +162,7 @@ class Sessions:
         bitrate: int | None = None,
     ) -> None:
         rtcp_feedback.install()
+        dtls_ciphers.install()
         self.encoders = Encoders(source, fps, bitrate)
         self._connect_timeout = connect_timeout
         self._configuration = configuration
