@@ -8,7 +8,7 @@ import contextlib
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TypeVar
 
 N = TypeVar("N", int, float)
@@ -25,6 +25,16 @@ class CliError(Exception):
 def fail(prog: str, exc: CliError) -> int:
     print(f"{prog}: error: {exc}", file=sys.stderr)
     return exc.code
+
+
+def run_main(prog: str, main: Coroutine[object, object, int]) -> int:
+    """Run a tool's coroutine: CliErrors become one line and their exit code."""
+    try:
+        return asyncio.run(main)
+    except CliError as exc:
+        return fail(prog, exc)
+    except KeyboardInterrupt:
+        return 0
 
 
 def size(text: str) -> tuple[int, int]:

@@ -28,13 +28,13 @@ import functools
 import logging
 from collections.abc import Callable
 
-import aiortc
 from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
 from OpenSSL import SSL
 
+from common import aiortc_version
+
 logger = logging.getLogger(__name__)
 
-AIORTC_VERSION = "1.16.0"
 
 # What aiortc 1.16.0 sets, in its order: for ECDSA certificates (ours, browsers').
 STOCK_CIPHERS: tuple[str, ...] = (
@@ -71,10 +71,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    if aiortc.__version__ != AIORTC_VERSION:
-        logger.warning(
-            "aiortc %s is not %s: re-check %s", aiortc.__version__, AIORTC_VERSION, __name__
-        )
+    aiortc_version.check(__name__)
     create: CreateContext = RTCCertificate._create_ssl_context
 
     @functools.wraps(create)

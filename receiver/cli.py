@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from common.cli import CliError, fail, positive, stop_on_signals
+from common.cli import CliError, positive, run_main, stop_on_signals
 from common.ice import parse_ice_server
 from common.logs import setup_logging
 
@@ -297,12 +297,7 @@ def write_summary(stats: FrameStats, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose, quiet=args.quiet)
-    try:
-        return asyncio.run(run(args))
-    except CliError as exc:
-        return fail(PROG, exc)
-    except KeyboardInterrupt:
-        return 0
+    return run_main(PROG, run(args))
 
 
 if __name__ == "__main__":

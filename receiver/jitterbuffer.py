@@ -35,9 +35,9 @@ from aiortc.jitterbuffer import MAX_MISORDER, JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
-logger = logging.getLogger(__name__)
+from common import aiortc_version
 
-AIORTC_VERSION = "1.16.0"  # the version whose receiver and jitter buffer this was written against
+logger = logging.getLogger(__name__)
 
 
 class LowLatencyJitterBuffer(JitterBuffer):
@@ -194,14 +194,7 @@ def install() -> None:
 
     Idempotent. Affects receivers created afterwards.
     """
-    if aiortc.__version__ != AIORTC_VERSION:
-        logger.warning(
-            "%s was written for aiortc %s, this is aiortc %s: re-check it against "
-            "aiortc/jitterbuffer.py and aiortc/rtcrtpreceiver.py",
-            __name__,
-            AIORTC_VERSION,
-            aiortc.__version__,
-        )
+    aiortc_version.check(__name__)
     if not installed():
         aiortc.rtcrtpreceiver.JitterBuffer = _receiver_jitter_buffer  # type: ignore[misc,assignment]
         logger.debug("aiortc video receivers release frames at their marker packet")

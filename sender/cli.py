@@ -13,7 +13,7 @@ import sys
 
 from aiohttp import web
 
-from common.cli import CliError, fail, positive, size, stop_on_signals
+from common.cli import CliError, positive, run_main, size, stop_on_signals
 from common.codecs import CODECS
 from common.ice import parse_ice_server
 from common.janus import JanusError, JanusTarget, parse_janus_url
@@ -179,12 +179,7 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        return asyncio.run(serve(args))
-    except CliError as exc:
-        return fail(PROG, exc)
-    except KeyboardInterrupt:
-        return 0
+    return run_main(PROG, serve(args))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiortc
 from aiortc import RTCRtpSender
 from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket, unpack_remb_fci
+
+from common import aiortc_version
 
 from .encoding import EncodedTrack
 
 logger = logging.getLogger(__name__)
 
-AIORTC_VERSION = "1.16.0"
 _installed = False
 
 
@@ -34,10 +34,7 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    if aiortc.__version__ != AIORTC_VERSION:
-        logger.warning(
-            "aiortc %s is not %s: re-check %s", aiortc.__version__, AIORTC_VERSION, __name__
-        )
+    aiortc_version.check(__name__)
     send_keyframe: Callable[[RTCRtpSender], None] = RTCRtpSender._send_keyframe
     handle_rtcp: Callable[[RTCRtpSender, AnyRtcpPacket], Awaitable[None]] = (
         RTCRtpSender._handle_rtcp_packet

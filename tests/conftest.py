@@ -1,26 +1,28 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import InProcessSender, SenderProcess, start_sender
+from .helpers import InProcessSender, SenderProcess, senders
+from .janus_server import JanusServer
 
 
 @pytest.fixture
-async def sender_factory() -> AsyncIterator[Callable[..., object]]:
+async def sender_factory() -> AsyncIterator[Callable[..., Awaitable[InProcessSender]]]:
     """Start in-process senders on free ports; all are closed after the test."""
-    started: list[InProcessSender] = []
+    async with senders() as start:
+        yield start
 
-    async def start(**config: object) -> InProcessSender:
-        sender = await start_sender(**config)
-        started.append(sender)
-        return sender
 
-    yield start
-    for sender in started:
-        await sender.close()
+@pytest.fixture
+def janus(tmp_path: Path) -> Iterator[JanusServer]:
+    """A real Janus with the VideoRoom plugin on a free loopback port."""
+    server = JanusServer(tmp_path / "janus")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,23 @@ async def start_sender(**config: object) -> InProcessSender:
     return InProcessSender(f"http://127.0.0.1:{port}", app, runner)
 
 
+@contextlib.asynccontextmanager
+async def senders() -> AsyncIterator[Callable[..., Awaitable[InProcessSender]]]:
+    """Start in-process senders on free ports; all are closed on the way out."""
+    started: list[InProcessSender] = []
+
+    async def start(**config: object) -> InProcessSender:
+        sender = await start_sender(**config)
+        started.append(sender)
+        return sender
+
+    try:
+        yield start
+    finally:
+        for sender in started:
+            await sender.close()
+
+
 async def wait_until(
     condition: Callable[[], bool | Awaitable[bool]], within: float = 20.0, what: str = "condition"
 ) -> None:
@@ -79,13 +97,16 @@ def child_env() -> dict[str, str]:
 
 
 class SenderProcess:
-    """``python -m sender`` on a free port; its URL read from its first line."""
+    """``python -m sender`` (on a free port unless ``port`` is given); its URL read from its
+    first line. ``prefix`` runs it through another command (``ip netns exec NAME``)."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], log: Path, prefix: Sequence[str] = (), port: int = 0
+    ) -> None:
         self.log = log
         self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sender", "--port", "0", *args],
+            [*prefix, sys.executable, "-m", "sender", "--port", str(port), *args],
             stdout=subprocess.PIPE,
             stderr=self._log_file,
             env=child_env(),

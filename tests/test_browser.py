@@ -22,7 +22,7 @@ import pytest_asyncio
 
 from common import stamp
 
-from .helpers import InProcessSender, start_sender, wait_until
+from .helpers import InProcessSender, senders, wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 FRAME_TIMEOUT_MS = 30_000
@@ -63,16 +63,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def sender_factory() -> AsyncIterator[Callable[..., object]]:
     """As conftest's, but on the module's event loop, which the browser lives on."""
-    started: list[InProcessSender] = []
-
-    async def start(**config: object) -> InProcessSender:
-        sender = await start_sender(**config)
-        started.append(sender)
-        return sender
-
-    yield start
-    for sender in started:
-        await sender.close()
+    async with senders() as start:
+        yield start
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 from aiortc import RTCRtpSender
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
+from common.aiortc_version import AIORTC_VERSION
 from receiver import Receiver
 from receiver.stats import read_stamp
 from sender import rtcp_feedback
@@ -108,7 +109,7 @@ async def test_rtcp_feedback_reaches_the_shared_encoder(sender_factory) -> None:
     """Fails if an aiortc upgrade changes what sender/rtcp_feedback.py wraps."""
     import aiortc
 
-    assert aiortc.__version__ == rtcp_feedback.AIORTC_VERSION, "re-check sender/rtcp_feedback.py"
+    assert aiortc.__version__ == AIORTC_VERSION, "re-check sender/rtcp_feedback.py"
     assert rtcp_feedback.installed()
     assert RTCRtpSender._send_keyframe.__module__ == "sender.rtcp_feedback"
     sender = await sender_factory()

@@ -8,7 +8,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,14 +28,6 @@ NAME = "test-cam"
 MIN_FPS = 25.0
 WINDOW_SECONDS = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@pytest.fixture
-def janus(tmp_path: Path) -> Iterator[JanusServer]:
-    server = JanusServer(tmp_path / "janus")
-    server.start()
-    yield server
-    server.stop()
 
 
 def publish(sender: InProcessSender, target: JanusTarget, name: str = NAME) -> JanusPublication:

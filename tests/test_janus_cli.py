@@ -2,21 +2,10 @@
 with a janus+http:// URL, and the errors a user meets."""
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from .helpers import SenderProcess, assert_one_line_error, run_receiver, wait_until
-from .janus_server import JanusServer
-
-
-@pytest.fixture
-def janus(tmp_path: Path) -> Iterator[JanusServer]:
-    server = JanusServer(tmp_path / "janus")
-    server.start()
-    yield server
-    server.stop()
 
 
 def publication(sender: SenderProcess) -> dict:

@@ -462,7 +462,7 @@ def test_aiortc_is_the_version_the_patch_was_written_for() -> None:
     assert aiortc.__version__ == "1.16.0", (
         f"aiortc is {aiortc.__version__}: re-check receiver/jitterbuffer.py against "
         "aiortc/jitterbuffer.py and aiortc/rtcrtpreceiver.py (how add() is called, "
-        "JitterBuffer's fields), then update AIORTC_VERSION there and this test"
+        "JitterBuffer's fields), then update common/aiortc_version.py and this test"
     )
 
 

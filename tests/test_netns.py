@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import queue
-import subprocess
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
+from .helpers import SenderProcess
 from .netns import TwoHosts, require, two_hosts
 
 PORT = 8080
@@ -24,53 +22,14 @@ STOP_TIMEOUT = 15.0
 LOSS_PERCENT = 5
 
 
-class NamespacedSender:
+def namespaced_sender(net: TwoHosts, log: Path) -> SenderProcess:
     """``python -m sender --source testsrc`` inside the sender's namespace."""
-
-    def __init__(self, net: TwoHosts, log: Path) -> None:
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = net.popen(
-            net.sender,
-            ["-m", "sender", "--source", "testsrc", "--host", net.sender_addr, "--port", str(PORT)],
-            stdout=subprocess.PIPE,
-            stderr=self._log_file,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
-        try:
-            line = lines.get(timeout=STARTUP_TIMEOUT)
-        except queue.Empty:
-            line = ""
-        expected = f"on http://{net.sender_addr}:{PORT}/"
-        if not (line.startswith("webcam-sender: serving ") and expected in line):
-            self.stop()
-            raise AssertionError(f"sender did not start: {line!r}\n{self.stderr()}")
-        self.url = f"http://{net.sender_addr}:{PORT}"
-
-    def _read(self, lines: queue.Queue[str]) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            lines.put(raw.decode(errors="replace"))
-        lines.put("")
-
-    def stderr(self) -> str:
-        if not self._log_file.closed:
-            self._log_file.flush()
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM (``ip netns exec`` execs python, so the signal reaches the sender)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self._log_file.closed:
-            self._log_file.close()
-        return self.proc.returncode
+    return SenderProcess(
+        ["--source", "testsrc", "--host", net.sender_addr],
+        log,
+        prefix=net.command(net.sender, []),
+        port=PORT,
+    )
 
 
 @dataclass
@@ -92,7 +51,7 @@ def run_two_hosts(tmp_path: Path, loss_percent: int) -> Run:
     require()
     record, stats = tmp_path / "received.mkv", tmp_path / "stats.json"
     with two_hosts(loss_percent) as net:
-        sender = NamespacedSender(net, tmp_path / "sender.log")
+        sender = namespaced_sender(net, tmp_path / "sender.log")
         try:
             args = f"-m receiver {sender.url} --duration {DURATION} --quiet".split()
             # The stamps are read from decoded pictures: decode, and record those re-encoded.
