@@ -23,6 +23,7 @@ from common.janus import JanusError, parse_janus_url
 
 from . import ice_rtt, jitterbuffer, passthrough
 from .janus_subscriber import JanusSubscription
+from .nack_retry import NackRetry
 from .passthrough import EncodedFrame
 from .signalling import Signalling, SignallingError
 from .stats import FrameStats
@@ -88,6 +89,7 @@ class Receiver:
         )
         self._probe: asyncio.Task[None] | None = None
         self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
+        self._nack_retry: NackRetry | None = None
 
     async def connect(self) -> None:
         """Negotiate, then wait for the first frame (``connect_timeout``)."""
@@ -241,6 +243,8 @@ class Receiver:
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
+        if self._nack_retry is not None:
+            await self._nack_retry.close()
         await self._read_transport_stats()
         if self._signalling is not None:
             await self._signalling.close()
