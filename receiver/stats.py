@@ -4,6 +4,8 @@ capture-to-decoded latency and missing sequence numbers."""
 from __future__ import annotations
 
 import time
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import av
@@ -32,7 +34,12 @@ def read_stamp(frame: av.VideoFrame) -> stamp.Stamp | None:
     return stamp.read(luma)
 
 
-def percentile(values: list[float], q: float) -> float | None:
+LATENCY_SAMPLES = 30 * 3600
+RTT_SAMPLES = 43_200
+FPS_WINDOW_SECONDS = 1.0
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
@@ -47,14 +54,16 @@ class FrameStats:
     stamped: int = 0
     first_at: float | None = None
     last_at: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
+    # Bounded: a receiver may record for weeks. The summary's percentiles cover the last
+    # hour of frames (at 30 fps) and the last day of RTT probes.
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     last_sequence: int | None = None
     reconnects: int = 0
-    rtt_ms: list[float] = field(default_factory=list)
+    rtt_ms: deque[float] = field(default_factory=lambda: deque(maxlen=RTT_SAMPLES))
     packets_received: int = 0  # summed over connections
     packets_lost: int = 0
     jitter_ms: float | None = None  # of the last connection
-    _window: list[float] = field(default_factory=list)
+    _window: deque[float] = field(default_factory=deque)  # arrival times, last second
 
     def _count(self) -> None:
         now = time.monotonic()
@@ -62,6 +71,8 @@ class FrameStats:
         self.first_at = self.first_at if self.first_at is not None else now
         self.last_at = now
         self._window.append(now)
+        while self._window[0] < now - FPS_WINDOW_SECONDS:
+            self._window.popleft()
 
     def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
         self._count()
@@ -104,16 +115,17 @@ class FrameStats:
     def fps(self) -> float:
         return (self.frames - 1) / self.seconds if self.frames > 1 and self.seconds > 0 else 0.0
 
-    def recent_fps(self, window: float = 1.0) -> float:
+    def recent_fps(self, window: float = FPS_WINDOW_SECONDS) -> float:
         cutoff = time.monotonic() - window
-        self._window = [t for t in self._window if t >= cutoff]
+        while self._window and self._window[0] < cutoff:
+            self._window.popleft()
         return len(self._window) / window
 
     def status_line(self) -> str:
         parts = [f"frames {self.frames}", f"fps {self.recent_fps():.1f}"]
         if self.width:
             parts.append(f"{self.width}x{self.height}")
-        recent = self.latencies_ms[-30:]
+        recent = [self.latencies_ms[-i] for i in range(1, min(30, len(self.latencies_ms)) + 1)]
         if recent:
             parts.append(
                 f"latency p50 {percentile(recent, 50):.0f} ms p95 {percentile(recent, 95):.0f} ms"

@@ -4,11 +4,12 @@ camera, aiortc subscribers; the modules directly, not the CLIs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,24 @@ async def viewers() -> AsyncIterator[list[Viewer]]:
 
 
 async def watch(viewers: list[Viewer], target: JanusTarget) -> MediaStreamTrack:
+    """Subscribe a new viewer and wait for its first frame."""
     viewer = Viewer(target)
     viewers.append(viewer)
-    return await viewer.connect()
+    track = await viewer.connect()
+    await asyncio.wait_for(track.recv(), 10)
+    return track
+
+
+@contextlib.asynccontextmanager
+async def published(
+    janus: JanusServer, sender_factory: Callable[..., Awaitable[InProcessSender]]
+) -> AsyncIterator[tuple[InProcessSender, JanusTarget, JanusPublication]]:
+    """An in-process sender publishing the fake camera into the test room."""
+    sender = await sender_factory()
+    target = parse_janus_url(janus.url())
+    async with publish(sender, target) as publication:
+        await publishing(publication)
+        yield sender, target, publication
 
 
 async def count_frames(track: MediaStreamTrack, seconds: float) -> tuple[int, list[int]]:
@@ -103,15 +119,11 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 
 async def test_publish_the_fake_camera_and_subscribe(janus, sender_factory, viewers) -> None:
-    sender = await sender_factory()
-    target = parse_janus_url(janus.url())
-    async with publish(sender, target) as publication:
-        await publishing(publication)
+    async with published(janus, sender_factory) as (sender, target, publication):
         assert publication.publications == 1
         assert publication.last_error is None
         started = time.monotonic()
         track = await watch(viewers, target)
-        await asyncio.wait_for(track.recv(), 10)
         first_frame = time.monotonic() - started
         assert viewers[0].subscription.feed == publication.feed
         assert viewers[0].subscription.display == NAME
@@ -143,12 +155,8 @@ async def test_publish_the_fake_camera_and_subscribe(janus, sender_factory, view
 
 
 async def test_five_subscribers_one_publication(janus, sender_factory, viewers) -> None:
-    sender = await sender_factory()
-    target = parse_janus_url(janus.url())
-    async with publish(sender, target) as publication:
-        await publishing(publication)
+    async with published(janus, sender_factory) as (sender, target, publication):
         tracks = await asyncio.gather(*(watch(viewers, target) for _ in range(5)))
-        await asyncio.gather(*(asyncio.wait_for(t.recv(), 10) for t in tracks))
 
         [encoder] = sender.sessions.encoders.active()
         encoded, captured = encoder.frames_encoded, sender.source.frames_captured
@@ -192,10 +200,7 @@ async def test_sender_cpu_does_not_grow_with_subscribers(janus, viewers, tmp_pat
         target = parse_janus_url(janus.url())
         usage = {}
         for count in (1, 5):
-            tracks = await asyncio.gather(
-                *(watch(viewers, target) for _ in range(count - len(viewers)))
-            )
-            await asyncio.gather(*(asyncio.wait_for(t.recv(), 10) for t in tracks))
+            await asyncio.gather(*(watch(viewers, target) for _ in range(count - len(viewers))))
             await asyncio.sleep(1)  # past the newcomers' keyframes
             before, started = cpu_seconds(sender.proc.pid), time.monotonic()
             await asyncio.sleep(WINDOW_SECONDS)
@@ -211,12 +216,8 @@ async def test_sender_cpu_does_not_grow_with_subscribers(janus, viewers, tmp_pat
 
 
 async def test_janus_killed_and_restarted(janus, sender_factory, viewers) -> None:
-    sender = await sender_factory()
-    target = parse_janus_url(janus.url())
-    async with publish(sender, target) as publication:
-        await publishing(publication)
-        track = await watch(viewers, target)
-        await asyncio.wait_for(track.recv(), 10)
+    async with published(janus, sender_factory) as (_, target, publication):
+        await watch(viewers, target)
 
         janus.kill()
         await asyncio.wait_for(viewers[0].subscription.lost.wait(), 5)
@@ -235,8 +236,7 @@ async def test_janus_killed_and_restarted(janus, sender_factory, viewers) -> Non
         # A new subscription receives frames within 10 s of Janus being back.
         while True:
             try:
-                track = await watch(viewers, target)
-                await asyncio.wait_for(track.recv(), 10)
+                await watch(viewers, target)
                 break
             except JanusError:
                 assert time.monotonic() - back < 10
@@ -249,12 +249,8 @@ async def test_janus_killed_and_restarted(janus, sender_factory, viewers) -> Non
 
 
 async def test_subscriber_leaves_when_the_publisher_does(janus, sender_factory, viewers) -> None:
-    sender = await sender_factory()
-    target = parse_janus_url(janus.url())
-    async with publish(sender, target) as publication:
-        await publishing(publication)
-        track = await watch(viewers, target)
-        await asyncio.wait_for(track.recv(), 10)
+    async with published(janus, sender_factory) as (_, target, _):
+        await watch(viewers, target)
     await asyncio.wait_for(viewers[0].subscription.lost.wait(), 5)
     print(f"\nsubscription lost: {viewers[0].subscription.reason}")
 
