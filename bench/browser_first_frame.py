@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a file: make the project importable
 
 from playwright.async_api import Browser, Page, Playwright, async_playwright
 
-from tests.helpers import InProcessSender, start_sender
+from bench.senders import InProcessSender, start_sender
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = (

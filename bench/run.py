@@ -15,15 +15,16 @@ import argparse
 import json
 import os
 import platform
-import queue
 import subprocess
 import sys
-import threading
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.senders import ROOT, SenderProcess, child_env
+
 IMPLS = ("stock", "project")
+STARTUP_TIMEOUT = 60.0  # two senders and eight viewers may share two busy cores
 
 
 @dataclass
@@ -38,60 +39,44 @@ class Plan:
     results: dict = field(default_factory=dict)
 
 
-class SenderUnderTest:
-    """One sender process (ours or the stock one) on a free port."""
-
-    def __init__(self, impl: str, size: str, codec: str) -> None:
-        if impl == "project":
-            command = ["-m", "sender", "--source", "testsrc", "--max-viewers", "64"]
-        else:
-            command = ["-m", "bench.stock_sender"]
-        command += ["--size", size, "--codec", codec, "--port", "0"]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, *command],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+def start(impl: str, size: str, codec: str, logs: Path) -> SenderProcess:
+    """One sender process (ours or the stock one) on a free port, its stderr in ``logs``."""
+    args = ["--size", size, "--codec", codec]
+    log = logs / f"{impl}-{size}-{codec}.log"
+    if impl == "project":
+        return SenderProcess(
+            ["--source", "testsrc", "--max-viewers", "64", *args],
+            log,
+            startup_timeout=STARTUP_TIMEOUT,
         )
-        lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        line = lines.get(timeout=60)
-        if " on http" not in line:
-            self.stop()
-            raise RuntimeError(f"{impl} sender did not start")
-        self.url = line.rsplit(" on ", 1)[1].strip().rstrip("/")
+    return SenderProcess(args, log, module="bench.stock_sender", startup_timeout=STARTUP_TIMEOUT)
 
-    def viewers(self, *args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-m", "bench.viewers", *args, "--pid", str(self.proc.pid)],
-            cwd=ROOT,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
-            capture_output=True,
-            text=True,
-            timeout=900,
+
+def viewers(sender: SenderProcess, *args: str) -> dict:
+    """Run bench.viewers against ``sender`` in its own process; its JSON result."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.viewers", *args, "--pid", str(sender.proc.pid)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"viewers {args[0]} failed: {result.stderr.strip()[-500:]}\n"
+            f"sender: {sender.stderr().strip()[-500:]}"
         )
-        if result.returncode != 0:
-            raise RuntimeError(f"viewers {args[0]} failed: {result.stderr.strip()[-500:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def load(sender: SenderUnderTest, viewers: int, plan: Plan) -> dict:
-    return sender.viewers(
+def load(sender: SenderProcess, count: int, plan: Plan) -> dict:
+    return viewers(
+        sender,
         "load",
         sender.url,
         "--viewers",
-        str(viewers),
+        str(count),
         "--seconds",
         str(plan.seconds),
         "--warmup",
@@ -99,17 +84,23 @@ def load(sender: SenderUnderTest, viewers: int, plan: Plan) -> dict:
     )
 
 
-def measure(plan: Plan) -> dict:
+def measure(plan: Plan, logs: Path) -> dict:
     results: dict = {"machine": machine(), "cases": [], "cycles": {}}
     for size in plan.sizes:
         for codec in plan.codecs:
             case: dict = {"size": size, "codec": codec}
             for impl in IMPLS:
-                sender = SenderUnderTest(impl, size, codec)
+                sender = start(impl, size, codec, logs)
                 try:
                     case[impl] = {
-                        "latency": sender.viewers(
-                            "latency", sender.url, "--impl", impl, "--seconds", str(plan.seconds)
+                        "latency": viewers(
+                            sender,
+                            "latency",
+                            sender.url,
+                            "--impl",
+                            impl,
+                            "--seconds",
+                            str(plan.seconds),
                         ),
                         "load": [load(sender, n, plan) for n in plan.viewers],
                     }
@@ -118,10 +109,10 @@ def measure(plan: Plan) -> dict:
                 print(f"  {size} {codec} {impl}: {json.dumps(case[impl])}", file=sys.stderr)
             results["cases"].append(case)
     for impl in IMPLS:
-        sender = SenderUnderTest(impl, plan.cycle_size, "vp8")
+        sender = start(impl, plan.cycle_size, "vp8", logs)
         try:
-            results["cycles"][impl] = sender.viewers(
-                "cycles", sender.url, "--cycles", str(plan.cycles)
+            results["cycles"][impl] = viewers(
+                sender, "cycles", sender.url, "--cycles", str(plan.cycles)
             )
         finally:
             sender.stop()
@@ -191,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(
             sizes=("640x480",), codecs=("vp8",), viewers=(1,), seconds=1.0, warmup=0.5, cycles=3
         )
-    results = measure(plan)
+    with tempfile.TemporaryDirectory(prefix="bench-") as logs:
+        results = measure(plan, Path(logs))
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -6,7 +6,10 @@ answers quick requests at once (``success``) and slow ones with ``ack``, deliver
 real answer later as an ``event`` carrying the same ``transaction``. Those events, and the
 ones nobody asked for (``webrtcup``, ``hangup``, a publisher leaving...), arrive through a
 long poll: ``GET /janus/<session>?maxev=10``. A session with no request for 60 s (Janus's
-default ``session_timeout``) is dropped, hence a keepalive every 25 s.
+default ``session_timeout``) is dropped, hence a keepalive every 25 s. ``classify()`` says
+what a message means (session lost, hung up, room destroyed, publisher gone...): one rule
+for the session, the publisher (sender/janus_publisher.py) and the subscriber
+(receiver/janus_subscriber.py).
 
 Secrets (the API secret, the auth token, the room pin) never appear in messages or logs.
 """
@@ -14,6 +17,7 @@ Secrets (the API secret, the auth token, the room pin) never appear in messages 
 from __future__ import annotations
 
 import asyncio
+import enum
 import itertools
 import logging
 import secrets
@@ -180,6 +184,93 @@ def _number(value: str, name: str, shown: str) -> int:
     if number <= 0:
         raise JanusError(f"not a Janus URL {shown}: {name} must be a positive number")
     return number
+
+
+class EventKind(enum.Enum):
+    """What a message from Janus means for the session or handle it is about."""
+
+    OTHER = "other"  # nothing ends: webrtcup, media, slowlink, keepalive, others coming and going
+    SESSION_LOST = "session lost"  # Janus timed the session out or forgot it: start over
+    ERROR = "error"  # a Janus or plugin error that answers none of our requests
+    HANGUP = "hangup"  # Janus closed this handle's peer connection
+    DETACHED = "detached"  # Janus detached this handle
+    ROOM_DESTROYED = "room destroyed"
+    REMOVED = "removed"  # Janus took us out of the room (a moderator kicked us)
+    PUBLISHER_LEFT = "publisher left"  # the feed we subscribe to unpublished or left
+
+
+@dataclass(frozen=True)
+class JanusEvent:
+    """A classified Janus message; ``reason`` is one line for logs and users."""
+
+    kind: EventKind
+    reason: str = ""
+    code: int | None = None  # Janus's error code (ERROR, SESSION_LOST)
+
+    @property
+    def ends(self) -> bool:
+        """The publication or subscription on this handle (or session) is over: start
+        over, or give up."""
+        return self.kind not in (EventKind.OTHER, EventKind.ERROR)
+
+
+_OTHER = JanusEvent(EventKind.OTHER)
+
+
+def classify(message: Mapping[str, Any], feed: int | None = None) -> JanusEvent:
+    """One rule for every Janus message: what it means for us. ``feed``: the publisher
+    we subscribe to (its unpublishing or leaving ends our subscription); None for a
+    publisher's own handle. Shapes are Janus 1.x's (VideoRoom multistream)."""
+    kind = message.get("janus")
+    if kind == "timeout":
+        return JanusEvent(EventKind.SESSION_LOST, "Janus timed the session out")
+    if kind == "error":
+        error = message.get("error")
+        error = error if isinstance(error, dict) else {}
+        code = error.get("code") if isinstance(error.get("code"), int) else None
+        if code == SESSION_NOT_FOUND:
+            return JanusEvent(EventKind.SESSION_LOST, "Janus no longer knows the session", code)
+        reason = " ".join(str(error.get("reason") or "unknown error").split())
+        return JanusEvent(EventKind.ERROR, f"Janus error {code}: {reason}", code)
+    if kind == "hangup":
+        reason = " ".join(str(message.get("reason") or "no reason given").split())
+        return JanusEvent(EventKind.HANGUP, f"Janus hung up ({reason})")
+    if kind == "detached":
+        return JanusEvent(EventKind.DETACHED, "Janus detached our handle")
+    if kind != "event":
+        return _OTHER
+    plugindata = message.get("plugindata")
+    data = plugindata.get("data") if isinstance(plugindata, dict) else None
+    return _classify_videoroom(data, feed) if isinstance(data, dict) else _OTHER
+
+
+def _classify_videoroom(data: Mapping[str, Any], feed: int | None) -> JanusEvent:
+    room = data.get("room")
+    room_name = f"room {room}" if isinstance(room, int) else "the room"
+    if "error_code" in data or "error" in data:
+        code = data.get("error_code") if isinstance(data.get("error_code"), int) else None
+        reason = " ".join(str(data.get("error") or "unknown error").split())
+        return JanusEvent(EventKind.ERROR, f"VideoRoom error {code}: {reason}", code)
+    if data.get("videoroom") == "destroyed":
+        return JanusEvent(EventKind.ROOM_DESTROYED, f"{room_name} was destroyed")
+    if data.get("leaving") == "ok":  # about us, not another participant (their id)
+        why = data.get("reason") or "no reason given"
+        return JanusEvent(EventKind.REMOVED, f"Janus removed us from {room_name} ({why})")
+    if feed is not None and feed in (data.get("unpublished"), data.get("leaving")):
+        return JanusEvent(EventKind.PUBLISHER_LEFT, f"the publisher (feed {feed}) left")
+    if data.get("videoroom") == "updated":
+        # Subscribers, Janus 1.x: when the publisher unpublishes, its streams go inactive
+        # in an "updated" event (with a renegotiation offer we do not need).
+        streams = data.get("streams")
+        active = [
+            s
+            for s in (streams if isinstance(streams, list) else [])
+            if isinstance(s, dict) and s.get("active", True) and s.get("type") == "video"
+        ]
+        if not active:
+            who = f"the publisher (feed {feed})" if feed is not None else "the publisher"
+            return JanusEvent(EventKind.PUBLISHER_LEFT, f"{who} stopped publishing")
+    return _OTHER
 
 
 EventCallback = Callable[[dict[str, Any]], None]
@@ -404,11 +495,13 @@ class JanusSession:
         if not isinstance(answer, dict):
             raise JanusError(f"Janus at {self.api} answered {verb!r} with unexpected JSON")
         if answer.get("janus") == "error":
-            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
-            code = error.get("code")
-            reason = self._scrub(str(error.get("reason") or "unknown error"))
-            if code == SESSION_NOT_FOUND:
-                self._lose(f"Janus no longer knows session {self.id}")
+            event = classify(answer)
+            if event.kind is EventKind.SESSION_LOST:
+                self._lose(event.reason)
+            error = answer.get("error")
+            details: dict[str, Any] = error if isinstance(error, dict) else {}
+            code = details.get("code")
+            reason = self._scrub(str(details.get("reason") or "unknown error"))
             raise JanusError(
                 f"Janus refused {verb!r}: {reason} (error {code})",
                 code if isinstance(code, int) else None,
@@ -444,16 +537,14 @@ class JanusSession:
                     self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
+        """An answer to its waiting request; else the session's end; else to the
+        handle's listeners."""
         kind = message.get("janus")
         if kind == "keepalive":
             return
-        if kind == "error":
-            error = message.get("error") if isinstance(message.get("error"), dict) else {}
-            if error.get("code") == SESSION_NOT_FOUND:
-                self._lose(f"Janus no longer knows session {self.id}")
-                return
-        if kind == "timeout":
-            self._lose(f"Janus timed session {self.id} out")
+        event = classify(message)
+        if event.kind is EventKind.SESSION_LOST:
+            self._lose(event.reason)
             return
         transaction = message.get("transaction")
         waiter = self._pending.get(transaction) if isinstance(transaction, str) else None
@@ -461,6 +552,8 @@ class JanusSession:
             if not waiter.done():
                 waiter.set_result(message)
             return
+        if event.kind is EventKind.ERROR:
+            logger.debug("janus session %s: %s", self.id, self._scrub(event.reason))
         handle = message.get("sender")
         for callback in list(self._listeners.get(handle, ())):  # type: ignore[arg-type]
             try:

@@ -4,7 +4,7 @@
 # first, cv2.imshow() spins forever inside Qt (opencv-python 5.0, av 18).
 import cv2  # noqa: F401  isort: skip
 
-from .client import Receiver, ReceiverError
+from .client import Gap, Receiver, ReceiverError
 from .stats import FrameStats
 
-__all__ = ["FrameStats", "Receiver", "ReceiverError"]
+__all__ = ["FrameStats", "Gap", "Receiver", "ReceiverError"]

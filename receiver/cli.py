@@ -9,18 +9,30 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import Callable
 
+from common import ice
+from common.aiortc_ext.nack_retry import MAX_TRIES
+from common.backoff import Backoff
 from common.cli import CliError, positive, run_main, stop_on_signals
-from common.ice import parse_ice_server
 from common.logs import setup_logging
 
-from .client import Receiver, ReceiverError
+from .client import Gap, Receiver, ReceiverError
+from .encoded import EncodedFrame
 from .recorder import MODES
 from .signalling import SIGNALLING, SignallingError, tls_context
-from .sinks import DisplaySink, RecordSink, Sink, SinkError, SnapshotSink
+from .sinks import (
+    DisplaySink,
+    EncodedSink,
+    FrameSink,
+    Sink,
+    SinkError,
+    SnapshotSink,
+    record_sink,
+)
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
@@ -63,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--connect-timeout", type=positive(float), default=10.0, metavar="S", help="(10)"
     )
-    parser.add_argument("--ice-server", action="append", default=[], metavar="URL")
+    ice.add_arguments(parser, sender=False)
     parser.add_argument(
         "--record-mode",
         choices=MODES,
@@ -86,6 +98,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--retry-forever", action="store_true", help="never give up reconnecting")
     parser.add_argument(
+        "--nack-retries",
+        type=int,
+        default=MAX_TRIES,
+        metavar="N",
+        help=f"ask again for a lost packet up to N times, every 50 ms ({MAX_TRIES}; "
+        "0: only aiortc's single NACK)",
+    )
+    parser.add_argument(
         "--stall-timeout",
         type=positive(float),
         default=3.0,
@@ -104,10 +124,10 @@ def make_sinks(args: argparse.Namespace, request_keyframe: Callable[[], None]) -
         sinks.append(DisplaySink())
     if args.record:
         sinks.append(
-            RecordSink(
+            record_sink(
                 args.record,
-                segment_seconds=args.segment_seconds,
                 mode=args.record_mode,
+                segment_seconds=args.segment_seconds,
                 request_keyframe=request_keyframe,
             )
         )
@@ -122,122 +142,63 @@ async def report_status(stats: FrameStats) -> None:
         print(stats.status_line(), file=sys.stderr, flush=True)
 
 
-class Retry:
-    """Exponential backoff between connection attempts: 0.25 s doubling, capped at 5 s."""
-
-    FIRST, CAP = 0.25, 5.0
-
-    def __init__(self, max_retries: int | None) -> None:
-        self.max_retries = max_retries  # None: forever
-        self.failures = 0
-
-    def next_delay(self) -> float | None:
-        """The wait before the next attempt, or None when the retries are used up."""
-        self.failures += 1
-        if self.max_retries is not None and self.failures > self.max_retries:
-            return None
-        return min(self.CAP, self.FIRST * 2 ** (self.failures - 1))
-
-
 class Run:
-    """Connections, one after the other, feeding the same sinks and statistics."""
+    """One receiver (reconnecting as the options say) feeding the sinks."""
 
-    def __init__(self, args: argparse.Namespace, tls: object) -> None:
+    def __init__(self, args: argparse.Namespace, tls: ssl.SSLContext | bool) -> None:
         self.args = args
         self.sinks = make_sinks(args, self.request_keyframe)
-        self.copying = [s for s in self.sinks if getattr(s, "copies", False)]
-        self.decoding = [s for s in self.sinks if s not in self.copying]
-        self.current: Receiver | None = None
-        self.tls = tls
-        self.stats = FrameStats()
-        self.retry = Retry(None if args.retry_forever else args.max_retries)
+        self.encoded = [s for s in self.sinks if isinstance(s, EncodedSink)]
+        self.decoded = [s for s in self.sinks if isinstance(s, FrameSink)]
         self.deadline = time.monotonic() + args.duration if args.duration else None
-
-    def receiver(self) -> Receiver:
-        args = self.args
-        return Receiver(
+        self.receiver = Receiver(
             args.url,
             ice_servers=args.ice_server,
+            ice_transport_policy=args.ice_transport_policy,
             connect_timeout=args.connect_timeout,
             signalling=args.signalling,
             token=args.token,
-            tls=self.tls,
+            tls=tls,
             stall_timeout=args.stall_timeout,
-            stats=self.stats,
-            encoded=bool(self.copying),
+            encoded=bool(self.encoded),
             # with no sink at all it decodes, to read the stamps for the statistics
-            decode=bool(self.decoding) or not self.copying,
-            codecs=self.copying[0].codecs() if self.copying else None,
+            decode=bool(self.decoded) or not self.encoded,
+            codecs=self.encoded[0].codecs() if self.encoded else None,
+            retry=Backoff(max_tries=None if args.retry_forever else args.max_retries),
+            nack_retries=args.nack_retries,
         )
+        self.stats = self.receiver.stats
 
     def request_keyframe(self) -> None:
-        if self.current is not None:
-            self.current.request_keyframe()
+        self.receiver.request_keyframe()
 
     async def __call__(self) -> None:
+        rx = self.receiver
         status = None
         try:
-            while True:
-                rx = self.current = self.receiver()
-                try:
-                    try:
-                        await rx.connect()
-                    except ReceiverError as exc:
-                        await self.wait_to_retry(str(exc))
+            await rx.connect()
+            if not self.args.quiet:
+                status = asyncio.create_task(report_status(self.stats))
+            async for item in rx.items():
+                if isinstance(item, Gap):
+                    for sink in self.sinks:
+                        await sink.gap()
+                    continue
+                if isinstance(item, EncodedFrame):
+                    for encoded in self.encoded:
+                        await encoded.write(item)
+                    if rx.decode:  # its decoded picture follows: count and stop on that
                         continue
-                    self.retry.failures = 0
-                    if status is None and not self.args.quiet:
-                        status = asyncio.create_task(report_status(self.stats))
-                    if await self.pump(rx):
-                        return
-                finally:
-                    await rx.close()
-                reason = rx.ended or "the connection ended"
-                await self.wait_to_retry(f"{reason} after {self.stats.frames} frames")
-                self.stats.gap()
-                for sink in self.sinks:
-                    await sink.gap()
+                else:
+                    for decoded in self.decoded:
+                        await decoded.write(item)
+                if self.finished():
+                    return
+            raise ReceiverError(rx.ended or "the connection ended")
         finally:
             if status is not None:
                 status.cancel()
-
-    async def wait_to_retry(self, reason: str) -> None:
-        delay = self.retry.next_delay()
-        if delay is None:
-            raise ReceiverError(reason)
-        logger.warning("%s; retrying in %.2g s", reason, delay)
-        await asyncio.sleep(delay)
-
-    async def pump(self, rx: Receiver) -> bool:
-        """Feed frames to the sinks; True when the run is over (--frames, --duration, a
-        closed window), False when the connection was lost."""
-        loops = [self.decoded(rx)] if rx.decode else []
-        if self.copying:
-            loops.append(self.encoded(rx))
-        tasks = [asyncio.create_task(loop) for loop in loops]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return any(task.result() for task in done)
-
-    async def decoded(self, rx: Receiver) -> bool:
-        async for frame in rx.frames():
-            for sink in self.decoding:
-                await sink.write(frame)
-            if self.finished():
-                return True
-        return False
-
-    async def encoded(self, rx: Receiver) -> bool:
-        async for frame in rx.encoded_frames():
-            for sink in self.copying:
-                await sink.write(frame)
-            if not rx.decode and self.finished():
-                return True
-        return False
+            await rx.close()
 
     def finished(self) -> bool:
         args = self.args
@@ -249,11 +210,8 @@ class Run:
 
 
 async def run(args: argparse.Namespace) -> int:
-    for url in args.ice_server:
-        try:
-            parse_ice_server(url)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    from_sender = args.signalling == "whep" and not args.url.startswith("janus+")
+    ice.check_arguments(args, from_peer=from_sender)
     try:
         session = Run(args, tls_context(args.cafile, args.insecure))
     except (SignallingError, SinkError, ReceiverError) as exc:

@@ -1,55 +1,87 @@
-"""The receiving peer: offer, answer, and decoded frames for the caller.
+"""The receiving side for Python code: connect, reconnect, and hand out frames.
 
-async with Receiver("http://127.0.0.1:8080") as rx:
-    async for frame in rx.frames():  # av.VideoFrame, decoded
-        img = frame.to_ndarray(format="bgr24")
+    async with Receiver("http://127.0.0.1:8080", retry=Backoff(max_tries=3)) as rx:
+        async for frame in rx.frames():  # av.VideoFrame, decoded
+            img = frame.to_ndarray(format="bgr24")
+
+With ``retry`` the receiver reconnects (with that backoff) when the sender goes away or
+the video stalls, as the CLI does; ``items()`` then also yields a ``Gap`` between two
+connections, so a consumer can split a recording there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import TypeVar
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCIceTransportPolicy
 
-from common import dtls_ciphers
-from common.ice import rtc_configuration
-from common.janus import JanusError, parse_janus_url
+from common.aiortc_ext.nack_retry import MAX_TRIES
+from common.backoff import Backoff
+from common.ice import TurnError, fetch_link_ice_servers, is_turn, rtc_configuration
+from common.janus import JanusError, JanusTarget, parse_janus_url
 
-from . import ice_rtt, jitterbuffer, passthrough
+from .connection import Connection
+from .encoded import EncodedFrame
 from .janus_subscriber import JanusSubscription
-from .nack_retry import NackRetry
-from .passthrough import EncodedFrame
-from .signalling import Signalling, SignallingError
+from .signalling import Signalling, SignallingError, endpoint
 from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
 
-RTT_INTERVAL_SECONDS = 2.0
-ENCODED_QUEUE_FRAMES = 300
-T = TypeVar("T")
+QUEUE_ITEMS = 300  # ten seconds at 30 fps for a consumer that stalls, then the oldest go
 
 
 class ReceiverError(Exception):
-    """Connecting or receiving failed; the message is one line for the user."""
+    """Connecting or receiving failed; the message is one line for the user. ``final``:
+    trying again cannot help (refused TURN credentials), so no retry is made."""
+
+    def __init__(self, message: str, *, final: bool = False) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The connection was lost (``reason``); what follows comes from a new one."""
+
+    reason: str
+
+
+Item = av.VideoFrame | EncodedFrame | Gap
+
+
+class _End:
+    """The last item: nothing more will come (``Receiver.ended`` says why)."""
 
 
 class Receiver:
-    """A connection to one sender. Owns its peer connection; ``close()`` ends it.
+    """Video from one sender (or one Janus feed), across reconnections. Owns its
+    connection; ``close()`` ends it.
 
     ``encoded=True`` also hands out the frames as received (``encoded_frames()``), for
-    lossless recording; ``decode=False`` then skips decoding altogether."""
+    lossless recording; ``decode=False`` then skips decoding altogether. ``retry``: how to
+    wait between attempts when connecting fails or the connection is lost (None: one
+    connection only). ``nack_retries``: how often a lost packet is asked for again after
+    aiortc's single NACK (0: aiortc's behaviour).
+
+    ICE: ``ice_servers`` (URLs) are ours; without any, over WHEP, each connection asks
+    the sender which to use (OPTIONS: its ``Link`` headers, with the TURN credentials it
+    hands out). ``ice_transport_policy="relay"``: only through a TURN server."""
 
     def __init__(
         self,
         url: str,
         *,
         ice_servers: Iterable[str] = (),
+        ice_transport_policy: str = "all",
         connect_timeout: float = 10.0,
         signalling: str = "whep",
         token: str | None = None,
@@ -59,200 +91,281 @@ class Receiver:
         encoded: bool = False,
         decode: bool = True,
         codecs: Sequence[str] | None = None,
+        retry: Backoff | None = None,
+        nack_retries: int = MAX_TRIES,
     ) -> None:
-        dtls_ciphers.install()  # peers with RSA certificates (GStreamer)
-        jitterbuffer.install()  # frames leave on their marker packet: one frame less latency
         if not (encoded or decode):
             raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
         self.url = url
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
         self.stats = stats if stats is not None else FrameStats()
-        self.ended: str | None = None  # why frames() stopped
+        self.ended: str | None = None  # why the frames stopped
+        self.encoded = encoded
         self.decode = decode
         self.codecs = [c.lower() for c in codecs] if codecs else None
-        self._configuration = rtc_configuration(ice_servers)
-        self._signalling: Signalling | None = None
-        self._janus: JanusSubscription | None = None
+        self.retry = retry
+        self.nack_retries = nack_retries
+        ice_servers = list(ice_servers)
+        self._configuration = rtc_configuration(ice_servers, ice_transport_policy)
+        self._ice_from_sender = not ice_servers and signalling == "whep"
+        self._signalling_kind = signalling
+        self._token = token
+        self._tls = tls
+        self._janus_target: JanusTarget | None = None
         try:
             if url.startswith("janus+"):  # subscribe through an SFU
-                self._janus = JanusSubscription(parse_janus_url(url), tls=tls)
+                self._janus_target = parse_janus_url(url)
+                self._ice_from_sender = False
             else:
-                self._signalling = Signalling(url, signalling, token=token, tls=tls)
+                self._new_signalling()  # a bad URL is an error now, not at connect()
         except (SignallingError, JanusError) as exc:
             raise ReceiverError(str(exc)) from None
-        self._pc: RTCPeerConnection | None = None
-        self._track: asyncio.Future[MediaStreamTrack] | None = None
-        self._first: av.VideoFrame | None = None
-        self._encoded: asyncio.Queue[EncodedFrame] | None = (
-            asyncio.Queue(ENCODED_QUEUE_FRAMES) if encoded else None
-        )
-        self._probe: asyncio.Task[None] | None = None
-        self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
-        self._nack_retry: NackRetry | None = None
+        self._items: asyncio.Queue[Item | _End] = asyncio.Queue(QUEUE_ITEMS)
+        self._connection: Connection | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._receiving = asyncio.Event()  # the current connection delivers video
+        self._last_arrival = 0.0
+        self._iterating = False
+
+    def _new_signalling(self) -> Signalling:
+        return Signalling(self.url, self._signalling_kind, token=self._token, tls=self._tls)
+
+    # -- connecting -------------------------------------------------------------------
 
     async def connect(self) -> None:
-        """Negotiate, then wait for the first frame (``connect_timeout``)."""
-        loop = asyncio.get_running_loop()
-        self._pc = pc = RTCPeerConnection(self._configuration)
-        self._track = track = loop.create_future()
+        """Connect (retrying as ``retry`` says) and wait for the first frame; from then on
+        the connection is kept up in the background. Raises ReceiverError."""
+        if self._supervisor is not None:
+            raise ReceiverError("already connected")
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"receiver {self.url}")
+        receiving = asyncio.create_task(self._receiving.wait())
+        either: set[asyncio.Future[Any]] = {self._supervisor, receiving}
+        try:
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            receiving.cancel()
+        if not self._receiving.is_set():
+            await self.close()
+            raise ReceiverError(self.ended or f"no video from {self.url}")
+        logger.info("receiving from %s", self.url)
 
-        @pc.on("track")
-        def _on_track(remote: MediaStreamTrack) -> None:
-            if remote.kind != "video" or track.done():
-                return
-            if self._encoded is not None:  # before the receiver starts: see passthrough.py
-                receiver = next(
-                    t.receiver for t in pc.getTransceivers() if t.receiver.track is remote
-                )
-                passthrough.tap(receiver, self._on_encoded, decode=self.decode)
-            track.set_result(remote)
+    async def _supervise(self) -> None:
+        """Connections one after the other, until one ends for good."""
+        try:
+            while True:
+                try:
+                    connection = await self._open()
+                except ReceiverError as exc:
+                    if exc.final:
+                        self.ended = str(exc)
+                        return
+                    if not await self._wait_to_retry(str(exc)):
+                        return
+                    continue
+                if self.retry is not None:
+                    self.retry.reset()
+                try:
+                    reason = await self._until_lost(connection)
+                finally:
+                    self._receiving.clear()
+                    self._connection = None
+                    await connection.close()
+                self._mark(Gap(reason))
+                self.stats.gap()
+                if not await self._wait_to_retry(reason, f"after {self.stats.frames} frames"):
+                    return
+        finally:
+            self._finish()
 
+    async def _wait_to_retry(self, reason: str, detail: str = "") -> bool:
+        """Wait before the next attempt; False (and ``ended`` set) when there is none."""
+        delay = self.retry.next_delay() if self.retry is not None else None
+        if delay is None:
+            self.ended = reason
+            return False
+        logger.warning("%s%s; retrying in %.2g s", reason, f" {detail}" if detail else "", delay)
+        await asyncio.sleep(delay)
+        return True
+
+    async def _open(self) -> Connection:
+        """A new connection, up to its first frame (``connect_timeout``)."""
+        janus = None
+        if self._janus_target is not None:
+            janus = JanusSubscription(self._janus_target, tls=self._tls)
+        connection = Connection(
+            await self._ice_configuration(),
+            self.stats,
+            signalling=None if janus else self._new_signalling(),
+            janus=janus,
+            codecs=self.codecs,
+            decode=self.decode,
+            on_frame=self._on_frame,
+            on_encoded=self._on_encoded if self.encoded else None,
+            nack_retries=self.nack_retries,
+        )
+        self._connection = connection
         try:
             async with asyncio.timeout(self.connect_timeout):
-                if self._janus is not None:
-                    await self._janus.connect(pc)  # Janus offers, we answer
-                else:
-                    await self._offer(pc)
-                if self.decode:
-                    self._first = await (await track).recv()
-                else:
-                    assert self._encoded is not None
-                    await track
-                    first = await self._encoded.get()
-                    self._encoded.put_nowait(first)  # still the first one out
-        except JanusError as exc:
-            await self.close()
-            raise ReceiverError(str(exc)) from None
-        except SignallingError as exc:
-            await self.close()
-            raise ReceiverError(str(exc)) from None
-        except TimeoutError:
-            await self.close()
-            raise ReceiverError(
-                f"no video from {self.url} within {self.connect_timeout:g} s"
-            ) from None
-        except MediaStreamError:
-            await self.close()
-            raise ReceiverError(f"{self.url} closed the connection before any video") from None
-        except ValueError as exc:  # an answer aiortc cannot apply
-            await self.close()
-            raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
-        logger.info("receiving from %s", self.url)
-        self._probe = asyncio.create_task(self._measure_rtt(), name="rtt")
+                await connection.negotiate()
+                receiving = asyncio.create_task(self._receiving.wait())
+                either: set[asyncio.Future[Any]] = {receiving, connection.ended}
+                try:
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    receiving.cancel()
+                if not self._receiving.is_set():
+                    raise ReceiverError(f"{self.url} closed the connection before any video")
+        except BaseException as exc:
+            self._connection = None
+            await connection.close()
+            if isinstance(exc, (JanusError, SignallingError)):
+                raise ReceiverError(str(exc)) from None
+            if isinstance(exc, TurnError):
+                hint = ""
+                if exc.credentials and self._ice_from_sender:
+                    hint = "; they came from the sender: does its --turn-secret match?"
+                raise ReceiverError(f"{exc}{hint}", final=exc.credentials) from None
+            if isinstance(exc, TimeoutError):
+                why = f"; {connection.turn_problem}" if connection.turn_problem else ""
+                raise ReceiverError(
+                    f"no video from {self.url} within {self.connect_timeout:g} s{why}"
+                ) from None
+            if isinstance(exc, ValueError):  # an answer aiortc cannot apply
+                raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
+            raise
+        return connection
 
-    async def _offer(self, pc: RTCPeerConnection) -> None:
-        """We offer to receive video (WHEP or JSON), the sender answers."""
-        assert self._signalling is not None
-        transceiver = pc.addTransceiver("video", direction="recvonly")
-        if self.codecs:
-            transceiver.setCodecPreferences(
-                [
-                    c
-                    for c in RTCRtpReceiver.getCapabilities("video").codecs
-                    if c.name.lower() in self.codecs or c.name.lower() == "rtx"
-                ]
+    async def _ice_configuration(self) -> RTCConfiguration:
+        """Our ICE servers, or the ones the sender advertises now (fresh credentials)."""
+        if not self._ice_from_sender:
+            return self._configuration
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        servers = await fetch_link_ice_servers(endpoint(self.url, "whep"), headers, self._tls)
+        policy = self._configuration.iceTransportPolicy
+        if policy == RTCIceTransportPolicy.RELAY and not any(map(is_turn, servers)):
+            raise ReceiverError(
+                f"--ice-transport-policy relay needs a TURN server, and {self.url} "
+                "advertises none: give --ice-server turn:...",
+                final=True,
             )
-        await pc.setLocalDescription(await pc.createOffer())
-        answer = await self._signalling.exchange(pc.localDescription)
-        await pc.setRemoteDescription(answer)
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+
+    async def _until_lost(self, connection: Connection) -> str:
+        """Why the connection ended: the sender said so, or no video for
+        ``stall_timeout`` s (the sender vanished without a goodbye)."""
+        while True:
+            quiet = time.monotonic() - self._last_arrival
+            if quiet >= self.stall_timeout:
+                return f"no video for {self.stall_timeout:g} s"
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(
+                    asyncio.shield(connection.ended), self.stall_timeout - quiet
+                )
+
+    # -- what arrives -----------------------------------------------------------------
+
+    def _arrived(self) -> None:
+        self._last_arrival = time.monotonic()
+        self._receiving.set()
+
+    def _on_frame(self, frame: av.VideoFrame) -> None:
+        self._arrived()
+        self._offer(frame)
 
     def _on_encoded(self, frame: EncodedFrame) -> None:
-        assert self._encoded is not None
-        if self._encoded.full():  # the consumer is stuck: drop, and restart on a keyframe
-            self._encoded.get_nowait()
-            self.request_keyframe()
-        self._encoded.put_nowait(frame)
+        if not self.decode:
+            self._arrived()
+        self._offer(frame)
 
-    def request_keyframe(self) -> None:
-        """Ask the sender for a keyframe (RTCP PLI), e.g. to start a new recording file."""
-        if self._pc is None:
-            return
-        receiver = self._pc.getReceivers()[0]
-        for source in receiver.getSynchronizationSources():
-            task = asyncio.ensure_future(receiver._send_rtcp_pli(source.source))
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
+    def _count(self, item: Item) -> None:
+        """Statistics count what the caller gets (decoded frames when decoding)."""
+        if isinstance(item, av.VideoFrame):
+            self.stats.update(item)
+        elif isinstance(item, EncodedFrame) and not self.decode:
+            self.stats.update_encoded(*item.size)
 
-    async def _measure_rtt(self) -> None:
-        while self._pc is not None:
-            rtt = await ice_rtt.measure(self._pc)
-            if rtt is not None:
-                self.stats.rtt_ms.append(rtt * 1000)
-            await asyncio.sleep(RTT_INTERVAL_SECONDS)
+    def _offer(self, item: Item) -> None:
+        """Queue an item; a consumer that stopped reading loses the oldest, and encoded
+        frames then restart at a keyframe."""
+        if self._items.full():
+            dropped = self._items.get_nowait()
+            if isinstance(dropped, EncodedFrame):
+                self.request_keyframe()
+        self._items.put_nowait(item)
 
-    async def _read_transport_stats(self) -> None:
-        """Loss and jitter of the video stream, kept before the pc closes. Read from the
-        receiver's per-SSRC counters: aiortc 1.16's getStats() files the RTX stream under
-        the same id as the video, so after a retransmission it reports the RTX counters."""
-        if self._pc is None:
-            return
-        for transceiver in self._pc.getTransceivers():
-            if transceiver.kind != "video":
-                continue
-            receiver = transceiver.receiver
-            streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
-            rtx = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {})  # RTX SSRC -> media SSRC
-            for ssrc, stream in streams.items():
-                if ssrc not in rtx:
-                    self.stats.add_transport(
-                        stream.packets_received, stream.packets_lost, stream.jitter
-                    )
+    def _mark(self, item: Gap | _End) -> None:
+        """Queue a marker: it is never dropped, the oldest frame is."""
+        if self._items.full():
+            self._items.get_nowait()
+        self._items.put_nowait(item)
 
-    async def _until_stalled(self, next_item: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
-        """Items until the stream ends or stalls (no video for ``stall_timeout`` s: the
-        sender vanished without a goodbye)."""
-        while True:
-            try:
-                yield await asyncio.wait_for(next_item(), self.stall_timeout)
-            except MediaStreamError:
-                self.ended = "the sender ended the stream"
-                return
-            except TimeoutError:
-                self.ended = f"no video for {self.stall_timeout:g} s"
-                return
+    def _finish(self) -> None:
+        self._receiving.clear()
+        self._mark(_End())
+
+    # -- for the caller ---------------------------------------------------------------
+
+    async def items(self) -> AsyncIterator[Item]:
+        """Decoded frames, encoded frames (``encoded=True``) and ``Gap``s, in the order
+        they came, until the receiver ends (``ended`` says why) or is closed."""
+        if self._supervisor is None:
+            raise ReceiverError("not connected: connect() first")
+        if self._iterating:
+            raise ReceiverError("one reader at a time: use items() to get everything")
+        self._iterating = True
+        try:
+            while True:
+                item = await self._items.get()
+                if isinstance(item, _End):
+                    self._items.put_nowait(item)  # a later reader ends at once too
+                    return
+                self._count(item)
+                yield item
+        finally:
+            self._iterating = False
 
     async def frames(self) -> AsyncIterator[av.VideoFrame]:
-        """Decoded frames until the connection ends, stalls or the receiver is closed."""
-        if self._track is None or not self.decode:
-            raise ReceiverError("not connected (or decode=False): connect() first")
-        track = self._track.result()
-        if self._first is not None:
-            first, self._first = self._first, None
-            self.stats.update(first)
-            yield first
-        async for frame in self._until_stalled(track.recv):
-            self.stats.update(frame)
-            yield frame
+        """Decoded frames (reconnections are invisible here; see ``items()``)."""
+        if not self.decode:
+            raise ReceiverError("decode=False: use encoded_frames()")
+        async for item in self.items():
+            if isinstance(item, av.VideoFrame):
+                yield item
 
     async def encoded_frames(self) -> AsyncIterator[EncodedFrame]:
         """Frames as received, before decoding (needs ``encoded=True``)."""
-        if self._encoded is None or self._pc is None:
-            raise ReceiverError("encoded frames need Receiver(encoded=True) and connect()")
-        async for frame in self._until_stalled(self._encoded.get):
-            if not self.decode:
-                self.stats.update_encoded(*frame.size)
-            yield frame
+        if not self.encoded:
+            raise ReceiverError("encoded frames need Receiver(encoded=True)")
+        async for item in self.items():
+            if isinstance(item, EncodedFrame):
+                yield item
+
+    def request_keyframe(self) -> None:
+        """Ask the sender for a keyframe (RTCP PLI), e.g. to start a new recording file."""
+        if self._connection is not None:
+            self._connection.request_keyframe()
+
+    @property
+    def connection(self) -> Connection | None:
+        """The current connection (its ``pc`` is aiortc's peer connection), if any."""
+        return self._connection
 
     @property
     def connection_state(self) -> str:
-        return self._pc.connectionState if self._pc else "closed"
+        return self._connection.pc.connectionState if self._connection else "closed"
 
     async def close(self) -> None:
-        """End the signalling session (WHEP DELETE), then close the peer connection."""
-        if self._probe is not None:
-            self._probe.cancel()
-            self._probe = None
-        if self._nack_retry is not None:
-            await self._nack_retry.close()
-        await self._read_transport_stats()
-        if self._signalling is not None:
-            await self._signalling.close()
-        if self._janus is not None:
-            await self._janus.close()
-        if self._pc is not None:
-            pc, self._pc = self._pc, None
-            await pc.close()
+        """End the connection (WHEP DELETE, peer connection closed) and stop reconnecting."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._connection is not None:  # cancelled while opening
+            await self._connection.close()
+            self._connection = None
+        if self.ended is None:
+            self.ended = "closed"
 
     async def __aenter__(self) -> Receiver:
         await self.connect()

@@ -28,6 +28,7 @@ from common.janus import (
     JanusError,
     JanusSession,
     JanusTarget,
+    classify,
 )
 
 logger = logging.getLogger(__name__)
@@ -143,33 +144,11 @@ class JanusSubscription:
         return exc
 
     def _on_event(self, message: dict[str, Any]) -> None:
-        kind = message.get("janus")
-        if kind == "hangup":
-            self._lose(f"Janus hung up ({message.get('reason') or 'no reason given'})")
-        elif kind == "detached":
-            self._lose("Janus detached our handle")
-        elif kind == "event":
-            plugindata = message.get("plugindata")
-            data = plugindata.get("data") if isinstance(plugindata, dict) else None
-            if isinstance(data, dict):
-                self._on_videoroom(data)
-
-    def _on_videoroom(self, data: dict[str, Any]) -> None:
-        if data.get("videoroom") == "destroyed":
-            self._lose(f"room {self.target.room} was destroyed")
-        elif self.feed is not None and self.feed in (data.get("unpublished"), data.get("leaving")):
-            self._lose(f"the publisher (feed {self.feed}) left")
-        elif data.get("videoroom") == "updated":
-            # Janus 1.x: when the publisher unpublishes, its streams go inactive in an
-            # "updated" event (with a renegotiation offer we do not need).
-            streams = data.get("streams")
-            active = [
-                s
-                for s in (streams if isinstance(streams, list) else [])
-                if isinstance(s, dict) and s.get("active", True) and s.get("type") == "video"
-            ]
-            if not active:
-                self._lose(f"the publisher (feed {self.feed}) stopped publishing")
+        """Janus's events about our handle: hung up, detached, the room destroyed, the
+        publisher gone (common.janus.classify decides which end the subscription)."""
+        event = classify(message, feed=self.feed)
+        if event.ends:
+            self._lose(event.reason)
 
     async def _watch_session(self, session: JanusSession) -> None:
         await session.lost.wait()

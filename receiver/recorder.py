@@ -4,16 +4,18 @@ crash loses at most the last second, split into segments by time or by reconnect
 from __future__ import annotations
 
 import asyncio
+import enum
 import fractions
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import av
 
-from .passthrough import EncodedFrame, h264_parameter_sets
+from .encoded import EncodedFrame, h264_parameter_sets
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +37,22 @@ CONTAINER_OPTIONS = {
         "flush_packets": "1",
     },
 }
-ENCODERS = {".webm": "libvpx", ".mkv": "libx264", ".mp4": "libx264", ".mov": "libx264"}
+ENCODERS: dict[str, Literal["libvpx", "libx264"]] = {
+    ".webm": "libvpx",
+    ".mkv": "libx264",
+    ".mp4": "libx264",
+    ".mov": "libx264",
+}
 # What each container can take as received, without re-encoding.
 COPY_CODECS = {".webm": {"vp8"}, ".mkv": {"vp8", "h264"}, ".mp4": {"h264"}, ".mov": {"h264"}}
 MODES = ("copy", "encode")
-SPLIT, STOP = "split", "stop"  # worker commands, queued between frames
+
+
+class Command(enum.Enum):
+    """What the worker is told between frames."""
+
+    SPLIT = "split"
+    STOP = "stop"
 
 
 class RecorderError(Exception):
@@ -111,7 +124,9 @@ class Recorder:
         self._segment_start = 0
         self._last_pts = -1
         self._split = False
-        self._queue: asyncio.Queue[av.VideoFrame | EncodedFrame | str] = asyncio.Queue(QUEUE_FRAMES)
+        self._queue: asyncio.Queue[av.VideoFrame | EncodedFrame | Command] = asyncio.Queue(
+            QUEUE_FRAMES
+        )
         self._worker: asyncio.Task[None] | None = None
         self.files: list[str] = []
         self.frames = 0
@@ -132,12 +147,12 @@ class Recorder:
     async def split(self) -> None:
         """Start a new file with the next frame (after a gap: the stream's clock restarts)."""
         if self._worker is not None and not self._worker.done():
-            await self._queue.put(SPLIT)
+            await self._queue.put(Command.SPLIT)
 
     async def _run(self) -> None:
         try:
-            while (item := await self._queue.get()) != STOP:
-                if item == SPLIT:
+            while (item := await self._queue.get()) is not Command.STOP:
+                if item is Command.SPLIT:
                     await asyncio.to_thread(self._finish_segment)
                     self._clock = RtpClock()
                     self._last_pts = -1
@@ -213,10 +228,14 @@ class Recorder:
         self, container: av.container.OutputContainer, frame: EncodedFrame
     ) -> av.VideoStream:
         # The picture size is in the bitstream: decode this one keyframe to learn it.
+        # frame.codec is "vp8" or "h264", but a str: av's stubs know the kind of codec (and
+        # of stream) only from a literal name.
         probe = av.CodecContext.create(frame.codec, "r")
+        assert isinstance(probe, av.VideoCodecContext)
         decoded = probe.decode(av.Packet(frame.data))
         width, height = (decoded[0].width, decoded[0].height) if decoded else frame.size
         stream = container.add_stream(frame.codec, rate=round(self._fps))
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         stream.time_base = TIME_BASE
@@ -225,7 +244,7 @@ class Recorder:
             stream.codec_context.extradata = h264_parameter_sets(frame.data)
         return stream
 
-    def _mux(self, segment: Segment, packets: list[av.Packet]) -> None:
+    def _mux(self, segment: Segment, packets: list[av.Packet[Any]]) -> None:
         try:
             segment.container.mux(packets)
         except (av.FFmpegError, OSError) as exc:
@@ -286,7 +305,7 @@ class Recorder:
         if self._worker is None:
             return
         if not self._worker.done():
-            await self._queue.put(STOP)
+            await self._queue.put(Command.STOP)
         await self._worker
 
 

@@ -90,7 +90,9 @@ class Signalling:
         except aiohttp.ClientSSLError as exc:
             raise SignallingError(f"TLS with {self.url} failed: {_tls_reason(exc)}") from None
         except aiohttp.ClientError as exc:
-            raise SignallingError(f"cannot reach {self.url}: {exc or type(exc).__name__}") from None
+            raise SignallingError(
+                f"cannot reach {self.url}: {str(exc) or type(exc).__name__}"
+            ) from None
         except TimeoutError:
             raise SignallingError(
                 f"{self.url} did not answer within {HTTP_TIMEOUT_SECONDS:g} s"

@@ -1,18 +1,23 @@
-"""Where decoded frames go: a window, a recording, image files, or nowhere (counting)."""
+"""Where frames go: a window, a recording, image files, or nowhere (counting).
+
+A sink takes decoded frames (``FrameSink``) or frames as received (``EncodedSink``, for
+copy recording); the receiver decodes only when some sink needs decoded frames."""
 
 from __future__ import annotations
 
+import abc
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Protocol
 
 import av
 import cv2
 
-from .passthrough import EncodedFrame
+from .encoded import EncodedFrame
 from .recorder import COPY_CODECS, Recorder, RecorderError
 
 logger = logging.getLogger(__name__)
@@ -22,16 +27,46 @@ class SinkError(Exception):
     """A sink cannot work here; one line for the user."""
 
 
-class Sink(Protocol):
-    async def write(self, frame: av.VideoFrame) -> None: ...
+class Sink:
+    """What every sink does besides taking frames."""
 
     async def gap(self) -> None:
         """The connection was lost; frames after this come from a new one."""
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """The run is over."""
 
 
-class DisplaySink:
+class FrameSink(Sink, abc.ABC):
+    """Takes decoded frames."""
+
+    @abc.abstractmethod
+    async def write(self, frame: av.VideoFrame) -> None: ...
+
+
+class EncodedSink(Sink, abc.ABC):
+    """Takes frames as received, never decoded."""
+
+    @abc.abstractmethod
+    async def write(self, frame: EncodedFrame) -> None: ...
+
+    @abc.abstractmethod
+    def codecs(self) -> list[str]:
+        """The codecs it can take: the receiver offers only these."""
+
+
+def _bind_system_libx11_xcb() -> None:
+    """opencv-python 5.0 bundles libX11-xcb but not libX11, and its XSetEventQueueOwner
+    writes the field at an older libX11's offset: Qt's xcb plugin never takes the X event
+    queue from Xlib, events (the window's MapNotify) get lost in Xlib's queue, and the
+    window is never painted (tests/test_display.py flaked under load). Loaded globally
+    first, the system's copy, which matches the system libX11, is the one Qt binds to."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL("libX11-xcb.so.1", mode=ctypes.RTLD_GLOBAL)
+
+
+class DisplaySink(FrameSink):
     """An OpenCV window with the live picture; closing it (or q/Esc) stops the receiver."""
 
     def __init__(self, title: str = "webrtc-webcam") -> None:
@@ -39,6 +74,7 @@ class DisplaySink:
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
         ):
             raise SinkError("--display needs a graphical session, and DISPLAY is not set")
+        _bind_system_libx11_xcb()
         self.title = title
         self.closed_by_user = asyncio.Event()
         self._shown = False
@@ -56,16 +92,13 @@ class DisplaySink:
         if key in (ord("q"), 27) or visible < 1:
             self.closed_by_user.set()
 
-    async def gap(self) -> None:
-        pass
-
     async def close(self) -> None:
         if self._shown:
             cv2.destroyWindow(self.title)
             cv2.waitKey(1)
 
 
-class SnapshotSink:
+class SnapshotSink(FrameSink):
     """Every ``every``-th frame as an image file in ``directory``."""
 
     def __init__(self, directory: str, every: int = 30, extension: str = ".jpg") -> None:
@@ -91,37 +124,28 @@ class SnapshotSink:
             raise SinkError(f"cannot write {path}")
         self.written.append(path)
 
-    async def gap(self) -> None:
-        pass
-
     async def close(self) -> None:
         if self.written:
             logger.info("wrote %d snapshots to %s", len(self.written), self.directory)
 
 
-class RecordSink:
-    """Adapts the Recorder to the sink interface (its errors become SinkErrors). In copy
-    mode it takes frames as received (``EncodedFrame``), in encode mode decoded ones."""
+class _Recording:
+    """A Recorder whose errors become SinkErrors."""
 
     def __init__(
         self,
         pattern: str,
-        fps: float = 30.0,
-        segment_seconds: float | None = None,
-        mode: str = "copy",
-        request_keyframe: Callable[[], None] | None = None,
+        fps: float,
+        segment_seconds: float | None,
+        mode: str,
+        request_keyframe: Callable[[], None] | None,
     ) -> None:
         try:
             self.recorder = Recorder(pattern, fps, segment_seconds, mode, request_keyframe)
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
-        self.copies = mode == "copy"
 
-    def codecs(self) -> list[str]:
-        """The codecs this recording can take as received (copy mode)."""
-        return sorted(COPY_CODECS[os.path.splitext(self.recorder.pattern)[1].lower()])
-
-    async def write(self, frame: av.VideoFrame | EncodedFrame) -> None:
+    async def _write(self, frame: av.VideoFrame | EncodedFrame) -> None:
         try:
             await self.recorder.write(frame)
         except RecorderError as exc:
@@ -135,3 +159,48 @@ class RecordSink:
             await self.recorder.close()
         except RecorderError as exc:
             raise SinkError(f"recording stopped: {exc}") from None
+
+
+class RecordSink(_Recording, FrameSink):
+    """Records decoded frames, re-encoded (``--record-mode encode``)."""
+
+    def __init__(
+        self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None
+    ) -> None:
+        super().__init__(pattern, fps, segment_seconds, "encode", None)
+
+    async def write(self, frame: av.VideoFrame) -> None:
+        await self._write(frame)
+
+
+class CopyRecordSink(_Recording, EncodedSink):
+    """Records frames as received (``--record-mode copy``), starting files at keyframes
+    it asks for with ``request_keyframe``."""
+
+    def __init__(
+        self,
+        pattern: str,
+        fps: float = 30.0,
+        segment_seconds: float | None = None,
+        request_keyframe: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(pattern, fps, segment_seconds, "copy", request_keyframe)
+
+    def codecs(self) -> list[str]:
+        return sorted(COPY_CODECS[os.path.splitext(self.recorder.pattern)[1].lower()])
+
+    async def write(self, frame: EncodedFrame) -> None:
+        await self._write(frame)
+
+
+def record_sink(
+    pattern: str,
+    mode: str = "copy",
+    segment_seconds: float | None = None,
+    request_keyframe: Callable[[], None] | None = None,
+) -> RecordSink | CopyRecordSink:
+    if mode == "copy":
+        return CopyRecordSink(
+            pattern, segment_seconds=segment_seconds, request_keyframe=request_keyframe
+        )
+    return RecordSink(pattern, segment_seconds=segment_seconds)

@@ -26,7 +26,7 @@ def read_stamp(frame: av.VideoFrame) -> stamp.Stamp | None:
         return None
     s = stamp.cell_size(frame.width)
     plane = frame.planes[0]
-    rows = np.frombuffer(plane, np.uint8, count=plane.line_size * 2 * s)
+    rows = np.frombuffer(memoryview(plane), np.uint8, count=plane.line_size * 2 * s)
     luma = rows.reshape(2 * s, plane.line_size)[:, : frame.width]
     centres = luma[s // 2 :: s][:2, s // 2 : stamp.BITS * s : s]
     if np.count_nonzero((centres > _DARK) & (centres < _LIGHT)) > _MAX_UNCLEAR_CELLS:
@@ -37,10 +37,12 @@ def read_stamp(frame: av.VideoFrame) -> stamp.Stamp | None:
 LATENCY_SAMPLES = 30 * 3600
 RTT_SAMPLES = 43_200
 FPS_WINDOW_SECONDS = 1.0
+FREEZE_SECONDS = 0.25  # a gap between two frames longer than this is a visible freeze
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile of a non-empty sequence (every caller has one to summarise)."""
+    return float(np.percentile(values, q))
 
 
 @dataclass
@@ -63,10 +65,16 @@ class FrameStats:
     packets_received: int = 0  # summed over connections
     packets_lost: int = 0
     jitter_ms: float | None = None  # of the last connection
+    max_gap: float = 0.0  # seconds between two consecutive frames, at most
+    freezes: int = 0  # gaps over FREEZE_SECONDS
     _window: deque[float] = field(default_factory=deque)  # arrival times, last second
 
     def _count(self) -> None:
         now = time.monotonic()
+        if self.last_at is not None:
+            gap = now - self.last_at
+            self.max_gap = max(self.max_gap, gap)
+            self.freezes += gap > FREEZE_SECONDS
         self.frames += 1
         self.first_at = self.first_at if self.first_at is not None else now
         self.last_at = now
@@ -149,6 +157,8 @@ class FrameStats:
             "packets_lost": self.packets_lost,
             "loss": None,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
+            "max_gap_ms": round(self.max_gap * 1000, 1),
+            "freezes": self.freezes,
         }
         if self.rtt_ms:
             result["rtt_ms"] = {

@@ -11,7 +11,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from common.ice import link_header, parse_ice_server, rtc_configuration
+from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
 from . import metrics, signalling, sources
@@ -33,7 +33,11 @@ class SenderConfig:
     height: int = 480
     fps: float = 30.0
     codec: str = "vp8"
-    ice_servers: tuple[str, ...] = ()
+    # ICE: the URLs may carry TURN passwords, and the secret makes them: never logged
+    ice_servers: tuple[str, ...] = field(default=(), repr=False)
+    ice_transport_policy: str = "all"  # or "relay": our own connections only through TURN
+    turn_secret: str | None = field(default=None, repr=False)  # credentials per viewer
+    turn_ttl: int = 3600  # seconds those credentials stay valid
     max_viewers: int = 16
     idle_close: float = 1.0
     connect_timeout: float = 30.0  # a viewer whose ICE has not connected by then is dropped
@@ -61,7 +65,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
         SharedSource(open_camera, idle_close=config.idle_close) as source,
         Sessions(
             source,
-            rtc_configuration(config.ice_servers),
+            app[ICE_LINKS].configuration(),
             config.codec,
             config.max_viewers,
             config.connect_timeout,
@@ -116,6 +120,8 @@ async def healthz(request: web.Request) -> web.Response:
             "encoders": {
                 e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
             },
+            "tiers": request.app[SESSIONS].encoders.describe(),
+            "viewer_tiers": request.app[SESSIONS].viewer_tiers(),
             "publications": [
                 {
                     "target": p.target.describe(),
@@ -133,7 +139,8 @@ def create_app(config: SenderConfig) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[access_control])
     app[CONFIG] = config
     app[ACCESS] = AccessPolicy(config.token, frozenset(config.allowed_origins))
-    app[ICE_LINKS] = [link_header(parse_ice_server(url)) for url in config.ice_servers]
+    secret = TurnSecret(config.turn_secret, config.turn_ttl) if config.turn_secret else None
+    app[ICE_LINKS] = IceServers(config.ice_servers, config.ice_transport_policy, secret)
     app.cleanup_ctx.append(media)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics.metrics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -13,9 +14,9 @@ import sys
 
 from aiohttp import web
 
+from common import ice
 from common.cli import CliError, positive, run_main, size, stop_on_signals
 from common.codecs import CODECS
-from common.ice import parse_ice_server
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
@@ -25,6 +26,7 @@ from .app import SenderConfig, create_app
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
 TOKEN_ENV = "WEBCAM_SENDER_TOKEN"
+TURN_SECRET_ENV = "WEBCAM_SENDER_TURN_SECRET"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,13 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
     parser.add_argument("--codec", choices=CODECS, default="vp8", help="preferred video codec")
-    parser.add_argument(
-        "--ice-server",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="stun:HOST:PORT or turn:USER:PASS@HOST:PORT (repeatable; default none: host candidates only)",
-    )
+    ice.add_arguments(parser, sender=True)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
     )
@@ -127,11 +123,8 @@ async def serve(args: argparse.Namespace) -> int:
     width, height = args.size
     tls = tls_context(args)
     publish = publish_targets(args)
-    for url in args.ice_server:
-        try:
-            parse_ice_server(url)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
+    turn_secret = args.turn_secret or os.environ.get(TURN_SECRET_ENV) or None
+    ice_servers = ice.check_arguments(args, turn_secret=turn_secret)
     try:
         spec = await sources.choose(args.source, width, height, args.fps)
     except (sources.SourceError, ValueError) as exc:
@@ -143,6 +136,9 @@ async def serve(args: argparse.Namespace) -> int:
         fps=args.fps,
         codec=args.codec,
         ice_servers=tuple(args.ice_server),
+        ice_transport_policy=args.ice_transport_policy,
+        turn_secret=turn_secret,
+        turn_ttl=args.turn_ttl,
         max_viewers=args.max_viewers,
         bitrate=args.bitrate,
         token=args.token,
@@ -167,9 +163,14 @@ async def serve(args: argparse.Namespace) -> int:
         port = runner.addresses[0][1] if args.port == 0 else args.port
         scheme = "https" if tls else "http"
         print(f"{PROG}: serving {spec.describe()} on {scheme}://{shown}:{port}/", flush=True)
+        # In the background: a TURN server that refuses us is worth a warning at once.
+        turn_check = asyncio.create_task(ice.check_turn_servers(ice_servers))
         stop = asyncio.Event()
         with stop_on_signals(stop):
             await stop.wait()
+        turn_check.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await turn_check
         logger.info("shutting down")
     finally:
         await runner.cleanup()

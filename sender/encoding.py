@@ -1,10 +1,13 @@
-"""Encode once for many viewers.
+"""Encode once for many viewers, in a few quality tiers.
 
 Stock aiortc gives every viewer its own encoder: at 720p VP8 that is 0.3-0.4 of a core
-per viewer. Here each codec has one encoder; its packets are fanned out to every
-viewer of that codec, and aiortc only packetizes them (``RTCRtpSender`` accepts
-``av.Packet`` from a track). Keyframe requests and bandwidth estimates from the
-viewers reach the shared encoder through ``sender.rtcp_feedback``.
+per viewer. Here each codec has one encoder per quality tier (``sender.tiers``: full, and
+reduced for viewers on a slow link), and only while a viewer is on it; its packets are
+fanned out to every viewer on that tier, and aiortc only packetizes them
+(``RTCRtpSender`` accepts ``av.Packet`` from a track). Keyframe requests, bandwidth
+estimates (REMB) and receiver reports from the viewers reach the encoder through
+``common.aiortc_ext.rtcp_feedback``; each viewer's bandwidth is estimated on its own
+(``sender.congestion``) and decides its tier.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ import asyncio
 import fractions
 import logging
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import av
 from aiortc.codecs import h264 as aiortc_h264
 from aiortc.codecs import vpx as aiortc_vpx
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtcpReceiverInfo
+from av.video.reformatter import VideoReformatter
 
+from . import tiers
+from .congestion import BandwidthEstimator
 from .fanout import SharedSource, ViewerTrack
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,15 @@ TIME_BASE = fractions.Fraction(1, 90000)
 VIEWER_QUEUE_PACKETS = 15  # half a second at 30 fps; a viewer further behind starts over
 BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more than 10%
 KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyframe
+UP_INTERVAL = 2.0  # seconds between two bitrate changes up (each costs a keyframe)
+UP_STEP = 1.25  # at most this much more bitrate per step up
+DOWN_HOLD = 5.0  # seconds after a decrease before going up again
+CEILING_MEMORY = 10.0  # seconds a decrease is remembered...
+CEILING_FRACTION = 0.95  # ...as a ceiling: this much of the bitrate that was too much
+DOWN_NOW = 0.7  # a target below this share of the bitrate (or congestion) is followed...
+DOWN_SETTLE = 0.5  # ...once it has lasted this long (seconds), for the estimate to settle
+DOWN_CONFIRM = 1.5  # a milder fall once it has lasted this long
+SCALED_FRAMES_KEPT = 4  # scaled pictures kept for the other codecs' encoders
 
 
 @dataclass
@@ -49,7 +67,7 @@ class CodecProfile:
     """Encoder settings for one codec, matching aiortc 1.16's own encoders."""
 
     name: str
-    encoder: str
+    encoder: Literal["libvpx", "libx264"]
     min_bitrate: int
     default_bitrate: int
     max_bitrate: int
@@ -106,7 +124,8 @@ PROFILES = {
 
 
 class EncodedTrack(MediaStreamTrack):
-    """One viewer's feed of encoded packets. It starts at a keyframe and, when it falls
+    """One viewer's feed of encoded packets, from the tier its own bandwidth estimate
+    puts it on. It starts at a keyframe, changes tier at a keyframe and, when it falls
     too far behind, drops what it holds and waits for the next keyframe."""
 
     kind = "video"
@@ -114,13 +133,33 @@ class EncodedTrack(MediaStreamTrack):
     def __init__(self, encoder: SharedEncoder) -> None:
         super().__init__()
         self._encoder = encoder
-        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
         self._need_keyframe = True
-        self.bitrate_estimate: int | None = None
+        self.bitrate_estimate: int | None = None  # the last REMB
+        profile = encoder.profile
+        self.estimator = BandwidthEstimator(
+            tiers.START_BITRATE, tiers.REDUCED_MIN_BITRATE, profile.max_bitrate
+        )
+        self.choice: tiers.TierChoice | None = None  # the tier it should be on
+        self.tier: str | None = None  # the tier whose packets it gets (None: not yet)
+        self.tier_changes = 0
         self.packets_dropped = 0
         self.packets_sent = 0
 
-    def offer(self, packet: av.Packet | None) -> None:
+    @property
+    def codec(self) -> str:
+        return self._encoder.profile.name
+
+    @property
+    def wanted_tier(self) -> str | None:
+        return self.choice.tier if self.choice is not None else None
+
+    @property
+    def estimate(self) -> int:
+        """This viewer's bandwidth estimate (bit/s)."""
+        return self.estimator.estimate
+
+    def offer(self, packet: av.Packet[Any] | None) -> None:
         if packet is None:
             self._put(None)
             return
@@ -135,17 +174,17 @@ class EncodedTrack(MediaStreamTrack):
             while not self._queue.empty():
                 self._queue.get_nowait()
             self._need_keyframe = True
-            self._encoder.request_keyframe()
+            self.request_keyframe()
             logger.debug("viewer fell behind: dropped its backlog, waiting for a keyframe")
             return
         self._put(packet)
 
-    def _put(self, item: av.Packet | None) -> None:
+    def _put(self, item: av.Packet[Any] | None) -> None:
         if self._queue.full():
             self._queue.get_nowait()
         self._queue.put_nowait(item)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self._queue.get()
@@ -153,17 +192,25 @@ class EncodedTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         self.packets_sent += 1
+        self.estimator.on_sent(packet.size)
         self._encoder.totals.frames_sent += 1
         self._encoder.totals.bytes_sent += packet.size
         return packet
 
     def request_keyframe(self) -> None:
-        """A PLI or FIR from this viewer."""
-        self._encoder.request_keyframe()
+        """A PLI or FIR from this viewer: a keyframe of the tier it watches."""
+        self._encoder.request_keyframe(self.tier or self.wanted_tier)
 
     def set_bitrate_estimate(self, bitrate: int) -> None:
         """A REMB estimate from this viewer."""
         self.bitrate_estimate = bitrate
+        self.estimator.on_remb(bitrate)
+        self._encoder.update_bitrate()
+
+    def receiver_report(self, report: RtcpReceiverInfo, rtt: float | None) -> None:
+        """An RTCP receiver report block about this viewer's stream, and the round-trip
+        time it measured (None when it echoes no sender report of ours)."""
+        self.estimator.on_report(report.fraction_lost / 256, rtt)
         self._encoder.update_bitrate()
 
     def stop(self) -> None:
@@ -172,8 +219,99 @@ class EncodedTrack(MediaStreamTrack):
         super().stop()
 
 
+@dataclass
+class TierEncoder:
+    """The encoder of one tier; it exists while a viewer is on the tier or moving to it.
+
+    libvpx (through FFmpeg) cannot change its bitrate while it runs, so a new encoder is
+    made, and it starts with a keyframe: behind a narrow link each one is a burst (at
+    640x360 about 5 KB, 100 ms at 400 kbit/s). ``next_bitrate()`` therefore moves the
+    bitrate in few steps: down at once when the target falls more than 10% below it
+    (congestion will not wait); up by at most ``UP_STEP``, no sooner than ``UP_INTERVAL``
+    after the last change and ``DOWN_HOLD`` after the last decrease, and, for
+    ``CEILING_MEMORY`` after a decrease, to no more than ``CEILING_FRACTION`` of the
+    bitrate that had to be decreased (it was too much a moment ago).
+
+    Down means ``DOWN_SETTLE`` after the target fell when a viewer on the tier has just
+    lost packets or shown a queue (``urgent``) or the target fell below ``DOWN_NOW`` of
+    the bitrate: when a link narrows, REMB falls over about a second (it reports 85% of
+    what arrived over the last second), and following each step made a keyframe each time
+    (six in three seconds, into the full queue: the picture froze). A milder fall (what
+    REMB alone reports) must last ``DOWN_CONFIRM``: aiortc's delay-based estimator reads
+    every keyframe burst through a narrow link as overuse and answers with 85% of what it
+    received; following that made a new encoder, hence another keyframe, every time."""
+
+    tier: tiers.Tier
+    target_bitrate: int
+    codec: av.VideoCodecContext | None = None
+    keyframe_wanted: bool = True
+    last_keyframe: float = -1e9
+    last_rebuild: float = -1e9
+    last_down: float = -1e9
+    ceiling: int | None = None  # the bitrate that was last decreased from
+    below_since: float | None = None  # since when the target is below the bitrate
+    frames_encoded: int = 0
+    keyframes: int = 0
+
+    def next_bitrate(self, now: float, urgent: bool = False) -> int | None:
+        """The bitrate for a new encoder now, or None to keep the current one."""
+        if self.codec is None or not self.codec.bit_rate:
+            return self.target_bitrate
+        current = self.codec.bit_rate
+        target = self.target_bitrate
+        if target < current * (1 - BITRATE_CHANGE):
+            if self.below_since is None:
+                self.below_since = now
+            wait = DOWN_SETTLE if urgent or target < current * DOWN_NOW else DOWN_CONFIRM
+            if now - self.below_since >= wait:
+                self.ceiling, self.last_down, self.below_since = current, now, None
+                return target
+            return None
+        self.below_since = None
+        if target <= current * (1 + BITRATE_CHANGE):
+            return None
+        if now - self.last_rebuild < UP_INTERVAL or now - self.last_down < DOWN_HOLD:
+            return None
+        step = min(target, int(current * UP_STEP))
+        if self.ceiling is not None and now - self.last_down < CEILING_MEMORY:
+            step = min(step, int(self.ceiling * CEILING_FRACTION))
+        return step if step > current * (1 + BITRATE_CHANGE / 2) else None
+
+
+class Scaler:
+    """The reduced tier's pictures: one scaled copy per captured frame and size, made
+    under one lock. Every codec's encoder reads the same captured frames, and concurrent
+    ``reformat()`` calls on one frame crash libswscale (PyAV keeps its scaler on the
+    frame), so all scaling goes through here, with a reformatter of our own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reformatter = VideoReformatter()
+        # (source frame, size) -> scaled frame; the source is kept so its id stays unique
+        self._recent: list[tuple[av.VideoFrame, int, int, av.VideoFrame]] = []
+        self.frames_scaled = 0
+
+    def scale(self, frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+        if (frame.width, frame.height) == (width, height):
+            return frame
+        with self._lock:
+            for source, w, h, scaled in self._recent:
+                if source is frame and (w, h) == (width, height):
+                    return scaled
+            scaled = self._reformatter.reformat(frame, width=width, height=height, threads=1)
+            scaled.pts, scaled.time_base = frame.pts, frame.time_base
+            self.frames_scaled += 1
+            self._recent = [
+                *self._recent[-(SCALED_FRAMES_KEPT - 1) :],
+                (frame, width, height, scaled),
+            ]
+            return scaled
+
+
 class SharedEncoder:
-    """One encoder for one codec, fed from the shared source while anyone watches."""
+    """One codec's encoders, one per tier in use, fed from the shared source while
+    anyone watches. Every captured frame is encoded once per tier in use (the tiers in
+    parallel threads) and the packets go to the viewers on that tier."""
 
     def __init__(
         self,
@@ -183,6 +321,7 @@ class SharedEncoder:
         fixed_bitrate: int | None = None,
         on_idle: Callable[[SharedEncoder], None] | None = None,
         totals: Totals | None = None,
+        scaler: Scaler | None = None,
     ) -> None:
         self.profile = profile
         self.totals = totals if totals is not None else Totals()
@@ -190,23 +329,42 @@ class SharedEncoder:
         self._fps = fps
         self._fixed_bitrate = fixed_bitrate
         self._on_idle = on_idle
+        self._scaler = scaler if scaler is not None else Scaler()
         self._viewers: set[EncodedTrack] = set()
         self._frames: ViewerTrack | None = None
         self._task: asyncio.Task[None] | None = None
-        self._keyframe = False
-        self._last_keyframe = -KEYFRAME_INTERVAL_MIN
-        self.target_bitrate = fixed_bitrate or profile.default_bitrate
-        self.frames_encoded = 0
+        self.ladder: tiers.Ladder | None = None
+        self._tiers: dict[str, TierEncoder] = {}
+        self.frames_encoded = 0  # captured frames encoded (by every tier in use)
         self.keyframes = 0
 
     @property
     def viewers(self) -> int:
         return len(self._viewers)
 
+    @property
+    def tracks(self) -> list[EncodedTrack]:
+        return list(self._viewers)
+
+    @property
+    def tier_encoders(self) -> dict[str, TierEncoder]:
+        """The tiers being encoded now."""
+        return dict(self._tiers)
+
+    @property
+    def target_bitrate(self) -> int:
+        """The full tier's bitrate (the reduced tier's when only that one is in use)."""
+        for name in tiers.TIERS:
+            encoder = self._tiers.get(name)
+            if encoder is not None:
+                return encoder.target_bitrate
+        return self._fixed_bitrate or self.profile.default_bitrate
+
     def subscribe(self) -> EncodedTrack:
         track = EncodedTrack(self)
         self._viewers.add(track)
-        self.request_keyframe()  # the newcomer needs one to start decoding
+        if self.ladder is not None:
+            self._place(track, time.monotonic())
         if self._task is None:
             self._frames = self._source.subscribe()
             self._task = asyncio.create_task(self._run(), name=f"encode {self.profile.name}")
@@ -218,16 +376,56 @@ class SharedEncoder:
         if not self._viewers:
             self._stop()
 
-    def request_keyframe(self) -> None:
-        self._keyframe = True
+    def request_keyframe(self, tier: str | None = None) -> None:
+        """A keyframe of ``tier`` (every tier when None). A tier not encoded yet starts
+        with one anyway."""
+        for name, encoder in self._tiers.items():
+            if tier is None or name == tier:
+                encoder.keyframe_wanted = True
 
-    def update_bitrate(self) -> None:
-        """Follow the weakest viewer's estimate, within the codec's limits."""
-        if self._fixed_bitrate:
+    def _place(self, track: EncodedTrack, now: float) -> None:
+        """Give a viewer its first tier (from its start estimate); it starts receiving at
+        that tier's next keyframe."""
+        assert self.ladder is not None
+        track.choice = tiers.TierChoice(self.ladder, track.estimate, now)
+        self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
+
+    def update_bitrate(self, now: float | None = None) -> None:
+        """Each viewer's tier from its own estimate; each tier's bitrate from the weakest
+        estimate among the viewers on it (or moving to it), within the tier's limits."""
+        if self.ladder is None:
             return
-        estimates = [v.bitrate_estimate for v in self._viewers if v.bitrate_estimate]
-        wanted = min(estimates) if estimates else self.profile.default_bitrate
-        self.target_bitrate = max(self.profile.min_bitrate, min(wanted, self.profile.max_bitrate))
+        now = time.monotonic() if now is None else now
+        for track in self._viewers:
+            if track.choice is None:
+                continue
+            before = track.choice.tier
+            after = track.choice.update(track.estimate, now)
+            if after != before:
+                logger.info(
+                    "viewer moves from the %s to the %s %s tier (estimate %d bit/s)",
+                    before,
+                    after,
+                    self.profile.name,
+                    track.estimate,
+                )
+                self.request_keyframe(after)
+        for name, encoder in self._tiers.items():
+            encoder.target_bitrate = self._target(name, encoder.target_bitrate)
+
+    def _target(self, name: str, current: int) -> int:
+        assert self.ladder is not None
+        tier = self.ladder.get(name)
+        if self._fixed_bitrate:
+            return self._fixed_bitrate
+        estimates = [t.estimate for t in self._viewers if t.wanted_tier == name]
+        if not estimates:  # only viewers on their way out: keep what they get
+            return current
+        return tier.clamp(min(estimates))
+
+    def _congested(self, tier: str, now: float) -> bool:
+        """Whether a viewer on (or moving to) ``tier`` just lost packets or showed a queue."""
+        return any(t.wanted_tier == tier and t.estimator.congested(now) for t in self._viewers)
 
     def _stop(self) -> None:
         if self._task is not None:
@@ -236,66 +434,140 @@ class SharedEncoder:
         if self._frames is not None:
             self._frames.stop()  # the source closes when nobody else reads it
             self._frames = None
+        self._tiers.clear()
         if self._on_idle is not None:
             self._on_idle(self)
 
     async def _run(self) -> None:
         assert self._frames is not None
         frames = self._frames
-        codec: av.VideoCodecContext | None = None
         try:
             while True:
                 try:
                     frame = await frames.recv()
                 except MediaStreamError:
                     break
-                if codec is None or self._needs_new_codec(codec, frame):
-                    codec = self.profile.create(
-                        frame.width, frame.height, self.target_bitrate, self._fps
-                    )
-                    self._keyframe = True
-                # One viewer's burst of PLIs must not turn everyone's stream into keyframes.
-                keyframe = self._keyframe and (
-                    time.monotonic() - self._last_keyframe >= KEYFRAME_INTERVAL_MIN
+                now = time.monotonic()
+                self._follow_size(frame, now)
+                self.update_bitrate(now)
+                jobs = self._plan(now)
+                results = await asyncio.gather(
+                    *(asyncio.to_thread(self._encode, job, frame, key) for job, key in jobs)
                 )
-                if keyframe:
-                    self._keyframe = False
-                    self._last_keyframe = time.monotonic()
-                packets = await asyncio.to_thread(self._encode, codec, frame, keyframe)
-                for packet in packets:
-                    for viewer in list(self._viewers):
-                        viewer.offer(packet)
+                self.frames_encoded += 1
+                self._deliver({job.tier.name: p for (job, _), p in zip(jobs, results, strict=True)})
         finally:
             for viewer in list(self._viewers):
                 viewer.offer(None)
 
-    def _needs_new_codec(self, codec: av.VideoCodecContext, frame: av.VideoFrame) -> bool:
-        if (frame.width, frame.height) != (codec.width, codec.height):
-            return True
-        return abs(self.target_bitrate - codec.bit_rate) / codec.bit_rate > BITRATE_CHANGE
+    def _follow_size(self, frame: av.VideoFrame, now: float) -> None:
+        """The tiers follow the capture size (known from the first frame)."""
+        if self.ladder is not None and (self.ladder.full.width, self.ladder.full.height) == (
+            frame.width,
+            frame.height,
+        ):
+            return
+        self.ladder = tiers.ladder(
+            frame.width,
+            frame.height,
+            self._fps,
+            self.profile.max_bitrate,
+            self._fixed_bitrate,
+        )
+        self._tiers.clear()
+        for track in self._viewers:
+            self._place(track, now)
+            track.tier = None
+
+    def _plan(self, now: float) -> list[tuple[TierEncoder, bool]]:
+        """The tiers to encode this frame (those in use), each with its encoder ready
+        at its bitrate, and whether the frame must be a keyframe."""
+        assert self.ladder is not None
+        wanted = {t.tier for t in self._viewers} | {t.wanted_tier for t in self._viewers}
+        for name in list(self._tiers):
+            if name not in wanted:
+                logger.info("%s %s tier: no viewer left, encoder closed", self.profile.name, name)
+                del self._tiers[name]
+        jobs = []
+        for name in tiers.TIERS:
+            if name not in wanted:
+                continue
+            encoder = self._tiers.get(name)
+            if encoder is None:
+                tier = self.ladder.get(name)
+                encoder = TierEncoder(tier, self.ladder.start(name, self._target(name, 0)))
+                self._tiers[name] = encoder
+                logger.info(
+                    "%s %s tier: encoding %dx%d from %d bit/s",
+                    self.profile.name,
+                    name,
+                    tier.width,
+                    tier.height,
+                    encoder.target_bitrate,
+                )
+            keyframe = False
+            bitrate = encoder.next_bitrate(now, self._congested(name, now))
+            if bitrate is not None:
+                tier = encoder.tier
+                logger.debug(
+                    "%s %s tier: new encoder at %d bit/s (target %d, was %s)",
+                    self.profile.name,
+                    name,
+                    bitrate,
+                    encoder.target_bitrate,
+                    encoder.codec.bit_rate if encoder.codec is not None else None,
+                )
+                encoder.codec = self.profile.create(tier.width, tier.height, bitrate, self._fps)
+                encoder.last_rebuild = encoder.last_keyframe = now  # it starts with one
+                encoder.keyframe_wanted = False
+            elif encoder.keyframe_wanted and now - encoder.last_keyframe >= KEYFRAME_INTERVAL_MIN:
+                # One viewer's burst of PLIs must not turn everyone's stream into keyframes.
+                encoder.keyframe_wanted = False
+                encoder.last_keyframe = now
+                keyframe = True
+                logger.debug("%s %s tier: keyframe asked for", self.profile.name, name)
+            jobs.append((encoder, keyframe))
+        return jobs
 
     def _encode(
-        self, codec: av.VideoCodecContext, frame: av.VideoFrame, keyframe: bool
-    ) -> list[av.Packet]:
+        self, encoder: TierEncoder, frame: av.VideoFrame, keyframe: bool
+    ) -> list[av.Packet[Any]]:
+        """One tier's encode of one captured frame (in a worker thread)."""
+        assert encoder.codec is not None
         started = time.perf_counter()
-        picture = frame
+        picture = self._scaler.scale(frame, encoder.tier.width, encoder.tier.height)
         if keyframe:
-            # Forcing a keyframe marks the frame; mark a copy, since the source shares
-            # this frame with the other codec's encoder.
-            picture = av.VideoFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name)
-            picture.pts, picture.time_base = frame.pts, frame.time_base
-            picture.pict_type = av.video.frame.PictureType.I
-        packets = codec.encode(picture)
+            # Forcing a keyframe marks the frame; mark a copy, since the other codec's
+            # encoder shares this picture.
+            copy = av.VideoFrame.from_ndarray(picture.to_ndarray(), format=picture.format.name)
+            copy.pts, copy.time_base = picture.pts, picture.time_base
+            copy.pict_type = av.video.frame.PictureType.I
+            picture = copy
+        packets = encoder.codec.encode(picture)
         keyframes = 0
         for packet in packets:
             packet.time_base = TIME_BASE
             keyframes += packet.is_keyframe
+        encoder.keyframes += keyframes
+        encoder.frames_encoded += 1
         self.keyframes += keyframes
-        self.frames_encoded += 1
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
         self.totals.encode_seconds += time.perf_counter() - started
         return packets
+
+    def _deliver(self, packets: dict[str, list[av.Packet[Any]]]) -> None:
+        """Each viewer gets its tier's packets; one moving to another tier switches when
+        that tier's packets start with a keyframe."""
+        for viewer in list(self._viewers):
+            wanted = viewer.wanted_tier
+            moving = wanted is not None and wanted != viewer.tier
+            if moving and any(p.is_keyframe for p in packets.get(wanted or "", ())):
+                if viewer.tier is not None:
+                    viewer.tier_changes += 1
+                viewer.tier = wanted
+            for packet in packets.get(viewer.tier or "", ()):
+                viewer.offer(packet)
 
     async def close(self) -> None:
         for viewer in list(self._viewers):
@@ -315,6 +587,7 @@ class Encoders:
         self._fps = fps
         self._fixed_bitrate = fixed_bitrate
         self._encoders: dict[str, SharedEncoder] = {}
+        self._scaler = Scaler()  # shared by every codec: one scaled copy per frame
         self.totals = Totals()
 
     def subscribe(self, codec: str) -> EncodedTrack:
@@ -327,6 +600,7 @@ class Encoders:
                 self._fixed_bitrate,
                 self._forget,
                 self.totals,
+                self._scaler,
             )
             self._encoders[codec] = encoder
         return encoder.subscribe()
@@ -337,6 +611,21 @@ class Encoders:
 
     def active(self) -> list[SharedEncoder]:
         return list(self._encoders.values())
+
+    def describe(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Per codec, the tiers being encoded: size, bitrate and viewers (/healthz)."""
+        result: dict[str, dict[str, dict[str, int]]] = {}
+        for encoder in self.active():
+            result[encoder.profile.name] = {
+                name: {
+                    "width": tier.tier.width,
+                    "height": tier.tier.height,
+                    "bitrate": tier.target_bitrate,
+                    "viewers": sum(t.tier == name for t in encoder.tracks),
+                }
+                for name, tier in encoder.tier_encoders.items()
+            }
+        return result
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in list(self._encoders.values())))

@@ -5,10 +5,10 @@
 
 One task keeps the publication up: a Janus session, a VideoRoom handle joined as a
 publisher, one sendonly VP8 peer connection. When Janus restarts, becomes unreachable or
-hangs up, or the peer connection fails, it starts over with a new session after 0.5 s,
-doubling up to 5 s, until closed. A refusal that retrying cannot fix (no such room, wrong
-secret or pin) sets ``state`` to "failed", but is retried and logged all the same: the
-room may be created later.
+hangs up, or the peer connection fails, it starts over with a new session, waiting as
+common.backoff says (0.25 s doubling up to 5 s), until closed. A refusal that retrying
+cannot fix (no such room, wrong secret or pin) sets ``state`` to "failed", but is retried
+and logged all the same: the room may be created later.
 """
 
 from __future__ import annotations
@@ -18,22 +18,24 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 from aiortc.stats import RTCOutboundRtpStreamStats
 
+from common import aiortc_ext
+from common.aiortc_ext import rtcp_feedback
+from common.backoff import Backoff
 from common.codecs import preferred_codecs
 from common.ice import rtc_configuration
-from common.janus import VIDEOROOM, JanusError, JanusSession, JanusTarget
+from common.janus import VIDEOROOM, JanusError, JanusSession, JanusTarget, classify
 
-from . import rtcp_feedback
+from .encoding import EncodedTrack
 
 logger = logging.getLogger(__name__)
 
 CODEC = "vp8"  # what track_factory's packets are; Janus must accept it
-FIRST_RETRY_SECONDS = 0.5
-MAX_RETRY_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 15.0  # ICE and DTLS with Janus, after its answer
 REPEAT_LOG_SECONDS = 60.0  # the same failure again is logged at INFO at most this often
 BITRATE_WINDOW_SECONDS = 1.0
@@ -60,11 +62,10 @@ class JanusPublication:
     def __init__(
         self,
         target: JanusTarget,
-        track_factory: Callable[[], MediaStreamTrack],
+        track_factory: Callable[[], EncodedTrack],
         name: str,
         ice_servers: Sequence[str] = (),
     ) -> None:
-        rtcp_feedback.install()  # Janus's PLI/REMB must reach the shared encoder
         self.target = target
         self.name = name
         self.state = RETRYING
@@ -79,6 +80,7 @@ class JanusPublication:
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._task: asyncio.Task[None] | None = None
         self._last_logged: tuple[str, float] | None = None
+        self._retry = Backoff()  # forever: the room may be created later
 
     async def start(self) -> None:
         if self._task is None:
@@ -125,28 +127,28 @@ class JanusPublication:
     # -- the publishing loop ---------------------------------------------------------
 
     async def _run(self) -> None:
-        delay = FIRST_RETRY_SECONDS
         while True:
             self.attempts += 1
             try:
                 await self._publish_once()
             except _Ended as ended:
-                # It was up: start over quickly.
-                delay = FIRST_RETRY_SECONDS
+                # It was up, so the backoff was reset: start over after the first wait.
+                delay = self._retry.failure()
                 self.last_error = str(ended)
                 self._set_state(RETRYING)
                 logger.info(
-                    "janus publication lost (%s); re-joining %s in %.1f s",
+                    "janus publication lost (%s); re-joining %s in %.2g s",
                     ended,
                     self.target.describe(),
                     delay,
                 )
             except JanusError as exc:
+                delay = self._retry.failure()
                 self._failed(str(exc), FAILED if exc.permanent else RETRYING, delay)
             except Exception as exc:  # aiortc refusing Janus's SDP, a failing track...
+                delay = self._retry.failure()
                 self._failed(f"{type(exc).__name__}: {exc}", RETRYING, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     def _failed(self, error: str, state: str, delay: float) -> None:
         changed = state != self.state or error != self.last_error
@@ -164,7 +166,7 @@ class JanusPublication:
             self._last_logged = (error, now)
         logger.log(
             level,
-            "janus publication %s (attempt %d): %s; retrying in %.1f s",
+            "janus publication %s (attempt %d): %s; retrying in %.2g s",
             state,
             self.attempts,
             error,
@@ -179,133 +181,180 @@ class JanusPublication:
     async def _publish_once(self) -> None:
         """One publication: returns only by raising (JanusError before it is up,
         _Ended after), or when cancelled."""
-        target = self.target
-        session = JanusSession(target.api, token=target.token, apisecret=target.secret)
-        pc: RTCPeerConnection | None = None
-        track: MediaStreamTrack | None = None
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[str] = loop.create_future()
-        connected = asyncio.Event()
-
-        def end(reason: str) -> None:
-            if not ended.done():
-                ended.set_result(reason)
-
+        attempt = _Attempt(self.target)
         try:
-            await session.create()
-            handle = await session.attach(VIDEOROOM)
-            session.on_event(handle, lambda message: _on_event(message, end))
-            join: dict[str, object] = {
-                "request": "join",
-                "ptype": "publisher",
-                "room": target.room,
-                "display": self.name,
-            }
-            if target.pin:
-                join["pin"] = target.pin
-            if target.feed is not None:
-                join["id"] = target.feed
-            joined, _ = await session.message(handle, join)
-            feed = joined.get("id")
-
-            self._pc = pc = RTCPeerConnection(self._configuration)
-
-            @pc.on("connectionstatechange")
-            def _on_state() -> None:
-                logger.debug("janus publication: peer connection %s", pc.connectionState)
-                if pc.connectionState == "connected":
-                    connected.set()
-                elif pc.connectionState in ("failed", "closed"):
-                    end(f"peer connection {pc.connectionState}")
-
-            track = self._track_factory()
-            # The source failed or went away: start over with a fresh track.
-            track.on("ended", lambda: end("the camera track ended"))
-            transceiver = pc.addTransceiver(track, direction="sendonly")
-            # Only VP8 (and its retransmissions): the track's packets are VP8.
-            transceiver.setCodecPreferences(
-                [c for c in preferred_codecs(CODEC) if c.name.lower() in (CODEC, "rtx")]
-            )
-            await pc.setLocalDescription(await pc.createOffer())
-            _, answer = await session.message(
-                handle,
-                {"request": "configure", "audio": False, "video": True},
-                jsep={"type": "offer", "sdp": pc.localDescription.sdp},
-            )
-            if answer is None or answer.get("type") != "answer" or "sdp" not in answer:
-                raise JanusError("Janus accepted the publication without an SDP answer")
-            _check_answer(answer["sdp"], target.room)
-            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
-
-            waiters = [
-                asyncio.ensure_future(connected.wait()),
-                asyncio.ensure_future(session.lost.wait()),
-                ended,
-            ]
-            try:
-                await asyncio.wait(
-                    waiters, timeout=CONNECT_TIMEOUT_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in waiters[:2]:
-                    waiter.cancel()
-            if session.lost.is_set():
-                raise JanusError(f"Janus went away: {session.lost_reason}")
-            if ended.done():
-                raise JanusError(f"the connection to Janus ended: {ended.result()}")
-            if not connected.is_set():
-                raise JanusError(
-                    f"no ICE/DTLS connection to Janus within {CONNECT_TIMEOUT_SECONDS:g} s"
-                )
-
-            self.publications += 1
-            self.feed = feed if isinstance(feed, int) else None
-            self.last_error = None
-            self._samples.clear()
-            self._samples.append((time.monotonic(), 0))  # nothing sent yet
-            self._set_state(PUBLISHING)
-            logger.info(
-                "janus publication publishing: %s as %r, feed %s (publication %d)",
-                target.describe(),
-                self.name,
-                self.feed,
-                self.publications,
-            )
-
-            lost = asyncio.ensure_future(session.lost.wait())
-            try:
-                await asyncio.wait([lost, ended], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                lost.cancel()
-            if session.lost.is_set():
-                raise _Ended(f"Janus went away: {session.lost_reason}")
-            raise _Ended(ended.result())
+            await attempt.open()
+            feed = await attempt.join(self.name)
+            self._pc = attempt.add_track(self._configuration, self._track_factory)
+            await attempt.negotiate()
+            await attempt.connected()
+            self._publishing(feed)
+            raise _Ended(await attempt.ended())
         finally:
             self.feed = None
             self._pc = None
-            ended.cancel()
-            if pc is not None:
-                await pc.close()
-            if track is not None:
-                # aiortc stops a sender's track only when RTP started; stop it anyway so
-                # the shared encoder (and the camera) are not held by a dead publication.
-                track.stop()
-            await session.destroy()
-            await session.close()
+            await attempt.close()
+
+    def _publishing(self, feed: int | None) -> None:
+        """Media flows to Janus: count it, reset the backoff and the bitrate window."""
+        self.publications += 1
+        self.feed = feed
+        self.last_error = None
+        self._retry.reset()
+        self._samples.clear()
+        self._samples.append((time.monotonic(), 0))  # nothing sent yet
+        self._set_state(PUBLISHING)
+        logger.info(
+            "janus publication publishing: %s as %r, feed %s (publication %d)",
+            self.target.describe(),
+            self.name,
+            self.feed,
+            self.publications,
+        )
 
 
-def _on_event(message: dict, end: Callable[[str], None]) -> None:
-    """Events about our publisher handle that end the publication."""
-    kind = message.get("janus")
-    if kind == "hangup":
-        end(f"Janus hung up ({message.get('reason') or 'no reason given'})")
-    elif kind == "detached":
-        end("Janus detached our handle")
-    elif kind == "event":
-        plugindata = message.get("plugindata")
-        data = plugindata.get("data") if isinstance(plugindata, dict) else None
-        if isinstance(data, dict) and data.get("videoroom") == "destroyed":
-            end("the room was destroyed")
+class _Attempt:
+    """One try at publishing: a Janus session and VideoRoom handle, one sendonly peer
+    connection and its track. Each step raises JanusError when it fails; ``close()``
+    releases everything, whichever step was reached."""
+
+    def __init__(self, target: JanusTarget) -> None:
+        self.target = target
+        self.session = JanusSession(target.api, token=target.token, apisecret=target.secret)
+        self.handle: int | None = None
+        self.pc: RTCPeerConnection | None = None
+        self.track: EncodedTrack | None = None
+        # The first reason the publication ends (Janus's events, the peer connection,
+        # the track); the session's loss is watched separately.
+        self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._connected = asyncio.Event()
+
+    def end(self, reason: str) -> None:
+        if not self._ended.done():
+            self._ended.set_result(reason)
+
+    async def open(self) -> None:
+        """A new Janus session and a VideoRoom handle whose events we watch."""
+        await self.session.create()
+        self.handle = await self.session.attach(VIDEOROOM)
+        self.session.on_event(self.handle, self._on_event)
+
+    def _on_event(self, message: dict[str, Any]) -> None:
+        """Janus hung up, detached us, destroyed the room or removed us from it: the
+        publication is over (common.janus.classify decides)."""
+        event = classify(message)
+        if event.ends:
+            self.end(event.reason)
+
+    async def join(self, name: str) -> int | None:
+        """Join the room as a publisher named ``name``; our feed id, if Janus gave one."""
+        assert self.handle is not None
+        target = self.target
+        join: dict[str, object] = {
+            "request": "join",
+            "ptype": "publisher",
+            "room": target.room,
+            "display": name,
+        }
+        if target.pin:
+            join["pin"] = target.pin
+        if target.feed is not None:
+            join["id"] = target.feed
+        joined, _ = await self.session.message(self.handle, join)
+        feed = joined.get("id")
+        return feed if isinstance(feed, int) else None
+
+    def add_track(
+        self,
+        configuration: RTCConfiguration,
+        track_factory: Callable[[], EncodedTrack],
+    ) -> RTCPeerConnection:
+        """The peer connection, sending a fresh track of VP8 packets (and nothing else)."""
+        self.pc = pc = aiortc_ext.peer_connection(configuration)
+
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            logger.debug("janus publication: peer connection %s", pc.connectionState)
+            if pc.connectionState == "connected":
+                self._connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                self.end(f"peer connection {pc.connectionState}")
+
+        self.track = track = track_factory()
+        # The source failed or went away: start over with a fresh track.
+        track.on("ended", lambda: self.end("the camera track ended"))
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        rtcp_feedback.apply(transceiver.sender, track)  # Janus's PLI/REMB reach the encoder
+        # Only VP8 (and its retransmissions): the track's packets are VP8.
+        transceiver.setCodecPreferences(
+            [c for c in preferred_codecs(CODEC) if c.name.lower() in (CODEC, "rtx")]
+        )
+        return pc
+
+    async def negotiate(self) -> None:
+        """Offer with ``configure``; apply Janus's answer, which must take our VP8."""
+        assert self.pc is not None and self.handle is not None
+        pc = self.pc
+        await pc.setLocalDescription(await pc.createOffer())
+        _, answer = await self.session.message(
+            self.handle,
+            {"request": "configure", "audio": False, "video": True},
+            jsep={"type": "offer", "sdp": pc.localDescription.sdp},
+        )
+        if answer is None or answer.get("type") != "answer" or "sdp" not in answer:
+            raise JanusError("Janus accepted the publication without an SDP answer")
+        _check_answer(answer["sdp"], self.target.room)
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+    async def connected(self) -> None:
+        """Wait until ICE and DTLS with Janus are up; JanusError if Janus goes away,
+        the publication ends first, or it takes longer than CONNECT_TIMEOUT_SECONDS."""
+        session = self.session
+        waiters: list[asyncio.Future[Any]] = [
+            asyncio.ensure_future(self._connected.wait()),
+            asyncio.ensure_future(session.lost.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                [*waiters, self._ended],
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if session.lost.is_set():
+            raise JanusError(f"Janus went away: {session.lost_reason}")
+        if self._ended.done():
+            raise JanusError(f"the connection to Janus ended: {self._ended.result()}")
+        if not self._connected.is_set():
+            raise JanusError(
+                f"no ICE/DTLS connection to Janus within {CONNECT_TIMEOUT_SECONDS:g} s"
+            )
+
+    async def ended(self) -> str:
+        """Wait while media flows; why the publication ended."""
+        session = self.session
+        lost: asyncio.Future[Any] = asyncio.ensure_future(session.lost.wait())
+        try:
+            await asyncio.wait([lost, self._ended], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if session.lost.is_set():
+            return f"Janus went away: {session.lost_reason}"
+        return self._ended.result()
+
+    async def close(self) -> None:
+        """Close the peer connection, stop the track, destroy the session."""
+        self._ended.cancel()
+        if self.pc is not None:
+            await self.pc.close()
+        if self.track is not None:
+            # aiortc stops a sender's track only when RTP started; stop it anyway so
+            # the shared encoder (and the camera) are not held by a dead publication.
+            self.track.stop()
+        await self.session.destroy()
+        await self.session.close()
 
 
 def _check_answer(sdp: str, room: int) -> None:

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from .fanout import SharedSource
 from .janus_publisher import FAILED, PUBLISHING, RETRYING, JanusPublication
 from .sessions import Session, Sessions
+from .tiers import TIERS
 
 
 @dataclass
@@ -112,6 +113,7 @@ class SenderCollector(Collector):
             per_viewer["fraction"].add_metric([session_id], stats.fraction_lost)
             per_viewer["bitrate"].add_metric([session_id], stats.bitrate_bps)
         yield from per_viewer.values()
+        yield from self._tiers()
         state = GaugeMetricFamily(
             "webcam_publication_state",
             "1 for the state each SFU publication is in",
@@ -127,6 +129,40 @@ class SenderCollector(Collector):
             bitrate.add_metric([target], bps)
         yield state
         yield bitrate
+
+    def _tiers(self) -> Iterator[Metric]:
+        """Each viewer's tier and estimate, and each tier's encoder (``sender.tiers``)."""
+        tier = GaugeMetricFamily(
+            "webcam_viewer_tier",
+            "1 for the quality tier each viewer gets (full or reduced)",
+            labels=["session", "codec", "tier"],
+        )
+        estimate = GaugeMetricFamily(
+            "webcam_viewer_estimate_bps",
+            "The viewer's bandwidth estimate (REMB, loss and delay)",
+            labels=["session"],
+        )
+        for session in self._sessions.live():
+            track = session.track
+            if track is None:
+                continue
+            current = track.tier or track.wanted_tier
+            for name in TIERS:
+                tier.add_metric([session.id, track.codec, name], int(current == name))
+            estimate.add_metric([session.id], track.estimate)
+        viewers = GaugeMetricFamily(
+            "webcam_tier_viewers", "Viewers on each tier being encoded", labels=["codec", "tier"]
+        )
+        bitrate = GaugeMetricFamily(
+            "webcam_tier_bitrate_bps",
+            "Target bitrate of each tier's encoder",
+            labels=["codec", "tier"],
+        )
+        for codec, tiers in self._sessions.encoders.describe().items():
+            for name, info in tiers.items():
+                viewers.add_metric([codec, name], info["viewers"])
+                bitrate.add_metric([codec, name], info["bitrate"])
+        yield from (tier, estimate, viewers, bitrate)
 
 
 METRICS = web.AppKey("metrics", SenderCollector)

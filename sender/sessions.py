@@ -8,7 +8,6 @@ import secrets
 import time
 
 from aiortc import (
-    MediaStreamTrack,
     RTCConfiguration,
     RTCIceCandidate,
     RTCPeerConnection,
@@ -16,11 +15,11 @@ from aiortc import (
 )
 from aiortc.sdp import SessionDescription
 
-from common import dtls_ciphers
+from common import aiortc_ext
+from common.aiortc_ext import rtcp_feedback
 from common.codecs import prefer_codec
 
-from . import rtcp_feedback
-from .encoding import Encoders
+from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
 
 logger = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def check_offer(sdp: str) -> None:
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc raises whatever its parser hits
-        raise OfferError(f"cannot parse SDP: {exc or type(exc).__name__}") from None
+        raise OfferError(f"cannot parse SDP: {str(exc) or type(exc).__name__}") from None
     video = [m for m in description.media if m.kind == "video"]
     if not video:
         raise OfferError("the offer has no video section")
@@ -83,7 +82,7 @@ class Session:
         self.joined = False
         self.etag = secrets.token_hex(8)
         self.remote_ufrag: str | None = None
-        self.track: MediaStreamTrack | None = None
+        self.track: EncodedTrack | None = None
         self.codec = ""
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
@@ -161,8 +160,6 @@ class Sessions:
         fps: float = 30.0,
         bitrate: int | None = None,
     ) -> None:
-        rtcp_feedback.install()
-        dtls_ciphers.install()
         self.encoders = Encoders(source, fps, bitrate)
         self._connect_timeout = connect_timeout
         self._configuration = configuration
@@ -193,7 +190,7 @@ class Sessions:
         check_offer(offer_sdp)
         if len(self._sessions) >= self._max_viewers:
             raise CapacityError(f"all {self._max_viewers} viewer slots are taken")
-        pc = RTCPeerConnection(self._configuration)
+        pc = aiortc_ext.peer_connection(self._configuration)
         session = Session(self, pc, remote, self._connect_timeout)
         self._sessions[session.id] = session
         try:
@@ -205,17 +202,35 @@ class Sessions:
             session.remote_ufrag = _ice_ufrag(offer_sdp)
             await pc.setLocalDescription(await pc.createAnswer())
             session.codec = _sending_codec(pc.localDescription.sdp)
-            session.track = self.encoders.subscribe(session.codec)
-            transceiver.sender.replaceTrack(session.track)
+            session.track = track = self.encoders.subscribe(session.codec)
+            transceiver.sender.replaceTrack(track)
+            rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
         except Exception as exc:
             await session.close("offer refused")
             if isinstance(exc, OfferError):
                 raise
-            raise OfferError(f"cannot answer the offer: {exc or type(exc).__name__}") from None
+            raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
         logger.info("viewer joined: session %s from %s (%s)", session.id, remote, session.codec)
         return session, pc.localDescription
+
+    def viewer_tiers(self) -> list[dict[str, object]]:
+        """Each viewer's codec, tier and bandwidth estimate (/healthz)."""
+        result: list[dict[str, object]] = []
+        for session in self.live():
+            track = session.track
+            if track is None:
+                continue
+            result.append(
+                {
+                    "session": session.id,
+                    "codec": track.codec,
+                    "tier": track.tier or track.wanted_tier,
+                    "estimate": track.estimate,
+                }
+            )
+        return result
 
     def _forget(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

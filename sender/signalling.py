@@ -13,12 +13,16 @@ import logging
 from aiohttp import web
 from aiortc.sdp import candidate_from_sdp
 
+from common.ice import IceServers
+
+from .access import ACCESS
 from .sessions import CapacityError, OfferError, Session, Sessions
 
 logger = logging.getLogger(__name__)
 
 SESSIONS = web.AppKey("sessions", Sessions)
-ICE_LINKS = web.AppKey("ice_links", list)  # Link header values advertising ICE servers
+# The ICE servers we use and advertise in Link headers (fresh TURN credentials each time)
+ICE_LINKS = web.AppKey("ice_links", IceServers)
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
@@ -58,11 +62,12 @@ def parse_json_offer(text: str) -> str:
         raise OfferError("body is not valid JSON") from None
     if not isinstance(params, dict):
         raise OfferError('body must be a JSON object {"sdp": ..., "type": "offer"}')
-    if not isinstance(params.get("sdp"), str):
+    sdp = params.get("sdp")
+    if not isinstance(sdp, str):
         raise OfferError('missing or non-string "sdp"')
     if params.get("type") != "offer":
         raise OfferError(f'"type" must be "offer", got {params.get("type")!r}')
-    return params["sdp"]
+    return sdp
 
 
 async def read_text(request: web.Request) -> str:
@@ -101,16 +106,24 @@ async def post_whep(request: web.Request) -> web.Response:
     response = web.Response(status=201, text=answer, content_type=SDP)
     response.headers["Location"] = str(location)
     response.headers["ETag"] = f'"{session.etag}"'
-    for link in request.app[ICE_LINKS]:
-        response.headers.add("Link", link)
+    add_ice_links(response, request)
     return response
 
 
+def add_ice_links(response: web.Response, request: web.Request) -> None:
+    """The ICE servers, each viewer with its own TURN credentials when we make them."""
+    for link in request.app[ICE_LINKS].link_headers():
+        response.headers.add("Link", link)
+
+
 async def options_whep(request: web.Request) -> web.Response:
+    """WHEP allows the ICE servers here too, for clients that gather before they offer
+    (aiortc). They carry TURN credentials, so only for a request that may also POST
+    (the bearer token when one is required); a CORS pre-flight never gets here."""
     headers = {"Accept-Post": SDP, "Allow": "OPTIONS, POST"}
     response = web.Response(status=204, headers=headers)
-    for link in request.app[ICE_LINKS]:
-        response.headers.add("Link", link)
+    if request.app[ACCESS].authorized(request):
+        add_ice_links(response, request)
     return response
 
 

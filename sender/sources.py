@@ -14,6 +14,7 @@ import os
 import platform
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import av
@@ -136,7 +137,7 @@ class AvSource(Source):
         self._spec = spec
         self._loop = spec.kind == "file"
         self._container: av.container.InputContainer | None = None
-        self._frames = None
+        self._frames: Iterator[av.VideoFrame] = iter(())
         self._file_clock: tuple[float, float] | None = None  # (wall start, first pts seconds)
 
     def _options(self) -> dict[str, str]:
@@ -224,12 +225,13 @@ def resolve(source: str) -> SourceSpec:
     """Turn ``--source`` into a spec, without opening anything.
 
     ``testsrc``; ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
-    ``v4l2:PATH``; otherwise a video file path (or a URL PyAV can open).
+    ``v4l2:PATH``; otherwise a video file path (or a URL PyAV can open). ``auto`` is not
+    resolved here: ``choose()`` tries the default camera and falls back to ``testsrc``.
     """
     if source == "testsrc":
         return SourceSpec("testsrc")
     if source == "auto":
-        raise ValueError("resolve 'auto' with open_default() instead")
+        raise ValueError("resolve 'auto' with choose() instead")
     prefix, sep, rest = source.partition(":")
     if sep and prefix in ("avfoundation", "dshow", "v4l2") and rest:
         return SourceSpec("device", rest, prefix)

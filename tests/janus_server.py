@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
-import pytest
+from .ci import require_or_skip
 
 ROOM = 1234
 PIN_ROOM = 4321
@@ -51,10 +51,6 @@ LIBRARY_DIRS = (
     "/usr/local/lib/janus",
     "/opt/janus/lib/janus",
 )
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def janus_binary() -> str | None:
@@ -81,11 +77,7 @@ def require() -> None:
         problem = "janus is not installed (Debian: apt-get install janus)"
     elif library_dir() is None:
         problem = f"janus is installed but {PLUGIN} or {TRANSPORT} was not found"
-    if problem is None:
-        return
-    if in_ci():
-        pytest.fail(f"{problem}; CI must run the Janus tests", pytrace=False)
-    pytest.skip(problem)
+    require_or_skip(problem, "the Janus tests")
 
 
 def free_port() -> int:

@@ -23,8 +23,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-import pytest
-
+from .ci import require_or_skip
 from .helpers import ROOT, child_env
 
 PREFIX = "wwc"
@@ -58,12 +57,7 @@ def missing_requirements() -> str | None:
 def require() -> None:
     """Skip the calling test when it cannot run here, except in CI (``CI`` set and not
     false/0), where a missing requirement is a failure: CI runs as root and must run it."""
-    reason = missing_requirements()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"network namespace test cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(f"network namespace test: {reason}")
+    require_or_skip(missing_requirements(), "the network namespace test")
 
 
 def _run(args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,8 +1,8 @@
 """The browser page in a real Chromium (Playwright) against a real in-process sender.
 
 Chromium is the system's (/usr/bin/chromium, or $CHROMIUM), launched once for the module;
-Playwright's own browser download is not used. Without Chromium or playwright these tests are skipped, unless
-the CI environment variable is set: then they fail, saying what is missing.
+Playwright's own browser download is not used. Without Chromium or playwright these tests
+are skipped, unless in CI (tests/ci.py): then they fail, saying what is missing.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest_asyncio
 
 from common import stamp
 
+from .ci import in_ci
 from .helpers import InProcessSender, senders, wait_until
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -38,7 +39,7 @@ def _missing() -> str | None:
 
 
 MISSING = _missing()
-IN_CI = bool(os.environ.get("CI"))
+IN_CI = in_ci()
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 if MISSING and not IN_CI:

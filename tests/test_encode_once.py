@@ -4,13 +4,12 @@ import asyncio
 import time
 
 import pytest
-from aiortc import RTCRtpSender
+from aiortc import RTCRtpReceiver
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci
 
-from common.aiortc_version import AIORTC_VERSION
+from common.aiortc_ext import AIORTC_VERSION, rtcp_feedback
 from receiver import Receiver
 from receiver.stats import read_stamp
-from sender import rtcp_feedback
 from sender.encoding import PROFILES, VIEWER_QUEUE_PACKETS, SharedEncoder
 from sender.fanout import SharedSource
 from sender.sources import TestPattern
@@ -106,19 +105,19 @@ async def test_a_stalled_viewer_does_not_hold_back_the_others(codec) -> None:
 
 
 async def test_rtcp_feedback_reaches_the_shared_encoder(sender_factory) -> None:
-    """Fails if an aiortc upgrade changes what sender/rtcp_feedback.py wraps."""
+    """Fails if an aiortc upgrade changes what common/aiortc_ext/rtcp_feedback.py wraps."""
     import aiortc
 
-    assert aiortc.__version__ == AIORTC_VERSION, "re-check sender/rtcp_feedback.py"
-    assert rtcp_feedback.installed()
-    assert RTCRtpSender._send_keyframe.__module__ == "sender.rtcp_feedback"
+    assert aiortc.__version__ == AIORTC_VERSION, "re-check common/aiortc_ext/rtcp_feedback.py"
     sender = await sender_factory()
     async with Receiver(sender.url, connect_timeout=30) as rx:
-        async for _ in rx.frames():
-            if rx.stats.frames >= 45:
-                break
-        session = next(iter(sender.sessions._sessions.values()))
+        frames = rx.frames()
+        while rx.stats.frames < 45:
+            await anext(frames)
+        await frames.aclose()
+        [session] = sender.sessions.live()
         rtp_sender = session.pc.getSenders()[0]
+        assert rtcp_feedback.applied(rtp_sender)
         encoder = sender.sessions.encoders.active()[0]
         keyframes = encoder.keyframes
         pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=rtp_sender._ssrc)
@@ -137,11 +136,43 @@ async def test_rtcp_feedback_reaches_the_shared_encoder(sender_factory) -> None:
         assert encoder.target_bitrate == PROFILES["vp8"].max_bitrate
 
 
-async def test_fixed_bitrate_ignores_estimates(sender_factory) -> None:
-    sender = await sender_factory(bitrate=800_000)
+ESTIMATE = 333_000  # within VP8's limits and far from its 500 kbit/s default
+
+
+def silence_own_estimates(receiver: RTCRtpReceiver) -> None:
+    """aiortc's receiver sends REMBs of its own bandwidth estimate about once a second;
+    silenced, the only estimate the sender gets is the test's."""
+    attribute = "_RTCRtpReceiver__remote_bitrate_estimator"
+    assert hasattr(receiver, attribute), "aiortc changed: re-check how receivers send REMB"
+    setattr(receiver, attribute, None)
+
+
+@pytest.mark.parametrize("fixed", [None, 800_000], ids=["estimates", "fixed-bitrate"])
+async def test_a_viewers_remb_sets_the_bitrate_unless_it_is_fixed(sender_factory, fixed) -> None:
+    """A REMB sent by the receiving peer over the real connection (SRTCP over UDP) moves
+    the shared encoder's bitrate; with --bitrate it arrives just the same and is ignored."""
+    sender = await sender_factory(bitrate=fixed)
     async with Receiver(sender.url, connect_timeout=30) as rx:
-        async for _ in rx.frames():
-            break
-        encoder = sender.sessions.encoders.active()[0]
-        encoder.update_bitrate()
-        assert encoder.target_bitrate == 800_000
+        frames = rx.frames()
+        await anext(frames)
+        await frames.aclose()
+        assert rx.connection is not None
+        receiver = rx.connection.pc.getReceivers()[0]
+        silence_own_estimates(receiver)
+        [session] = sender.sessions.live()
+        [encoder] = sender.sessions.encoders.active()
+        media = [source.source for source in receiver.getSynchronizationSources()]
+        # The sender routes a REMB by the SSRCs it names (the video's), not by its own SSRC.
+        remb = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(ESTIMATE, media)
+        )
+
+        async def arrived() -> bool:
+            await receiver._send_rtcp(remb)  # again until one got through (UDP)
+            return session.track.bitrate_estimate == ESTIMATE
+
+        await wait_until(arrived, within=10, what="the REMB to reach the sender")
+        if fixed is None:
+            assert encoder.target_bitrate == ESTIMATE
+        else:
+            assert encoder.target_bitrate == fixed

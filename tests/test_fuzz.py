@@ -1,12 +1,24 @@
 """Malformed requests of every kind at every endpoint: only 4xx, never 5xx, and the
-daemon stays healthy with no viewer left behind."""
+daemon stays healthy with no viewer left behind. And the other side: real peers' offers,
+varied in ways that must not matter, always get a working session, and every session
+ends once its peer is gone."""
 
+from __future__ import annotations
+
+import asyncio
 import http.client
 import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from common.ice import rtc_configuration
 
 from .test_signalling import CHROMIUM_OFFER
 
@@ -157,3 +169,160 @@ def test_no_input_gets_a_5xx(sender_process) -> None:
     assert sender.health()["viewers"] == 0
     assert sender.proc.poll() is None, "the daemon must keep running"
     assert "Traceback" not in sender.stderr()
+
+
+# --- valid offers: sessions that work, and end ---------------------------------------
+
+# Lines an offer may carry or leave out without changing what is negotiated: stream ids,
+# SSRC announcements (the sender only receives RTCP), header extensions, and feedback.
+OPTIONAL_LINES = ("a=msid-semantic:", "a=msid:", "a=ssrc-group:", "a=ssrc:", "a=extmap:")
+FEEDBACK = re.compile(r"^a=rtcp-fb:\d+ (nack pli|goog-remb)$")
+TOKEN_CHARS = st.characters(min_codepoint=ord("a"), max_codepoint=ord("z"))
+FRAME_TIMEOUT = 20.0
+CLEANUP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Variation:
+    """How a real offer is rewritten, and how its session ends."""
+
+    newline: str
+    session_name: str
+    username: str
+    drop_optional: frozenset[str]
+    drop_feedback: bool
+    extra_attributes: tuple[str, ...]
+    payload_order_seed: int
+    endpoint: str  # "/offer" (JSON) or "/whep" (SDP)
+    extra_json: bool
+    end_by_delete: bool  # WHEP: DELETE the session first; otherwise the peer just leaves
+
+    def apply(self, sdp: str) -> str:
+        lines = [line for line in sdp.splitlines() if line]
+        out = []
+        for line in lines:
+            if line.startswith(tuple(self.drop_optional)) or (
+                self.drop_feedback and FEEDBACK.match(line)
+            ):
+                continue
+            if line.startswith("s="):
+                line = f"s={self.session_name}"
+            elif line.startswith("o="):
+                line = "o=" + " ".join([self.username, *line[2:].split()[1:]])
+            elif line.startswith("m=video"):
+                words = line.split()
+                payloads = words[3:]
+                rotate = self.payload_order_seed % len(payloads)
+                line = " ".join(words[:3] + payloads[rotate:] + payloads[:rotate])
+            out.append(line)
+            if line.startswith("a=mid:"):  # unknown attributes, which must be ignored
+                out.extend(f"a=x-fuzz-{name}" for name in self.extra_attributes)
+        return self.newline.join(out) + self.newline
+
+
+variations = st.builds(
+    Variation,
+    newline=st.sampled_from(["\r\n", "\n"]),
+    session_name=st.text(TOKEN_CHARS, min_size=1, max_size=12) | st.just("-"),
+    username=st.text(TOKEN_CHARS, min_size=1, max_size=12) | st.just("-"),
+    drop_optional=st.frozensets(st.sampled_from(OPTIONAL_LINES)),
+    drop_feedback=st.booleans(),
+    extra_attributes=st.lists(st.text(TOKEN_CHARS, min_size=1, max_size=8), max_size=3).map(tuple),
+    payload_order_seed=st.integers(0, 100),
+    endpoint=st.sampled_from(["/offer", "/whep"]),
+    extra_json=st.booleans(),
+    end_by_delete=st.booleans(),
+)
+
+
+def post_offer(url: str, variation: Variation, sdp: str) -> tuple[int, str, str | None]:
+    """POST the offer the way the endpoint wants it: status, answer SDP, session URL."""
+    if variation.endpoint == "/offer":
+        payload: dict[str, object] = {"sdp": sdp, "type": "offer"}
+        if variation.extra_json:
+            payload["client"] = "fuzz"  # unknown keys are ignored
+        body, content_type = json.dumps(payload).encode(), "application/json"
+    else:
+        body, content_type = sdp.encode(), "application/sdp"
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        headers = {"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}
+        connection.request("POST", variation.endpoint, body=body, headers=headers)
+        response = connection.getresponse()
+        text = response.read().decode(errors="replace")
+        location = response.getheader("Location")
+    finally:
+        connection.close()
+    if response.status in (200, 201) and variation.endpoint == "/offer":
+        text = json.loads(text)["sdp"]
+    return response.status, text, location
+
+
+async def watch_once(url: str, variation: Variation) -> None:
+    """A real aiortc viewer: offer (rewritten), answer, one decoded frame, then leave."""
+    pc = RTCPeerConnection(rtc_configuration(()))
+    track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def _on_track(remote: MediaStreamTrack) -> None:
+        if not track.done():
+            track.set_result(remote)
+
+    location = None
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = variation.apply(pc.localDescription.sdp)
+        status, answer, location = await asyncio.to_thread(post_offer, url, variation, offer)
+        assert status in (200, 201), (status, answer, offer)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        async with asyncio.timeout(FRAME_TIMEOUT):
+            frame = await (await track).recv()
+        assert frame.width > 0
+        if variation.end_by_delete and location is not None:
+            status, _ = await asyncio.to_thread(send, url, {**DELETE, "path": location})
+            assert status == 200
+    finally:
+        await pc.close()  # DTLS close: the sender ends a session whose peer left
+
+
+DELETE = {
+    "method": "DELETE",
+    "content_type": None,
+    "authorization": f"Bearer {TOKEN}",
+    "origin": None,
+    "body": b"",
+}
+
+
+def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {within} s waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_valid_offers_always_stream_and_leave_nothing_behind(sender_process) -> None:
+    sender = sender_process("--source", "testsrc", "--token", TOKEN, "--max-viewers", "1000")
+    tried: list[Variation] = []
+
+    @settings(
+        max_examples=30,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        derandomize=True,
+    )
+    @given(variation=variations)
+    def check(variation: Variation) -> None:
+        tried.append(variation)
+        asyncio.run(watch_once(sender.url, variation))
+
+    check()
+    assert {v.endpoint for v in tried} == {"/offer", "/whep"}
+    # Every session ended with its peer (or its DELETE): no viewer, camera released.
+    wait_for(lambda: sender.health()["viewers"] == 0, CLEANUP_TIMEOUT, "no viewers")
+    wait_for(lambda: not sender.health()["source_open"], CLEANUP_TIMEOUT, "the camera release")
+    log = sender.stderr()
+    assert "Traceback" not in log
+    assert log.count("viewer joined") == log.count("viewer left") == len(tried), log[-3000:]

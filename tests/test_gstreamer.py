@@ -3,7 +3,8 @@
 The viewer (``tests/gst_viewer.py``) runs under Debian's ``/usr/bin/python3`` with
 python3-gst-1.0 from apt, against a real sender subprocess. Stock aiortc 1.16.0 offers
 ECDHE-ECDSA suites only, webrtcbin 1.22 has an RSA certificate: without
-``common.dtls_ciphers.install()`` its DTLS server answers "no shared cipher".
+``common.aiortc_ext.dtls_ciphers`` (applied to each of our peer connections) its DTLS
+server answers "no shared cipher".
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from pathlib import Path
 
 import aiortc
 import pytest
+from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate, RTCDtlsTransport
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
-from common import dtls_ciphers
-from common.aiortc_version import AIORTC_VERSION
+from common.aiortc_ext import AIORTC_VERSION, dtls_ciphers, private
 
+from .ci import require_or_skip
 from .helpers import ROOT, SenderProcess
 
 GST_PYTHON = "/usr/bin/python3"
@@ -64,11 +66,18 @@ def stock_context() -> SSL.Context:
     return create(RTCCertificate.generateCertificate(), srtp_profiles=SRTP_PROFILES)
 
 
+def our_certificate(pc: RTCPeerConnection) -> RTCCertificate:
+    """The DTLS certificate a peer connection will use (aiortc makes one per connection)."""
+    certificates = private(pc, RTCPeerConnection, "certificates")
+    assert isinstance(certificates, list) and len(certificates) == 1
+    return certificates[0]
+
+
 def test_aiortc_is_the_version_the_patch_was_written_for() -> None:
     assert aiortc.__version__ == AIORTC_VERSION == "1.16.0", (
-        f"aiortc is {aiortc.__version__}: re-check common/dtls_ciphers.py (does aiortc still "
-        "build its DTLS context in RTCCertificate._create_ssl_context, ECDSA suites only?), "
-        "then update common/aiortc_version.py and here"
+        f"aiortc is {aiortc.__version__}: re-check common/aiortc_ext/dtls_ciphers.py (does "
+        "aiortc still build its DTLS context in RTCCertificate._create_ssl_context, ECDSA "
+        "suites only?), then update AIORTC_VERSION in common/aiortc_ext/__init__.py and here"
     )
     # Stock aiortc's list is still what we keep as our prefix, and still lacks RSA.
     assert tls12_names(stock_context()) == list(dtls_ciphers.STOCK_CIPHERS)
@@ -76,22 +85,27 @@ def test_aiortc_is_the_version_the_patch_was_written_for() -> None:
     assert "_create_ssl_context(" in inspect.getsource(RTCDtlsTransport.start)
 
 
-def test_install_widens_the_context_aiortc_builds() -> None:
-    dtls_ciphers.install()
-    dtls_ciphers.install()  # idempotent
-    assert dtls_ciphers.installed()
-    wrapped = RTCCertificate._create_ssl_context
-    assert inspect.unwrap(wrapped) is not wrapped
-    assert inspect.unwrap(inspect.unwrap(wrapped)) is inspect.unwrap(wrapped)  # wrapped once
-    names = tls12_names(
-        RTCCertificate.generateCertificate()._create_ssl_context(srtp_profiles=SRTP_PROFILES)
-    )
-    assert names[: len(dtls_ciphers.STOCK_CIPHERS)] == list(dtls_ciphers.STOCK_CIPHERS)
-    assert "ECDHE-RSA-AES128-GCM-SHA256" in names
-    assert all(name.startswith("ECDHE-") for name in names), names  # forward secret only
-    added = names[len(dtls_ciphers.STOCK_CIPHERS) :]
-    assert added == list(dtls_ciphers.RSA_CIPHERS)
-    assert all(("GCM" in name or "POLY1305" in name) for name in added), added  # AEAD only
+async def test_apply_widens_the_contexts_of_that_connection_only() -> None:
+    ours, theirs = RTCPeerConnection(), RTCPeerConnection()
+    try:
+        dtls_ciphers.apply(ours)
+        assert dtls_ciphers.applied(ours) and not dtls_ciphers.applied(theirs)
+        names = tls12_names(our_certificate(ours)._create_ssl_context(SRTP_PROFILES))
+        assert names[: len(dtls_ciphers.STOCK_CIPHERS)] == list(dtls_ciphers.STOCK_CIPHERS)
+        assert "ECDHE-RSA-AES128-GCM-SHA256" in names
+        assert all(name.startswith("ECDHE-") for name in names), names  # forward secret only
+        added = names[len(dtls_ciphers.STOCK_CIPHERS) :]
+        assert added == list(dtls_ciphers.RSA_CIPHERS)
+        assert all(("GCM" in name or "POLY1305" in name) for name in added), added  # AEAD
+        # Another connection in the same process, and the class, keep aiortc's list.
+        stock = tls12_names(our_certificate(theirs)._create_ssl_context(SRTP_PROFILES))
+        assert stock == list(dtls_ciphers.STOCK_CIPHERS)
+        assert inspect.unwrap(RTCCertificate._create_ssl_context) is (
+            RTCCertificate._create_ssl_context
+        )
+    finally:
+        await ours.close()
+        await theirs.close()
 
 
 def rsa_peer_context() -> SSL.Context:
@@ -150,11 +164,13 @@ def test_stock_aiortc_client_and_rsa_server_share_no_cipher() -> None:
 
 
 @pytest.mark.parametrize("aiortc_role", ["client", "server"])
-def test_patched_aiortc_handshakes_with_an_rsa_peer(aiortc_role: str) -> None:
-    dtls_ciphers.install()
-    ours = SSL.Connection(
-        RTCCertificate.generateCertificate()._create_ssl_context(srtp_profiles=SRTP_PROFILES)
-    )
+async def test_patched_aiortc_handshakes_with_an_rsa_peer(aiortc_role: str) -> None:
+    pc = RTCPeerConnection()
+    try:
+        dtls_ciphers.apply(pc)
+        ours = SSL.Connection(our_certificate(pc)._create_ssl_context(SRTP_PROFILES))
+    finally:
+        await pc.close()
     theirs = SSL.Connection(rsa_peer_context())
     if aiortc_role == "client":
         handshake(ours, theirs)
@@ -189,15 +205,12 @@ def gstreamer_problem() -> str | None:
 @pytest.fixture
 def gstreamer() -> None:
     problem = gstreamer_problem()
-    if problem is None:
-        return
-    message = (
-        f"GStreamer webrtcbin for {GST_PYTHON} is not usable ({problem}); "
-        f"apt-get install {GST_PACKAGES}"
-    )
-    if os.environ.get("CI"):
-        pytest.fail(message + " (CI is set: these tests must run)", pytrace=False)
-    pytest.skip(message)
+    if problem is not None:
+        problem = (
+            f"GStreamer webrtcbin for {GST_PYTHON} is not usable ({problem}); "
+            f"apt-get install {GST_PACKAGES}"
+        )
+    require_or_skip(problem, "the GStreamer interoperability tests")
 
 
 def run_viewer(url: str, signalling: str, timeout: float = 30.0) -> dict:

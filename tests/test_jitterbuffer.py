@@ -1,6 +1,6 @@
-"""receiver.jitterbuffer: video frames leave aiortc's jitter buffer at their marker packet,
-complete, once, in order; aiortc's loss recovery (NACK wait, PLI) is kept; the patch still
-reaches aiortc's RTCRtpReceiver."""
+"""common.aiortc_ext.jitterbuffer: video frames leave aiortc's jitter buffer at their marker
+packet, complete, once, in order; aiortc's loss recovery (NACK wait, PLI) is kept; apply()
+still reaches aiortc's RTCRtpReceiver, and only the receiver it is given."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import types
 from dataclasses import dataclass
 
 import aiortc
-import aiortc.rtcrtpreceiver
 import pytest
 from aiortc.codecs import depayload
 from aiortc.codecs.h264 import H264Encoder
@@ -23,8 +22,8 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from receiver import jitterbuffer
-from receiver.jitterbuffer import LowLatencyJitterBuffer
+from common.aiortc_ext import AIORTC_VERSION, jitterbuffer
+from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102)
@@ -449,49 +448,44 @@ def test_property_with_loss_exactly_the_complete_frames_leave(
     assert any(pli for pli, _ in results) == (len(delivered) < len(all_packets(frames)))
 
 
-# --- the patch reaches aiortc ---------------------------------------------------------------
+# --- apply() reaches aiortc, for one receiver only ------------------------------------------
 
 
-@pytest.fixture
-def restore_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start from stock aiortc, whatever was installed before; undo install() afterwards."""
-    monkeypatch.setattr(aiortc.rtcrtpreceiver, "JitterBuffer", JitterBuffer)
-
-
-def test_aiortc_is_the_version_the_patch_was_written_for() -> None:
-    assert aiortc.__version__ == "1.16.0", (
-        f"aiortc is {aiortc.__version__}: re-check receiver/jitterbuffer.py against "
+def test_aiortc_is_the_version_the_change_was_written_for() -> None:
+    assert aiortc.__version__ == AIORTC_VERSION, (
+        f"aiortc is {aiortc.__version__}: re-check common/aiortc_ext/jitterbuffer.py against "
         "aiortc/jitterbuffer.py and aiortc/rtcrtpreceiver.py (how add() is called, "
-        "JitterBuffer's fields), then update common/aiortc_version.py and this test"
+        "JitterBuffer's fields), then update common/aiortc_ext/__init__.py and this test"
     )
 
 
-def receiver_buffer(kind: str) -> JitterBuffer:
-    rx = RTCRtpReceiver(kind, types.SimpleNamespace(state="new"))  # type: ignore[arg-type]
-    return rx._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+def new_receiver(kind: str) -> RTCRtpReceiver:
+    return RTCRtpReceiver(kind, types.SimpleNamespace(state="new"))  # type: ignore[arg-type]  # no transport needed
 
 
-def test_install_makes_video_receivers_use_it_and_leaves_audio_stock(restore_aiortc: None) -> None:
-    assert not jitterbuffer.installed()
-    assert type(receiver_buffer("video")) is JitterBuffer
-    jitterbuffer.install()
-    jitterbuffer.install()  # idempotent
-    assert jitterbuffer.installed()
-    video = receiver_buffer("video")
+def receiver_buffer(rx: RTCRtpReceiver) -> JitterBuffer:
+    return rx._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]  # aiortc's private buffer
+
+
+def test_apply_changes_that_video_receiver_only() -> None:
+    ours, theirs = new_receiver("video"), new_receiver("video")
+    assert type(receiver_buffer(ours)) is JitterBuffer
+    jitterbuffer.apply(ours)
+    assert jitterbuffer.applied(ours) and not jitterbuffer.applied(theirs)
+    video = receiver_buffer(ours)
     assert type(video) is LowLatencyJitterBuffer
     assert video.capacity == CAPACITY and video._is_video
-    audio = receiver_buffer("audio")
-    assert type(audio) is JitterBuffer
-    assert audio.capacity == 16 and audio._prefetch == 4 and not audio._is_video
+    assert type(receiver_buffer(theirs)) is JitterBuffer  # stock, untouched
+    assert type(receiver_buffer(new_receiver("video"))) is JitterBuffer  # and new ones too
+    with pytest.raises(ValueError, match="video"):
+        jitterbuffer.apply(new_receiver("audio"))  # audio keeps aiortc's prefetching buffer
 
 
-async def test_patched_receiver_decodes_at_the_marker_and_still_nacks(
-    restore_aiortc: None,
-) -> None:
+async def test_changed_receiver_decodes_at_the_marker_and_still_nacks() -> None:
     """Through RTCRtpReceiver._handle_rtp_packet itself: the frame is queued for the decoder
     on its marker packet; a gap still makes aiortc send a NACK."""
-    jitterbuffer.install()
-    rx = RTCRtpReceiver("video", types.SimpleNamespace(state="new"))  # type: ignore[arg-type]
+    rx = new_receiver("video")
+    jitterbuffer.apply(rx)
     rx._RTCRtpReceiver__codecs[VP8.payloadType] = VP8  # type: ignore[attr-defined]
     rx._RTCRtpReceiver__decoder_thread = True  # type: ignore[attr-defined]  # "decoding"
     decoder_queue: queue.Queue = rx._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
@@ -529,14 +523,15 @@ async def test_patched_receiver_decodes_at_the_marker_and_still_nacks(
     assert plis == []
 
 
-def test_install_warns_on_another_aiortc(
-    restore_aiortc: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_apply_warns_on_another_aiortc(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(aiortc, "__version__", "1.17.0")
-    with caplog.at_level(logging.WARNING, logger="receiver.jitterbuffer"):
-        jitterbuffer.install()
-    assert jitterbuffer.installed()
-    assert "receiver.jitterbuffer" in caplog.text and "1.17.0" in caplog.text
+    rx = new_receiver("video")
+    with caplog.at_level(logging.WARNING, logger="common.aiortc_ext.jitterbuffer"):
+        jitterbuffer.apply(rx)
+    assert jitterbuffer.applied(rx)
+    assert "common.aiortc_ext.jitterbuffer" in caplog.text and "1.17.0" in caplog.text
 
 
 def test_prefetch_is_refused() -> None:

@@ -1,68 +1,321 @@
-"""A lost retransmission is asked for again (receiver/nack_retry.py), through a real
-aiortc RTCRtpReceiver fed real RTP packets."""
+"""Lost packets are asked for again, and holes that cannot be repaired are given up
+(common/aiortc_ext/nack_retry.py with the jitter buffer of common/aiortc_ext/jitterbuffer.py),
+through a real aiortc RTCRtpReceiver fed real RTP packets from aiortc's own VP8 and H.264
+encoders. Time is passed to ``tick()``, so each case runs at once. That the receiver runs it
+across lossy links is tests/test_loss.py's job."""
 
+from __future__ import annotations
+
+import fractions
+import logging
+import queue
 import types
+from dataclasses import dataclass
 
 import aiortc
+import av
+import numpy as np
+import pytest
 from aiortc import RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.codecs import depayload
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 
-from receiver import nack_retry
-from receiver.nack_retry import MAX_TRIES, NackRetry
+from common.aiortc_ext import AIORTC_VERSION, jitterbuffer
+from common.aiortc_ext.nack_retry import (
+    GIVE_UP_SECONDS,
+    INTERVAL_SECONDS,
+    MAX_INTERVAL_SECONDS,
+    MAX_TRIES,
+    MIN_INTERVAL_SECONDS,
+    PLI_REPEAT_SECONDS,
+    RTT_FACTOR,
+    RTT_MARGIN_SECONDS,
+    TICK_SECONDS,
+    NackRetry,
+)
 
-from .test_jitterbuffer import VP8, vp8_stream
+from .test_jitterbuffer import H264, SSRC, TS_STEP, VP8, vp8_stream
 
-
-def make_receiver() -> tuple[RTCRtpReceiver, list[list[int]]]:
-    rx = RTCRtpReceiver("video", types.SimpleNamespace(state="new"))  # type: ignore[arg-type]
-    rx._RTCRtpReceiver__codecs[VP8.payloadType] = VP8  # type: ignore[attr-defined]
-    nacks: list[list[int]] = []
-
-    async def send_nack(media_ssrc: int, lost: list[int]) -> None:
-        nacks.append(lost)
-
-    async def send_pli(media_ssrc: int) -> None:
-        pass
-
-    rx._send_rtcp_nack = send_nack  # type: ignore[method-assign]
-    rx._send_rtcp_pli = send_pli  # type: ignore[method-assign]
-    return rx, nacks
+FRAME_SECONDS = 1 / 30
+WIDTH, HEIGHT = 320, 240
 
 
-async def deliver(rx: RTCRtpReceiver, packet: RtpPacket) -> None:
-    await rx._handle_rtp_packet(RtpPacket.parse(packet.serialize()), arrival_time_ms=0)
+@dataclass
+class Sent:
+    """One encoded frame as the sender put it on the wire."""
+
+    index: int
+    keyframe: bool
+    data: bytes  # what the decoder must get: the depayloaded packets, joined
+    packets: list[RtpPacket]
+
+
+def picture(index: int) -> av.VideoFrame:
+    """A moving, noisy picture: P-frames take a few packets each."""
+    rng = np.random.default_rng(index)
+    y = (np.arange(HEIGHT)[:, None] + np.arange(WIDTH)[None, :] + 4 * index) % 256
+    luma = (y + rng.integers(0, 40, (HEIGHT, WIDTH))).astype(np.uint8)
+    chroma = np.full((HEIGHT // 2, WIDTH), 128, np.uint8)
+    frame = av.VideoFrame.from_ndarray(np.vstack([luma, chroma]), format="yuv420p")
+    frame.pts, frame.time_base = index, fractions.Fraction(1, 30)
+    return frame
+
+
+def encoded_stream(
+    codec: RTCRtpCodecParameters, count: int, keyframes: set[int], first_seq: int = 65000
+) -> list[Sent]:
+    """``count`` frames from aiortc's own encoder (keyframes at the given indexes),
+    packetized as its RTCRtpSender does: consecutive sequence numbers, marker on each
+    frame's last packet. The sequence numbers wrap around 65535 on the way."""
+    encoder = Vp8Encoder() if codec is VP8 else H264Encoder()
+    sent, seq = [], first_seq
+    for index in range(count):
+        payloads, _ = encoder.encode(picture(index), force_keyframe=index in keyframes)
+        packets = []
+        for i, payload in enumerate(payloads):
+            packets.append(
+                RtpPacket(
+                    payload_type=codec.payloadType,
+                    marker=int(i == len(payloads) - 1),
+                    sequence_number=seq,
+                    timestamp=index * TS_STEP,
+                    ssrc=SSRC,
+                    payload=payload,
+                )
+            )
+            seq = (seq + 1) & 0xFFFF
+        data = b"".join(depayload(codec, p.payload) for p in packets)
+        sent.append(Sent(index, index in keyframes, data, packets))
+    assert [s.index for s in sent if s.keyframe] == sorted(keyframes)
+    return sent
+
+
+class Viewer:
+    """A real video RTCRtpReceiver with our jitter buffer and NackRetry, that records what
+    it would send (NACKs, PLIs) and which frames it hands to its decoder."""
+
+    def __init__(self, codec: RTCRtpCodecParameters = VP8, **retry: object) -> None:
+        rx = RTCRtpReceiver("video", types.SimpleNamespace(state="new"))  # type: ignore[arg-type]
+        jitterbuffer.apply(rx)
+        rx._RTCRtpReceiver__codecs[codec.payloadType] = codec  # type: ignore[attr-defined]
+        rx._RTCRtpReceiver__decoder_thread = True  # type: ignore[attr-defined]  # "decoding"
+        self.rx = rx
+        self.nacks: list[list[int]] = []
+        self.plis: list[float] = []  # when, in the viewer's time
+        self.now = 0.0
+        self.decoded: list[bytes] = []
+
+        async def send_nack(media_ssrc: int, lost: list[int]) -> None:
+            assert media_ssrc == SSRC
+            self.nacks.append(lost)
+
+        async def send_pli(media_ssrc: int) -> None:
+            assert media_ssrc == SSRC
+            self.plis.append(self.now)
+
+        rx._send_rtcp_nack = send_nack  # type: ignore[method-assign]
+        rx._send_rtcp_pli = send_pli  # type: ignore[method-assign]
+        self.retry = NackRetry(rx, **retry)  # type: ignore[arg-type]
+        self._queue: queue.Queue = rx._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+
+    async def deliver(self, packet: RtpPacket) -> None:
+        await self.rx._handle_rtp_packet(RtpPacket.parse(packet.serialize()), arrival_time_ms=0)
+        while not self._queue.empty():
+            _, frame = self._queue.get_nowait()
+            self.decoded.append(frame.data)
+
+    async def run_until(self, until: float) -> None:
+        """Tick every TICK_SECONDS up to ``until``."""
+        while self.now + TICK_SECONDS <= until + 1e-9:
+            self.now += TICK_SECONDS
+            await self.retry.tick(self.now)
+
+    async def play(self, frames: list[Sent], lost: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        """Frames arrive one frame interval apart (ticking in between), without ``lost``."""
+        for frame in frames:
+            for packet in frame.packets:
+                if packet.sequence_number not in lost:
+                    await self.deliver(packet)
+            await self.run_until(self.now + FRAME_SECONDS)
+
+    def indexes(self, sent: list[Sent]) -> list[int]:
+        """Which sent frames the decoder got, in order (each must be one of them)."""
+        by_data = {s.data: s.index for s in sent}
+        assert all(data in by_data for data in self.decoded), "a frame that was never sent"
+        return [by_data[data] for data in self.decoded]
 
 
 def test_aiortc_still_has_what_it_reads() -> None:
-    assert aiortc.__version__ == "1.16.0", "re-check receiver/nack_retry.py"
-    rx, _ = make_receiver()
-    for name in (nack_retry.GENERATOR, nack_retry.STREAMS, nack_retry.RTX):
-        assert hasattr(rx, name), name
+    assert aiortc.__version__ == AIORTC_VERSION, "re-check common/aiortc_ext/nack_retry.py"
+    rx = RTCRtpReceiver("video", types.SimpleNamespace(state="new"))  # type: ignore[arg-type]
+    for name in ("nack_generator", "remote_streams", "rtx_ssrc", "codecs", "jitter_buffer"):
+        assert hasattr(rx, f"_RTCRtpReceiver__{name}"), name
     NackRetry(rx)  # raises if they were gone
+    assert RTP_HISTORY_SIZE == 128  # what aiortc's sender keeps and its NackGenerator asks for
 
 
 async def test_a_packet_still_missing_is_asked_for_again() -> None:
-    rx, nacks = make_receiver()
-    retry = NackRetry(rx)
+    viewer = Viewer(interval=0.05)
     (a0, a1), (b0, b1, b2), (c,) = (f.packets for f in vp8_stream([2, 3, 1]))
     for packet in (a0, a1, b0, b2):
-        await deliver(rx, packet)
-    assert nacks == [[b1.sequence_number]]  # aiortc's own, once
-    assert await retry.tick() == []  # just lost: aiortc has asked already
-    assert await retry.tick() == [b1.sequence_number]  # its retransmission was lost too
-    assert nacks[-1] == [b1.sequence_number]
-    await deliver(rx, b1)  # the retransmission arrives
-    assert await retry.tick() == []
-    await deliver(rx, c)
-    assert await retry.tick() == [] and len(nacks) == 2
+        await viewer.deliver(packet)
+    assert viewer.nacks == [[b1.sequence_number]]  # aiortc's own, once
+    assert await viewer.retry.tick(0.0) == []  # just lost: aiortc has asked already
+    assert await viewer.retry.tick(0.04) == []
+    assert await viewer.retry.tick(0.05) == [b1.sequence_number]  # the resend was lost too
+    assert viewer.nacks[-1] == [b1.sequence_number]
+    await viewer.deliver(b1)  # the retransmission arrives
+    assert await viewer.retry.tick(0.1) == []
+    await viewer.deliver(c)
+    assert await viewer.retry.tick(0.15) == [] and len(viewer.nacks) == 2
+    assert viewer.plis == [] and viewer.retry.given_up == 0
+    assert len(viewer.decoded) == 3
 
 
 async def test_retries_are_bounded() -> None:
-    rx, nacks = make_receiver()
-    retry = NackRetry(rx)
+    viewer = Viewer(interval=0.05, give_up_after=None)
     (a0, a1), (b0, _, b2) = (f.packets for f in vp8_stream([2, 3]))
     for packet in (a0, a1, b0, b2):
-        await deliver(rx, packet)
-    asked = [await retry.tick() for _ in range(MAX_TRIES + 5)]
+        await viewer.deliver(packet)
+    asked = [await viewer.retry.tick(0.05 * i) for i in range(MAX_TRIES + 5)]
     assert sum(1 for due in asked if due) == MAX_TRIES
-    assert len(nacks) == 1 + MAX_TRIES
+    assert len(viewer.nacks) == 1 + MAX_TRIES
+    assert viewer.plis == [] and viewer.retry.given_up == 0  # giving up is off
+
+
+def test_the_retry_interval_follows_the_round_trip() -> None:
+    rtt: list[float | None] = [None]
+    viewer = Viewer(rtt=lambda: rtt[0])
+    assert viewer.retry.interval == INTERVAL_SECONDS  # not measured yet
+    rtt[0] = 0.001  # a LAN
+    assert viewer.retry.interval == MIN_INTERVAL_SECONDS
+    rtt[0] = 0.1
+    assert viewer.retry.interval == pytest.approx(RTT_FACTOR * 0.1 + RTT_MARGIN_SECONDS)
+    rtt[0] = 30.0
+    assert viewer.retry.interval == MAX_INTERVAL_SECONDS
+
+
+async def test_a_long_round_trip_spaces_the_nacks_out() -> None:
+    viewer = Viewer(rtt=lambda: 0.1)  # interval 160 ms
+    (a0, a1), (b0, b1, b2) = (f.packets for f in vp8_stream([2, 3]))
+    for packet in (a0, a1, b0, b2):
+        await viewer.deliver(packet)
+    await viewer.run_until(0.15)
+    assert viewer.nacks == [[b1.sequence_number]]  # its answer cannot have come yet
+    await viewer.run_until(0.17)
+    assert viewer.nacks[1:] == [[b1.sequence_number]]
+
+
+@pytest.mark.parametrize("codec", [VP8, H264], ids=["vp8", "h264"])
+async def test_a_hole_older_than_the_senders_history_is_given_up_at_once(
+    codec: RTCRtpCodecParameters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More than RTP_HISTORY_SIZE packets arrive after a lost one (a stalled link that
+    comes back with a burst): aiortc's sender can no longer resend it and its NACK
+    generator stops asking. Stock, the buffer would hold every frame until 512 packets
+    overflow it; here the hole is skipped at the next tick, a keyframe is asked for, the
+    frames that depend on the lost one never reach the decoder, and the keyframe does."""
+    sent = encoded_stream(codec, 140, keyframes={0, 130})
+    viewer = Viewer(codec)
+    await viewer.play(sent[:3])
+    assert viewer.indexes(sent) == [0, 1, 2]
+    lost = sent[3].packets[0].sequence_number
+    behind = [p for s in sent[3:130] for p in s.packets if p.sequence_number != lost]
+    assert len(behind) > RTP_HISTORY_SIZE
+    with caplog.at_level(logging.INFO, logger="common.aiortc_ext.nack_retry"):
+        for packet in behind:  # all within one tick
+            await viewer.deliver(packet)
+        gave_up_at = viewer.now + TICK_SECONDS
+        await viewer.run_until(gave_up_at)
+    assert viewer.retry.given_up == 1 and viewer.plis == [gave_up_at]
+    assert "older than the sender's retransmission history" in caplog.text
+    assert viewer.indexes(sent) == [0, 1, 2]  # 3-129 depend on the lost packet
+    await viewer.play(sent[130:])
+    assert viewer.indexes(sent) == [0, 1, 2, *range(130, 140)]
+    assert viewer.plis == [gave_up_at]  # the keyframe came: no second request
+    assert viewer.rx._RTCRtpReceiver__nack_generator.missing == set()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("codec", [VP8, H264], ids=["vp8", "h264"])
+async def test_a_packet_that_never_comes_is_given_up_within_300_ms(
+    codec: RTCRtpCodecParameters,
+) -> None:
+    """Every retransmission is lost: it is asked for again each interval, given up
+    GIVE_UP_SECONDS after it went missing, and a keyframe is asked for at once; until it
+    comes the frames are dropped, then the picture goes on from it."""
+    sent = encoded_stream(codec, 30, keyframes={0, 20})
+    viewer = Viewer(codec)
+    await viewer.play(sent[:5])
+    lost = sent[5].packets[-1].sequence_number  # a marker packet: seen missing one frame later
+    await viewer.play(sent[5:7], lost={lost})
+    missing_since = viewer.now - FRAME_SECONDS  # frame 6 showed the gap
+    await viewer.play(sent[7:20], lost={lost})
+    assert viewer.retry.given_up == 1 and len(viewer.plis) == 2
+    assert viewer.plis[0] - missing_since <= GIVE_UP_SECONDS + 2 * TICK_SECONDS
+    assert viewer.plis[1] - viewer.plis[0] == pytest.approx(PLI_REPEAT_SECONDS)
+    asked_again = [n for n in viewer.nacks[1:] if lost in n]
+    assert 3 <= len(asked_again) < MAX_TRIES  # repeated until given up
+    assert viewer.indexes(sent) == [0, 1, 2, 3, 4]
+    await viewer.play(sent[20:])
+    assert viewer.indexes(sent) == [0, 1, 2, 3, 4, *range(20, 30)]
+    assert len(viewer.plis) == 2
+
+
+async def test_a_hole_is_given_up_when_its_retries_are_used_up() -> None:
+    """With fewer retries than fit into GIVE_UP_SECONDS the hole goes sooner: two
+    intervals after the last NACK."""
+    sent = encoded_stream(VP8, 20, keyframes={0, 15})
+    viewer = Viewer(max_tries=2, interval=0.04)
+    await viewer.play(sent[:3])
+    lost = sent[3].packets[0].sequence_number
+    await viewer.play(sent[3:15], lost={lost})
+    assert len([n for n in viewer.nacks if lost in n]) == 1 + 2
+    assert viewer.retry.given_up == 1
+    assert viewer.plis[0] <= 3 * FRAME_SECONDS + (1 + 2 + 2) * 0.04 + 2 * TICK_SECONDS
+    await viewer.play(sent[15:])
+    assert viewer.indexes(sent) == [0, 1, 2, *range(15, 20)]
+
+
+async def test_a_repaired_hole_is_not_given_up() -> None:
+    """The retransmission comes after several tries, before the deadline: no keyframe
+    request, every frame reaches the decoder in order."""
+    sent = encoded_stream(VP8, 15, keyframes={0})
+    viewer = Viewer()
+    await viewer.play(sent[:3])
+    packet = sent[3].packets[0]
+    await viewer.play(sent[3:9], lost={packet.sequence_number})  # 200 ms
+    assert len([n for n in viewer.nacks if packet.sequence_number in n]) >= 3
+    await viewer.deliver(packet)
+    await viewer.play(sent[9:])
+    assert viewer.indexes(sent) == list(range(15))
+    assert viewer.plis == [] and viewer.retry.given_up == 0
+
+
+async def test_a_keyframe_already_behind_the_hole_is_used_at_once() -> None:
+    """A keyframe arrived complete behind the hole: giving up jumps to it, no frame in
+    between reaches the decoder, and it goes out with the next packet."""
+    sent = encoded_stream(VP8, 12, keyframes={0, 6})
+    viewer = Viewer(max_tries=0, interval=0.04)
+    await viewer.play(sent[:3])
+    lost = sent[3].packets[0].sequence_number
+    for packet in [p for s in sent[3:8] for p in s.packets if p.sequence_number != lost]:
+        await viewer.deliver(packet)
+    assert viewer.indexes(sent) == [0, 1, 2]
+    await viewer.run_until(viewer.now + 0.1)  # 2 intervals: given up
+    assert viewer.retry.given_up == 1
+    await viewer.play(sent[8:])
+    assert viewer.indexes(sent) == [0, 1, 2, 6, 7, 8, 9, 10, 11]
+
+
+async def test_giving_up_can_be_turned_off() -> None:
+    """give_up_after=None: the hole holds the buffer, as in stock aiortc."""
+    sent = encoded_stream(VP8, 30, keyframes={0})
+    viewer = Viewer(give_up_after=None)
+    await viewer.play(sent[:3])
+    lost = sent[3].packets[0].sequence_number
+    await viewer.play(sent[3:], lost={lost})  # 900 ms
+    assert viewer.indexes(sent) == [0, 1, 2]
+    assert viewer.plis == [] and viewer.retry.given_up == 0

@@ -5,16 +5,18 @@ import av
 import pytest
 from aiortc import RTCRtpReceiver
 
+from common.aiortc_ext import AIORTC_VERSION
+from common.aiortc_ext.passthrough import QUEUE_ATTRIBUTE
 from receiver import Receiver, ReceiverError
-from receiver.passthrough import QUEUE_ATTRIBUTE, is_keyframe, nal_units
+from receiver.encoded import is_keyframe, nal_units
 from receiver.recorder import Recorder
 
 from .helpers import run_receiver
 
 
 def test_aiortc_still_has_the_decoder_queue() -> None:
-    """Fails if an aiortc upgrade breaks what receiver/passthrough.py replaces."""
-    assert aiortc.__version__ == "1.16.0", "re-check receiver/passthrough.py"
+    """Fails if an aiortc upgrade breaks what common/aiortc_ext/passthrough.py replaces."""
+    assert aiortc.__version__ == AIORTC_VERSION, "re-check common/aiortc_ext/passthrough.py"
     from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
     from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 

@@ -7,13 +7,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import av
-import pytest
 
-from receiver import Receiver, ice_rtt
+from common.aiortc_ext import ice_rtt
+from receiver import Receiver
 
 from .helpers import ROOT, SenderProcess, child_env, wait_until
 
@@ -146,7 +146,7 @@ async def test_receiver_stats_report_rtt_loss_and_jitter(sender) -> None:
         async for _ in rx.frames():
             if rx.stats.frames >= 10:
                 break
-        rtt = await ice_rtt.measure(rx._pc)
+        rtt = await ice_rtt.measure(rx.connection.pc)
         assert rtt is not None and 0 < rtt < 1
         await wait_until(lambda: rx.stats.rtt_ms, what="an RTT sample")
     summary = rx.stats.summary()
@@ -155,18 +155,51 @@ async def test_receiver_stats_report_rtt_loss_and_jitter(sender) -> None:
     assert summary["loss"] == 0 and summary["jitter_ms"] is not None
 
 
-async def test_stall_ends_frames_instead_of_hanging(sender_factory) -> None:
-    sender = await sender_factory()
+async def until_the_end(frames: AsyncIterator[av.VideoFrame], within: float) -> float:
+    """Read ``frames`` to their end; how long that took (fails after ``within`` s)."""
+    started = time.monotonic()
+    async with asyncio.timeout(within):
+        async for _ in frames:
+            pass
+    return time.monotonic() - started
+
+
+async def test_a_frozen_sender_is_a_stall(sender_process) -> None:
+    """SIGSTOP freezes the sender: no more video and no goodbye (no RTCP BYE, no DTLS
+    close, its sockets stay open). Only the stall timeout can notice."""
+    sender = sender_process("--source", "testsrc")
     rx = Receiver(sender.url, connect_timeout=30, stall_timeout=1.0)
     await rx.connect()
+    frames = rx.frames()
     try:
-        frames = rx.frames()
-        await frames.__anext__()
-        await sender.source.close()  # video stops, the connection stays up
-        with pytest.raises(StopAsyncIteration):
-            async with asyncio.timeout(20):
-                while True:
-                    await frames.__anext__()
-        assert rx.ended == "no video for 1 s" or rx.ended == "the sender ended the stream"
+        await anext(frames)
+        sender.proc.send_signal(signal.SIGSTOP)
+        try:
+            took = await until_the_end(frames, within=20)
+            assert sender.proc.poll() is None, "the sender must be frozen, not gone"
+        finally:
+            sender.proc.send_signal(signal.SIGCONT)
+        assert rx.ended == "no video for 1 s"
+        assert 0.9 < took < 10, f"frames() ended {took:.1f} s after the sender froze"
     finally:
+        await frames.aclose()
         await rx.close()
+
+
+async def test_a_sender_that_shuts_down_ends_the_stream(sender_process) -> None:
+    """The other way frames stop: the sender closes the connection (RTCP BYE, DTLS
+    close) when it shuts down; the receiver says so at once, long before a stall."""
+    sender = sender_process("--source", "testsrc")
+    rx = Receiver(sender.url, connect_timeout=30, stall_timeout=10.0)
+    await rx.connect()
+    frames = rx.frames()
+    try:
+        await anext(frames)
+        sender.proc.send_signal(signal.SIGTERM)
+        took = await until_the_end(frames, within=20)
+        assert rx.ended == "the sender ended the stream"
+        assert took < rx.stall_timeout, f"frames() ended {took:.1f} s after SIGTERM"
+    finally:
+        await frames.aclose()
+        await rx.close()
+    assert sender.proc.wait(timeout=10) == 0, sender.stderr()

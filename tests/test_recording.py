@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import pytest
 
+from .ci import require_or_skip
 from .helpers import ROOT, assert_one_line_error, child_env, run_receiver
 
 
@@ -94,10 +95,9 @@ def test_segments_by_time_with_strftime_names(sender_process, tmp_path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
     """A 400 KiB tmpfs: the recording runs out of space within a second or two."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("CI runs as root: the disk-full test must run")
-        pytest.skip("mounting a tmpfs needs root")
+    require_or_skip(
+        "mounting a tmpfs needs root" if os.geteuid() != 0 else None, "the disk-full test"
+    )
     mount = tmp_path / "tiny"
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mount)], check=True)

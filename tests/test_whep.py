@@ -157,7 +157,7 @@ async def test_unconnected_session_is_freed(sender_factory) -> None:
 async def test_receiver_uses_whep_and_deletes_its_session(sender, caplog) -> None:
     caplog.set_level("INFO", logger="sender.sessions")
     async with Receiver(sender.url, connect_timeout=20) as rx:
-        assert rx._signalling.session_url.startswith(sender.url + "/whep/sessions/")
+        assert rx.connection.signalling.session_url.startswith(sender.url + "/whep/sessions/")
         async for _ in rx.frames():
             break
         assert len(sender.sessions) == 1
@@ -171,7 +171,7 @@ async def test_receiver_takes_a_full_whep_url_and_json_signalling(sender) -> Non
             assert frame.width == 640
             break
     async with Receiver(sender.url, signalling="json", connect_timeout=20) as rx:
-        assert rx._signalling.url == sender.url + "/offer"
+        assert rx.connection.signalling.url == sender.url + "/offer"
         async for frame in rx.frames():
             assert frame.width == 640
             break

@@ -1,6 +1,13 @@
 // Viewer page: WHEP (POST whep, application/sdp) with trickle ICE (PATCH the session
 // with application/trickle-ice-sdpfrag bodies), an optional bearer token, live stats.
 // Plain JS, no build step; relative URLs only.
+//
+// ICE servers: the ones the sender advertises in the POST answer's Link headers
+// (rel="ice-server", with this viewer's own TURN credentials). The offer is posted at
+// once, but set as local description, which starts gathering, only after the answer:
+// setConfiguration() before setLocalDescription(), as the WHIP/WHEP drafts note, so the
+// candidates are gathered with those servers, without an ICE restart or an OPTIONS
+// round trip first.
 "use strict";
 
 const TOKEN_KEY = "webrtc-webcam.token"; // sessionStorage only: gone with the tab
@@ -25,6 +32,9 @@ const viewerStats = {
   patches: 0, // successful PATCHes of candidates
   answeredMs: null, // Start to the SDP answer received
   state: "idle",
+  iceServers: [], // the URLs of the advertised ICE servers in use (no credentials)
+  route: null, // "local -> remote" candidate types of the pair in use, e.g. "relay -> host"
+  iceErrors: [], // "URL: code text" of failed STUN/TURN requests (icecandidateerror)
 };
 window.viewerStats = viewerStats;
 
@@ -106,10 +116,19 @@ async function start(startedAt) {
   pc.addEventListener("connectionstatechange", () => {
     if (current !== attempt) return;
     showState(pc.connectionState);
+    if (pc.connectionState === "connected") showRoute(attempt);
     if (pc.connectionState === "failed") {
-      showError("the connection failed (ICE or DTLS); press Start to try again");
+      const turn = viewerStats.iceErrors.length ? ` (${viewerStats.iceErrors.join("; ")})` : "";
+      showError(`the connection failed (ICE or DTLS)${turn}; press Start to try again`);
       stop("failed");
     }
+  });
+  // A TURN server refusing its credentials (401) or not answering: say so if it fails.
+  pc.addEventListener("icecandidateerror", (event) => {
+    if (current !== attempt || !event.url) return;
+    const text = `${event.url}: ${event.errorCode} ${event.errorText || ""}`.trim();
+    if (!viewerStats.iceErrors.includes(text)) viewerStats.iceErrors.push(text);
+    console.warn("ICE server error:", text);
   });
   pc.addEventListener("track", (event) => {
     if (current !== attempt || event.track.kind !== "video") return;
@@ -119,8 +138,7 @@ async function start(startedAt) {
 
   try {
     const offer = await pc.createOffer();
-    await pc.setLocalDescription(offer);
-    // At once: candidates follow by PATCH as they are gathered.
+    // At once: candidates follow by PATCH as they are gathered (after the answer).
     const response = await fetch("whep", {
       method: "POST",
       headers: requestHeaders(attempt, { "Content-Type": SDP }),
@@ -139,6 +157,10 @@ async function start(startedAt) {
     if (attempt.closed) return;
     $("auth").hidden = true;
     viewerStats.answeredMs = performance.now() - startedAt;
+    const iceServers = iceServersFromLinks(response.headers.get("Link"));
+    if (iceServers.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+    viewerStats.iceServers = iceServers.map((server) => server.urls);
+    await pc.setLocalDescription(offer); // gathering starts, with those servers
     await pc.setRemoteDescription({ type: "answer", sdp: answer });
     flushCandidates(attempt);
   } catch (err) {
@@ -153,6 +175,77 @@ async function start(startedAt) {
       showError(String((err && err.message) || err));
     }
   }
+}
+
+// RFC 8288 Link header values (fetch joins several with ", ") to RTCIceServers: the
+// links with rel="ice-server", with username/credential when given.
+function iceServersFromLinks(header) {
+  const servers = [];
+  for (const link of splitOutside(header || "", ",")) {
+    const match = /^\s*<([^>]*)>(.*)$/s.exec(link);
+    if (!match) continue;
+    const params = {};
+    for (const part of splitOutside(match[2], ";")) {
+      const eq = part.indexOf("=");
+      if (eq < 0) continue;
+      const key = part.slice(0, eq).trim().toLowerCase();
+      let value = part.slice(eq + 1).trim();
+      if (value.startsWith('"')) value = value.slice(1, -1).replace(/\\(.)/g, "$1");
+      if (!(key in params)) params[key] = value;
+    }
+    if (!(params.rel || "").toLowerCase().split(/\s+/).includes("ice-server")) continue;
+    const server = { urls: match[1] };
+    if ("username" in params) {
+      server.username = params.username;
+      server.credential = params.credential || "";
+    }
+    servers.push(server);
+  }
+  return servers;
+}
+
+// Split at `separator` outside double quotes and <...>.
+function splitOutside(text, separator) {
+  const parts = [];
+  let current = "";
+  let quoted = false;
+  let bracket = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (quoted && c === "\\") { current += c + (text[i + 1] || ""); i++; continue; }
+    if (c === '"' && !bracket) quoted = !quoted;
+    else if (c === "<" && !quoted) bracket = true;
+    else if (c === ">" && !quoted) bracket = false;
+    else if (c === separator && !quoted && !bracket) { parts.push(current); current = ""; continue; }
+    current += c;
+  }
+  parts.push(current);
+  return parts.map((part) => part.trim()).filter((part) => part);
+}
+
+// The candidate types of the pair in use ("relay -> host"): shown, and for the tests.
+async function showRoute(attempt, tries = 0) {
+  let report;
+  try {
+    report = await attempt.pc.getStats();
+  } catch (_) {
+    return; // closed meanwhile
+  }
+  if (current !== attempt) return;
+  let pair = null;
+  report.forEach((entry) => {
+    if (entry.type === "transport" && entry.selectedCandidatePairId) {
+      pair = report.get(entry.selectedCandidatePairId);
+    }
+  });
+  if (!pair) { // the stats can lag the state change a little
+    if (tries < 10) setTimeout(() => showRoute(attempt, tries + 1), 300);
+    return;
+  }
+  const local = report.get(pair.localCandidateId);
+  const remote = report.get(pair.remoteCandidateId);
+  viewerStats.route = `${local ? local.candidateType : "?"} -> ${remote ? remote.candidateType : "?"}`;
+  $("route").textContent = viewerStats.route;
 }
 
 // Send every queued candidate (and end-of-candidates once gathering is over) in one
@@ -272,8 +365,9 @@ function connectWithToken(event) {
 function resetStats(startedAt) {
   Object.assign(viewerStats, {
     frames: 0, fps: 0, width: 0, height: 0, latencyMs: null, firstFrameMs: null, patches: 0,
-    answeredMs: null,
+    answeredMs: null, iceServers: [], route: null, iceErrors: [],
   });
+  $("route").textContent = "-";
   viewerStats.startedAt = startedAt;
   $("latency").textContent = "-";
   render();

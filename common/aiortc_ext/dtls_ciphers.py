@@ -14,24 +14,25 @@ ECDSA list) after aiortc's own ECDSA suites, which stay first and unchanged. Sti
 secret and authenticated-encryption only: no static-RSA key exchange, and no RSA CBC-SHA1
 suite, since webrtcbin 1.22 (``ALL:!ADH:!LOW:!EXP:!MD5`` over DTLS 1.2) accepts GCM.
 
-The list is set in a wrapper around ``RTCCertificate._create_ssl_context``, which
-``RTCDtlsTransport.start`` calls for both DTLS roles. As the client (the sender answering
-an actpass offer) the RSA suites are what lets an RSA server pick one; as the server our
-certificate is ECDSA, so OpenSSL only ever chooses an ECDSA suite and the addition is inert.
+``apply(pc)`` wraps ``_create_ssl_context`` on that connection's own certificate (an
+instance attribute; ``RTCDtlsTransport.start`` calls it for both DTLS roles), so only our
+connections offer the wider list. As the client (the sender answering an actpass offer)
+the RSA suites are what lets an RSA server pick one; as the server our certificate is
+ECDSA, so OpenSSL only ever chooses an ECDSA suite and the addition is inert.
 ``tests/test_gstreamer.py`` fails if an aiortc upgrade changes the stock list or the
 method this relies on.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 
-from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
+from aiortc import RTCPeerConnection
+from aiortc.rtcdtlstransport import SRTPProtectionProfile
 from OpenSSL import SSL
 
-from common import aiortc_version
+from . import check, private
 
 logger = logging.getLogger(__name__)
 
@@ -52,36 +53,29 @@ RSA_CIPHERS: tuple[str, ...] = (
 CIPHERS: tuple[str, ...] = STOCK_CIPHERS + RSA_CIPHERS
 CIPHER_LIST: bytes = ":".join(CIPHERS).encode("ascii")
 
-CreateContext = Callable[[RTCCertificate, list[SRTPProtectionProfile]], SSL.Context]
 
-_installed = False
+def apply(pc: RTCPeerConnection) -> None:
+    """Make this connection's DTLS contexts offer the wider list (before it connects)."""
+    check(__name__)
+    certificates = private(pc, RTCPeerConnection, "certificates")
+    assert isinstance(certificates, list)
+    for certificate in certificates:
+        stock = certificate._create_ssl_context
+
+        def _create_ssl_context(
+            srtp_profiles: list[SRTPProtectionProfile],
+            stock: Callable[[list[SRTPProtectionProfile]], SSL.Context] = stock,
+        ) -> SSL.Context:
+            context = stock(srtp_profiles)
+            context.set_cipher_list(CIPHER_LIST)  # replaces aiortc's list, a prefix of ours
+            return context
+
+        # an instance attribute: this certificate, this connection
+        certificate._create_ssl_context = _create_ssl_context
 
 
-def installed() -> bool:
-    """Whether ``install()`` ran in this process."""
-    return _installed
-
-
-def install() -> None:
-    """Make every DTLS context aiortc builds from now on offer the wider list.
-
-    Idempotent: the lead calls it from both ``Sessions`` and ``Receiver``. Transports that
-    already started keep their context.
-    """
-    global _installed
-    if _installed:
-        return
-    aiortc_version.check(__name__)
-    create: CreateContext = RTCCertificate._create_ssl_context
-
-    @functools.wraps(create)
-    def _create_ssl_context(
-        self: RTCCertificate, srtp_profiles: list[SRTPProtectionProfile]
-    ) -> SSL.Context:
-        context = create(self, srtp_profiles)
-        context.set_cipher_list(CIPHER_LIST)  # replaces aiortc's list, a prefix of ours
-        return context
-
-    RTCCertificate._create_ssl_context = _create_ssl_context  # type: ignore[method-assign]
-    _installed = True
-    logger.debug("aiortc DTLS cipher list widened to %s", CIPHER_LIST.decode())
+def applied(pc: RTCPeerConnection) -> bool:
+    """Whether ``apply()`` ran on this connection."""
+    certificates = private(pc, RTCPeerConnection, "certificates")
+    assert isinstance(certificates, list)
+    return all("_create_ssl_context" in vars(c) for c in certificates)

@@ -1,0 +1,160 @@
+"""One viewer's available bandwidth, estimated at the sender from its RTCP feedback.
+
+aiortc's receivers (and browsers offered ``goog-remb``) send REMB, a delay-based estimate
+made at the receiver. Alone it is slow to follow a link that narrows: its overuse
+detector needs a delay trend, and it reports 85% of what arrived over the last second, so
+after a drop the sender keeps overfilling the bottleneck's queue for seconds. The sender
+also sees the receiver reports (RTCP RR, about once a second): the fraction of packets
+lost since the previous report, and, through the sender report they echo, the round-trip
+time, which grows with the queue in front of the bottleneck. ``BandwidthEstimator``
+combines them the way GCC's sender side does (draft-ietf-rmcat-gcc-02, section 6):
+
+- loss above 10%: ``A = sent * (1 - 0.5 * loss)`` (at most once per RTT + 300 ms);
+- loss below 2%: ``A = A * 1.08`` per second;
+- in between: hold;
+- the round-trip time more than ``QUEUE_DELAY`` above its recent minimum (a queue is
+  building): ``A = min(A, 0.85 * sent)`` (at most once per ``DELAY_HOLD``); no increase
+  while it lasts;
+- the estimate is ``min(A, REMB)``: REMB is the cap. Until the first REMB arrives the cap
+  is the start bitrate, so a viewer that never sends one keeps the codec's default.
+
+``sent`` is what this viewer was actually sent over the last second. The estimate stays
+within ``[minimum, maximum]``. Times come from the caller (monotonic seconds), so the rule
+can be tested packet by packet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+logger = logging.getLogger(__name__)
+
+LOSS_HIGH = 0.10  # above: decrease
+LOSS_LOW = 0.02  # below: increase
+INCREASE_PER_SECOND = 1.08
+DECREASE_MIN_INTERVAL = 0.3  # plus one RTT between two loss-based decreases
+QUEUE_DELAY = 0.15  # seconds of round-trip time above the minimum that mean a queue
+DELAY_DECREASE = 0.85
+DELAY_HOLD = 1.0  # seconds between two delay-based decreases (the queue needs to drain)
+RTT_WINDOW = 30.0  # seconds over which the minimum round-trip time is taken
+RATE_WINDOW = 1.0  # seconds over which the sent rate is measured
+CONGESTION_RECENT = 1.0  # seconds a loss- or delay-based decrease counts as congestion
+
+
+class RateMeter:
+    """Bits per second over the last ``window`` seconds."""
+
+    def __init__(self, window: float = RATE_WINDOW) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+        self._bytes = 0
+        self._first: float | None = None
+
+    def add(self, size: int, now: float) -> None:
+        if self._first is None:
+            self._first = now
+        self._samples.append((now, size))
+        self._bytes += size
+        self._expire(now)
+
+    def rate(self, now: float) -> float:
+        """The rate over the window (or over the time since the first sample, when
+        shorter: a meter that just started is not diluted by time before it)."""
+        self._expire(now)
+        if self._first is None:
+            return 0.0
+        span = min(self._window, max(now - self._first, 0.1))
+        return self._bytes * 8 / span
+
+    def _expire(self, now: float) -> None:
+        while self._samples and self._samples[0][0] < now - self._window:
+            _, size = self._samples.popleft()
+            self._bytes -= size
+
+
+class BandwidthEstimator:
+    """GCC-style sender-side estimate for one viewer (see the module docstring)."""
+
+    def __init__(self, start: int, minimum: int, maximum: int) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.start = max(minimum, min(start, maximum))
+        self.loss_based = float(maximum)  # A: only loss and delay bring it down
+        self.remb: int | None = None
+        self.fraction_lost = 0.0
+        self.rtt: float | None = None
+        self.queue_delay = 0.0
+        self.congested_at: float | None = None  # when loss or delay last cut the estimate
+        self.sent = RateMeter()
+        self._last_increase: float | None = None
+        self._last_loss_decrease = -1e9
+        self._last_delay_decrease = -1e9
+        self._rtts: deque[tuple[float, float]] = deque()
+
+    @property
+    def estimate(self) -> int:
+        cap = self.remb if self.remb is not None else self.start
+        return int(max(self.minimum, min(self.loss_based, cap, self.maximum)))
+
+    def congested(self, now: float | None = None) -> bool:
+        """Whether loss or queue delay cut the estimate within ``CONGESTION_RECENT``."""
+        now = time.monotonic() if now is None else now
+        return self.congested_at is not None and now - self.congested_at < CONGESTION_RECENT
+
+    def on_sent(self, size: int, now: float | None = None) -> None:
+        self.sent.add(size, time.monotonic() if now is None else now)
+
+    def on_remb(self, bitrate: int, now: float | None = None) -> None:
+        self.remb = bitrate
+
+    def on_report(
+        self, fraction_lost: float, rtt: float | None = None, now: float | None = None
+    ) -> None:
+        """A receiver report: ``fraction_lost`` in [0, 1] since the previous report, and
+        the round-trip time it measured (None when it echoed no sender report we know)."""
+        now = time.monotonic() if now is None else now
+        self.fraction_lost = fraction_lost
+        delayed = False
+        if rtt is not None and rtt >= 0:
+            self.rtt = rtt
+            self._rtts.append((now, rtt))
+            while self._rtts and self._rtts[0][0] < now - RTT_WINDOW:
+                self._rtts.popleft()
+            self.queue_delay = rtt - min(r for _, r in self._rtts)
+            delayed = self.queue_delay > QUEUE_DELAY
+        sent = self.sent.rate(now)
+        if fraction_lost > LOSS_HIGH:
+            interval = DECREASE_MIN_INTERVAL + (self.rtt or 0.0)
+            if now - self._last_loss_decrease >= interval:
+                self._decrease(sent * (1 - 0.5 * fraction_lost), now, "loss")
+                self._last_loss_decrease = now
+        elif delayed:
+            if now - self._last_delay_decrease >= DELAY_HOLD:
+                self._decrease(sent * DELAY_DECREASE, now, "queue delay")
+                self._last_delay_decrease = now
+        elif fraction_lost < LOSS_LOW:
+            self._increase(now)
+            return
+        self._last_increase = now  # held or decreased: growth restarts from here
+
+    def _decrease(self, bitrate: float, now: float, why: str) -> None:
+        bitrate = max(float(self.minimum), bitrate)
+        if bitrate < self.loss_based:
+            logger.debug(
+                "estimate down to %d bit/s (%s: loss %.2f, queue %.0f ms)",
+                bitrate,
+                why,
+                self.fraction_lost,
+                self.queue_delay * 1000,
+            )
+            self.loss_based = bitrate
+        self.congested_at = now
+
+    def _increase(self, now: float) -> None:
+        if self._last_increase is not None:
+            elapsed = min(now - self._last_increase, 1.0)
+            grown = self.loss_based * INCREASE_PER_SECOND**elapsed
+            self.loss_based = min(float(self.maximum), grown)
+        self._last_increase = now

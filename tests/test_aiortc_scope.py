@@ -1,0 +1,155 @@
+"""Our changes to aiortc stay on our own connections: a plain ``RTCPeerConnection`` made in
+the same process as a running sender and a ``Receiver`` is stock aiortc, side by side with
+ours (common/aiortc_ext)."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+
+import aiohttp
+from aioice import Connection
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+    VideoStreamTrack,
+)
+from aiortc.jitterbuffer import JitterBuffer
+from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from OpenSSL import SSL
+
+from common.aiortc_ext import dtls_ciphers, jitterbuffer, relay_pairs, rtcp_feedback
+from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
+from common.aiortc_ext.passthrough import TapQueue
+from receiver import Receiver
+
+from .helpers import wait_until
+
+PLAIN = RTCConfiguration(iceServers=[])  # offline: no implicit STUN server
+FRAMES = 10
+
+
+def cipher_names(certificate: RTCCertificate) -> list[str]:
+    """The DTLS 1.2 suites the connection with this certificate offers."""
+    context = certificate._create_ssl_context(srtp_profiles=SRTP_PROFILES)
+    return [name for name in SSL.Connection(context).get_cipher_list() if "-" in name]
+
+
+def certificate(pc: RTCPeerConnection) -> RTCCertificate:
+    return pc._RTCPeerConnection__certificates[0]  # type: ignore[attr-defined]  # aiortc's private list
+
+
+def jitter_buffer(receiver: RTCRtpReceiver) -> JitterBuffer:
+    return receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]  # aiortc's private buffer
+
+
+def count_frames(pc: RTCPeerConnection) -> asyncio.Future[int]:
+    """Done with ``FRAMES`` once that many frames of the connection's track are decoded."""
+    loop = asyncio.get_running_loop()
+    counted: asyncio.Future[int] = loop.create_future()
+
+    async def count(track: MediaStreamTrack) -> None:
+        for _ in range(FRAMES):
+            await track.recv()
+        counted.set_result(FRAMES)
+
+    @pc.on("track")
+    def _on_track(track: MediaStreamTrack) -> None:
+        task = loop.create_task(count(track))
+        counted.add_done_callback(lambda _: task.cancel())
+
+    return counted
+
+
+async def plain_pair() -> tuple[RTCPeerConnection, RTCPeerConnection, asyncio.Future[int]]:
+    """A stock aiortc sender and receiver, connected in memory; the future counts
+    ``FRAMES`` decoded frames."""
+    sending, receiving = RTCPeerConnection(PLAIN), RTCPeerConnection(PLAIN)
+    sending.addTrack(VideoStreamTrack())
+    counted = count_frames(receiving)
+
+    await sending.setLocalDescription(await sending.createOffer())
+    await receiving.setRemoteDescription(sending.localDescription)
+    await receiving.setLocalDescription(await receiving.createAnswer())
+    await sending.setRemoteDescription(receiving.localDescription)
+    return sending, receiving, counted
+
+
+async def plain_viewer(url: str) -> tuple[RTCPeerConnection, asyncio.Future[int]]:
+    """A stock aiortc viewer of our sender, through WHEP."""
+    pc = RTCPeerConnection(PLAIN)
+    pc.addTransceiver("video", direction="recvonly")
+    counted = count_frames(pc)
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url + "/whep",
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as response,
+    ):
+        assert response.status == 201, await response.text()
+        answer = await response.text()
+    await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    return pc, counted
+
+
+async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
+    sender = await sender_factory()
+    async with Receiver(sender.url, connect_timeout=30, encoded=True) as ours:
+        plain_sending, plain_receiving, plain_frames = await plain_pair()
+        viewer, viewer_frames = await plain_viewer(sender.url)
+        try:
+            assert await asyncio.wait_for(plain_frames, 30) == FRAMES
+            assert await asyncio.wait_for(viewer_frames, 30) == FRAMES
+            await wait_until(lambda: len(sender.sessions) == 2, what="both viewers joined")
+
+            # Ours: every change applied.
+            assert ours.connection is not None
+            our_pc = ours.connection.pc
+            our_receiver = our_pc.getReceivers()[0]
+            assert type(jitter_buffer(our_receiver)) is LowLatencyJitterBuffer
+            assert isinstance(our_receiver._RTCRtpReceiver__decoder_queue, TapQueue)  # type: ignore[attr-defined]  # aiortc's private queue
+            assert dtls_ciphers.applied(our_pc)
+            assert relay_pairs.applied(our_pc)
+            assert all(relay_pairs.applied(s.pc) for s in sender.sessions.live())
+            assert cipher_names(certificate(our_pc)) == list(dtls_ciphers.CIPHERS)
+            session_senders = [s.pc.getSenders()[0] for s in sender.sessions.live()]
+            assert sum(rtcp_feedback.applied(s) for s in session_senders) == 2
+
+            # Plain: stock aiortc in every respect we change.
+            for pc in (plain_sending, plain_receiving, viewer):
+                assert not dtls_ciphers.applied(pc)
+                assert not relay_pairs.applied(pc)
+                assert cipher_names(certificate(pc)) == list(dtls_ciphers.STOCK_CIPHERS)
+            for pc in (plain_receiving, viewer):
+                receiver = pc.getReceivers()[0]
+                assert type(jitter_buffer(receiver)) is JitterBuffer
+                assert not jitterbuffer.applied(receiver)
+                assert type(receiver._RTCRtpReceiver__decoder_queue) is queue.Queue  # type: ignore[attr-defined]  # aiortc's private queue
+            plain_sender = plain_sending.getSenders()[0]
+            assert not rtcp_feedback.applied(plain_sender)
+            # ... and its RTCP handling is aiortc's: a PLI forces its own encoder's keyframe.
+            await plain_sender._handle_rtcp_packet(
+                RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=0, media_ssrc=plain_sender._ssrc)
+            )
+            assert plain_sender._RTCRtpSender__force_keyframe  # type: ignore[attr-defined]  # aiortc's private flag
+
+            # Nothing process-wide was replaced.
+            assert RTCRtpSender._handle_rtcp_packet.__module__ == "aiortc.rtcrtpsender"
+            assert RTCRtpSender._send_keyframe.__module__ == "aiortc.rtcrtpsender"
+            assert RTCCertificate._create_ssl_context.__module__ == "aiortc.rtcdtlstransport"
+            assert Connection._pair_remote_candidate.__module__ == "aioice.ice"
+            import aiortc.rtcrtpreceiver
+
+            assert aiortc.rtcrtpreceiver.JitterBuffer is JitterBuffer
+        finally:
+            for pc in (plain_sending, plain_receiving, viewer):
+                await pc.close()

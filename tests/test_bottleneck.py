@@ -1,0 +1,265 @@
+"""A narrow link keeps latency low: the sender (1280x720 fake camera) and a receiver in
+two network namespaces, the sender's side of the link shaped by a token bucket filter
+(``tc ... tbf rate R burst 16kbit latency 300ms``: R bit/s, up to 300 ms of queue), as a
+slow uplink would be.
+
+- Behind 400 kbit/s from the start: from 5 s on, for 60 s, p95 capture-to-decoded latency
+  <= 100 ms and >= 25 fps.
+- 4 Mbit/s, then 400 kbit/s (``tc qdisc change``), then 4 Mbit/s again: 5 s after the drop
+  the p95 latency is back under 150 ms; within 10 s of the rise the bitrate climbs above
+  what the narrow link could carry.
+
+The viewer is this module run as a script in the receiver's namespace (``python -m
+tests.test_bottleneck URL SECONDS OUT``): it records, for every decoded frame, when it
+was decoded, its stamp's latency and its size, and for every received frame its bytes.
+Needs root, ``ip``, ``nft`` and ``tc`` (iproute2); skipped without them, failed in CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from common import stamp
+from receiver import Receiver
+from receiver.encoded import EncodedFrame
+from receiver.stats import read_stamp
+
+from .helpers import SenderProcess
+from .netns import VETH, TwoHosts, require, two_hosts
+
+PORT = 8080
+SIZE = "1280x720"
+NARROW = "400kbit"
+WIDE = "4mbit"
+WARM_UP = 5.0
+NARROW_SECONDS = 60.0
+VIEWER_TIMEOUT = 60.0  # on top of the seconds it watches
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def shape(net: TwoHosts, namespace: str, rate: str, change: bool = False) -> None:
+    """The token bucket on ``namespace``'s side of the link (its egress): ``rate``, a
+    2 kB bucket, packets dropped once 300 ms of them wait."""
+    verb = "change" if change else "add"
+    tbf = ["rate", rate, "burst", "16kbit", "latency", "300ms"]
+    net.exec(namespace, ["tc", "qdisc", verb, "dev", VETH, "root", "tbf", *tbf])
+
+
+def start_sender(net: TwoHosts, log: Path, *args: str) -> SenderProcess:
+    """``python -m sender`` with the fake camera at 1280x720 in the sender's namespace."""
+    return SenderProcess(
+        ["--source", "testsrc", "--size", SIZE, "--host", net.sender_addr, *args],
+        log,
+        prefix=net.command(net.sender, []),
+        port=PORT,
+    )
+
+
+def fetch(net: TwoHosts, namespace: str, url: str) -> str:
+    """GET ``url`` from inside ``namespace`` (the host cannot reach the namespaces)."""
+    code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    result = net.run(namespace, ["-c", code, url], timeout=20)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def health(net: TwoHosts, namespace: str, url: str) -> dict:
+    return json.loads(fetch(net, namespace, url + "/healthz"))
+
+
+class Viewer:
+    """This module as a script in ``namespace``: watches ``url`` for ``seconds``."""
+
+    def __init__(self, net: TwoHosts, namespace: str, url: str, seconds: float, out: Path):
+        self.out = out
+        self.seconds = seconds
+        self.log = out.with_suffix(".log")
+        self._log = open(self.log, "wb")  # noqa: SIM115 - closed in result()
+        args = ["-m", "tests.test_bottleneck", url, str(seconds), str(out)]
+        self.proc = net.popen(namespace, args, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def result(self) -> Watched:
+        try:
+            code = self.proc.wait(timeout=self.seconds + VIEWER_TIMEOUT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._log.close()
+        log = self.log.read_text(errors="replace")
+        assert code == 0, f"viewer exited {code}: {log}"
+        return Watched.load(self.out)
+
+
+@dataclass
+class Window:
+    """What a viewer saw between two moments."""
+
+    frames: int
+    seconds: float
+    fps: float
+    p50_ms: float
+    p95_ms: float
+    kbps: float
+    keyframes: int
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.frames} frames in {self.seconds:.1f} s: {self.fps:.1f} fps, "
+            f"latency p50 {self.p50_ms:.0f} ms p95 {self.p95_ms:.0f} ms, "
+            f"{self.kbps:.0f} kbit/s, {self.keyframes} keyframes, sizes {self.sizes}"
+        )
+
+
+@dataclass
+class Watched:
+    """A viewer's record: per decoded frame (time, latency ms, width, height), per
+    received frame (time, bytes, keyframe); times in seconds since the epoch."""
+
+    frames: np.ndarray
+    encoded: np.ndarray
+
+    @classmethod
+    def load(cls, path: Path) -> Watched:
+        data = json.loads(path.read_text())
+        frames = np.array(
+            [[t, math.nan if lat is None else lat, w, h] for t, lat, w, h in data["frames"]]
+        ).reshape(-1, 4)
+        encoded = np.array(data["encoded"], dtype=float).reshape(-1, 3)
+        return cls(frames, encoded)
+
+    @property
+    def start(self) -> float:
+        return float(self.frames[0, 0])
+
+    def window(self, start: float, end: float) -> Window:
+        """Between two moments (seconds since the epoch)."""
+        f = self.frames[(self.frames[:, 0] >= start) & (self.frames[:, 0] < end)]
+        e = self.encoded[(self.encoded[:, 0] >= start) & (self.encoded[:, 0] < end)]
+        seconds = end - start
+        latency = f[:, 1][~np.isnan(f[:, 1])] if len(f) else np.array([])
+        sizes = sorted({(int(w), int(h)) for w, h in f[:, 2:4]}) if len(f) else []
+        return Window(
+            frames=len(f),
+            seconds=seconds,
+            fps=len(f) / seconds,
+            p50_ms=float(np.percentile(latency, 50)) if len(latency) else math.inf,
+            p95_ms=float(np.percentile(latency, 95)) if len(latency) else math.inf,
+            kbps=float(e[:, 1].sum()) * 8 / 1000 / seconds,
+            keyframes=int(e[:, 2].sum()),
+            sizes=sizes,
+        )
+
+    def per_second(self, start: float, end: float) -> list[Window]:
+        return [self.window(t, t + 1) for t in np.arange(start, end - 0.5, 1.0)]
+
+
+def timeline(watched: Watched, start: float, end: float) -> str:
+    """One line per second, for the failure message and the log."""
+    lines = []
+    for second, w in enumerate(watched.per_second(start, end)):
+        lines.append(
+            f"{second:3d} s: {w.frames:2d} fps p95 {w.p95_ms:5.0f} ms {w.kbps:5.0f} kbit/s "
+            f"kf {w.keyframes} {w.sizes}"
+        )
+    return "\n".join(lines)
+
+
+def test_a_narrow_link_keeps_latency_low(tmp_path: Path) -> None:
+    """Behind 400 kbit/s with a 300 ms queue, from the first packet: the viewer ends up
+    on the reduced tier at a bitrate the link carries, so frames do not wait in the
+    queue (before the estimator, REMB alone: p95 1.5 s and more after a few seconds)."""
+    require()
+    seconds = WARM_UP + NARROW_SECONDS
+    with two_hosts() as net:
+        shape(net, net.sender, NARROW)
+        sender = start_sender(net, tmp_path / "sender.log")
+        try:
+            viewer = Viewer(net, net.receiver, sender.url, seconds, tmp_path / "viewer.json")
+            watched = viewer.result()
+            after = health(net, net.sender, sender.url)
+        finally:
+            sender.stop()
+    start = watched.start
+    steady = watched.window(start + WARM_UP, start + seconds)
+    detail = f"{steady}\n{timeline(watched, start, start + seconds)}\n{sender.stderr()[-3000:]}"
+    print(f"400 kbit/s, from {WARM_UP:g} s to {seconds:g} s: {steady}")
+    assert steady.p95_ms <= 100, detail
+    assert steady.fps >= 25, detail
+    assert steady.kbps <= 400, detail  # what arrived fits the link (it cannot be more)
+    assert after["viewers"] == 0, after
+
+
+def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
+    """4 Mbit/s, then 400 kbit/s for 20 s, then 4 Mbit/s: the latency is back under
+    150 ms (p95) 5 s after the drop, and the bitrate climbs above the narrow link's
+    within 10 s of the rise."""
+    require()
+    drop_at, rise_at, end_at = 25.0, 45.0, 60.0
+    with two_hosts() as net:
+        shape(net, net.sender, WIDE)
+        sender = start_sender(net, tmp_path / "sender.log")
+        try:
+            viewer = Viewer(net, net.receiver, sender.url, end_at, tmp_path / "viewer.json")
+            started = time.time()
+            changes = {}
+            for at, rate in ((drop_at, NARROW), (rise_at, WIDE)):
+                time.sleep(max(0.0, started + at - time.time()))
+                shape(net, net.sender, rate, change=True)
+                changes[rate] = time.time()
+            watched = viewer.result()
+        finally:
+            sender.stop()
+    drop, rise = changes[NARROW], changes[WIDE]
+    start = watched.start
+    before = watched.window(drop - 5, drop)
+    narrow = watched.window(drop + 5, rise)
+    climbing = watched.per_second(rise, rise + 10)
+    detail = (
+        f"before the drop {before}\nfrom 5 s after the drop {narrow}\n"
+        f"{timeline(watched, start, start + end_at)}\n"
+        f"(drop at {drop - start:.1f} s, rise at {rise - start:.1f} s)\n"
+        f"{sender.stderr()[-3000:]}"
+    )
+    print(detail.split("\n(drop")[0])
+    assert before.kbps >= 800, detail  # the wide link was in use: the drop is a drop
+    assert narrow.p95_ms < 150, detail
+    assert narrow.fps >= 25, detail
+    assert max(w.kbps for w in climbing) >= 500, detail  # more than 400 kbit/s could carry
+
+
+async def watch(url: str, seconds: float) -> dict:
+    """The viewer: every frame for ``seconds`` (see ``Watched``)."""
+    frames: list[tuple[float, float | None, int, int]] = []
+    encoded: list[tuple[float, int, bool]] = []
+    async with Receiver(url, connect_timeout=60, encoded=True) as rx:
+        end = time.time() + seconds
+        async for item in rx.items():
+            now = time.time()
+            if isinstance(item, EncodedFrame):
+                encoded.append((now, len(item.data), item.keyframe))
+            elif isinstance(item, av.VideoFrame):
+                found = read_stamp(item)
+                latency = stamp.age_us(found) / 1000 if found is not None else None
+                frames.append((now, latency, item.width, item.height))
+            if now >= end:
+                break
+        ended = rx.ended
+    return {"frames": frames, "encoded": encoded, "ended": ended}
+
+
+if __name__ == "__main__":
+    record = asyncio.run(watch(sys.argv[1], float(sys.argv[2])))
+    Path(sys.argv[3]).write_text(json.dumps(record))
