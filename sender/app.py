@@ -80,7 +80,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
                 target,
                 lambda: sessions.encoders.subscribe("vp8"),  # shares the local viewers' encoder
                 config.name,
-                config.ice_servers,
+                app[ICE_LINKS].configuration(),
             )
             for target in config.publish
         ]

@@ -17,7 +17,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -64,7 +64,7 @@ class JanusPublication:
         target: JanusTarget,
         track_factory: Callable[[], EncodedTrack],
         name: str,
-        ice_servers: Sequence[str] = (),
+        configuration: RTCConfiguration | None = None,
     ) -> None:
         self.target = target
         self.name = name
@@ -75,7 +75,8 @@ class JanusPublication:
         self.feed: int | None = None  # our publisher id in the room while publishing
         self.since = time.monotonic()  # when state last changed
         self._track_factory = track_factory
-        self._configuration = rtc_configuration(ice_servers)
+        # the sender's ICE servers, policy and handed-out TURN credentials; none: host only
+        self._configuration = configuration or rtc_configuration()
         self._pc: RTCPeerConnection | None = None
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
         self._task: asyncio.Task[None] | None = None

@@ -37,10 +37,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
-from .helpers import ROOT, child_env
-from .netns import PREFIX, NetnsError, _delete_namespace, _pid_alive, _run
+from .netns import PREFIX, Namespaces, NetnsError, _delete_namespace, _pid_alive, _run
 
 PUBLIC_NET = "10.232.0.0/24"
 TURN_ADDR = "10.232.0.1"
@@ -89,10 +88,11 @@ def reap_stale() -> list[str]:
     return removed
 
 
-class NatTopology:
+class NatTopology(Namespaces):
     """The five namespaces (see the module docstring); addresses as attributes."""
 
     def __init__(self, tag: str | None = None) -> None:
+        super().__init__()
         tag = tag or f"{os.getpid()}-{next(_counter)}"
         self.public, self.nat_sender, self.nat_receiver, self.sender, self.receiver = (
             f"{PREFIX}-{role}-{tag}" for role in ROLES
@@ -102,18 +102,6 @@ class NatTopology:
         self.receiver_addr = RECEIVER_ADDR
         self.sender_public = NAT_S_PUBLIC
         self.receiver_public = NAT_R_PUBLIC
-        self._created: list[str] = []
-
-    def __enter__(self) -> NatTopology:
-        try:
-            self.open()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def routers(self) -> tuple[str, str]:
@@ -121,11 +109,7 @@ class NatTopology:
 
     def open(self) -> None:
         for name in (self.public, *self.routers, self.sender, self.receiver):
-            _run(["ip", "netns", "add", name])
-            self._created.append(name)
-            # IPv4 only: no IPv6 link-local candidates to muddy ICE.
-            for key in ("all", "default"):
-                self.exec(name, ["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
+            self.add_namespace(name)
             _run(["ip", "-n", name, "link", "set", "lo", "up"])
         # The public segment: a bridge holding the TURN server's address.
         _run(["ip", "-n", self.public, "link", "add", BRIDGE, "type", "bridge"])
@@ -214,40 +198,6 @@ class NatTopology:
                 name = words[words.index("comment") + 1].strip('"')
                 counts[name] = counts.get(name, 0) + int(words[words.index("packets") + 1])
         return counts
-
-    def command(self, namespace: str, args: Sequence[str]) -> list[str]:
-        """``args`` run inside ``namespace`` (``ip netns exec`` execs it: its PID and
-        signals are the command's own)."""
-        return ["ip", "netns", "exec", namespace, *args]
-
-    def exec(self, namespace: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        return _run(self.command(namespace, args))
-
-    def popen(self, namespace: str, args: Sequence[str], **kwargs: object) -> subprocess.Popen:
-        """``python ARGS`` inside ``namespace`` with the project on PYTHONPATH."""
-        kwargs.setdefault("env", child_env())
-        kwargs.setdefault("cwd", ROOT)
-        return subprocess.Popen(self.command(namespace, [sys.executable, *args]), **kwargs)  # type: ignore[call-overload]
-
-    def run(
-        self, namespace: str, args: Sequence[str], timeout: float, **kwargs: object
-    ) -> subprocess.CompletedProcess[str]:
-        """``python ARGS`` inside ``namespace``, to completion (output captured as text)."""
-        kwargs.setdefault("env", child_env())
-        kwargs.setdefault("cwd", ROOT)
-        return subprocess.run(  # type: ignore[call-overload]
-            self.command(namespace, [sys.executable, *args]),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            **kwargs,
-        )
-
-    def close(self) -> None:
-        for name in reversed(self._created):
-            _delete_namespace(name)
-        self._created.clear()
 
 
 def nat_rules(public_if: str) -> str:

@@ -30,13 +30,14 @@ import av
 import numpy as np
 import pytest
 
+from bench.netns import VETH
 from common import stamp
 from receiver import Receiver
 from receiver.encoded import EncodedFrame
 from receiver.stats import read_stamp
 
 from .helpers import SenderProcess
-from .netns import VETH, TwoHosts, require, two_hosts
+from .netns import TwoHosts, require, two_hosts
 
 PORT = 8080
 SIZE = "1280x720"

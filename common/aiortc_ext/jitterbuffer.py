@@ -39,7 +39,6 @@ fails if an aiortc upgrade renames the attribute or changes what ``add()`` relie
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Mapping
 
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
@@ -168,7 +167,7 @@ class LowLatencyJitterBuffer(JitterBuffer):
         if self._newest is None or uint16_gt(packet.sequence_number, self._newest):
             self._newest = packet.sequence_number
         if self.awaiting_keyframe:
-            if self._keyframe_start(packet):
+            if self._keyframe_start(packet) and not self._in_head_frame(packet):
                 self._jump_to(packet.sequence_number)
             elif search:
                 self._jump_to_keyframe()
@@ -177,15 +176,17 @@ class LowLatencyJitterBuffer(JitterBuffer):
     # --- holes that will not be repaired (nack_retry.NackRetry decides when) ----------------
 
     def head_hole(self) -> int | None:
-        """The missing sequence number that holds every later frame back, if any: the
-        origin, when a newer packet has arrived but not the origin's."""
+        """The first missing sequence number from the origin on, when a newer packet has
+        arrived: it holds the oldest frame, and every later one, back."""
         if self._origin is None or self._newest is None:
             return None
-        if not uint16_gt(self._newest, self._origin):
-            return None
-        if self._packets[self._origin % self._capacity] is not None:
-            return None
-        return self._origin
+        span = uint16_add(self._newest, -self._origin)
+        if span >= self._capacity:
+            return None  # everything received has left the buffer
+        for offset in range(span):
+            if self._packets[(self._origin + offset) % self._capacity] is None:
+                return uint16_add(self._origin, offset)
+        return None
 
     def waits_for(self, sequence_number: int) -> bool:
         """Whether the buffer still needs this packet: not yet received, released or
@@ -197,13 +198,18 @@ class LowLatencyJitterBuffer(JitterBuffer):
         return self._packets[sequence_number % self._capacity] is None
 
     def give_up(self) -> int:
-        """Skip the missing packets at the head (they will not come); frames await a
-        keyframe from then on. Returns how many sequence numbers were skipped."""
+        """Skip the first hole (those packets will not come) and the incomplete frame it
+        is in; frames await a keyframe from then on. Returns how many sequence numbers
+        were missing."""
+        hole = self.head_hole()
+        if hole is None:
+            return 0
+        self.remove(uint16_add(hole, -self._head))  # the head frame's packets before it
         skipped = 0
-        while self.head_hole() is not None:
+        while self._packets[self._head % self._capacity] is None and self.head_hole() is not None:
             self._pop()
             skipped += 1
-        if skipped and self._await_keyframe():
+        if self._await_keyframe():
             self._jump_to_keyframe()
         return skipped
 
@@ -224,6 +230,16 @@ class LowLatencyJitterBuffer(JitterBuffer):
         if name == "H264":
             return h264_keyframe_start(getattr(packet, "_data", b""))
         return False
+
+    def _in_head_frame(self, packet: RtpPacket) -> bool:
+        """The packet belongs to the frame whose first packet is at the origin (an H.264
+        keyframe's IDR slice after its SPS: the frame starts at the SPS)."""
+        head = self._packets[self._head % self._capacity]
+        return (
+            head is not None
+            and head.sequence_number != packet.sequence_number
+            and head.timestamp == packet.timestamp
+        )
 
     def _jump_to_keyframe(self) -> None:
         """Jump to the first keyframe start in the buffer, if there is one."""
@@ -271,7 +287,10 @@ class LowLatencyJitterBuffer(JitterBuffer):
             if starts and self.awaiting_keyframe:
                 if not self._keyframe_start(first):
                     self.frames_skipped += 1
-                    logger.debug("dropped the frame at RTP timestamp %d: awaiting a keyframe", first.timestamp)
+                    logger.debug(
+                        "dropped the frame at RTP timestamp %d: awaiting a keyframe",
+                        first.timestamp,
+                    )
                     continue
                 self.awaiting_keyframe = False
             if starts:

@@ -58,6 +58,7 @@ MAX_INTERVAL_SECONDS = 1.0
 MAX_TRIES = 10
 GIVE_UP_SECONDS = 0.3  # a hole older than this is given up (at least two intervals)
 PLI_REPEAT_SECONDS = 0.3  # ask again while no keyframe has come
+EPSILON = 1e-6  # timer comparisons: a tick on the due time counts
 
 
 @dataclass
@@ -141,12 +142,22 @@ class NackRetry:
         for seq in missing:
             if seq not in self._missing:
                 self._missing[seq] = _Missing(first=now, last=now)
+        ssrc = media_ssrc(self._receiver)
+        if (
+            buffer is not None
+            and ssrc is not None
+            and self.give_up_after is not None
+            and await self._give_up(buffer, ssrc, now, interval)
+        ):
+            skipped = [s for s in missing if not buffer.waits_for(s)]
+            missing.difference_update(skipped)
+            for seq in skipped:
+                del self._missing[seq]
         due = sorted(
             s
             for s, m in self._missing.items()
-            if m.tries < self.max_tries and now - m.last >= interval
+            if m.tries < self.max_tries and now - m.last >= interval - EPSILON
         )
-        ssrc = media_ssrc(self._receiver)
         if due and ssrc is not None:
             for seq in due:
                 self._missing[seq].last = now
@@ -154,8 +165,6 @@ class NackRetry:
             logger.debug("asking again for %d lost packets", len(due))
             await self._receiver._send_rtcp_nack(ssrc, due)
             self.sent += 1
-        if buffer is not None and ssrc is not None:
-            await self._give_up(buffer, ssrc, now, interval)
         return due
 
     def _hopeless(self, seq: int, now: float, interval: float) -> str | None:
@@ -163,40 +172,40 @@ class NackRetry:
         state = self._missing.get(seq)
         if state is None:
             return "older than the sender's retransmission history"
-        if state.tries >= self.max_tries and now - state.last >= 2 * interval:
+        if state.tries >= self.max_tries and now - state.last >= 2 * interval - EPSILON:
             return f"no retransmission after {state.tries + 1} NACKs"
         assert self.give_up_after is not None
-        if now - state.first >= max(self.give_up_after, 2 * interval):
+        if now - state.first >= max(self.give_up_after, 2 * interval) - EPSILON:
             return f"missing for {1000 * (now - state.first):.0f} ms"
         return None
 
     async def _give_up(
         self, buffer: jitterbuffer.LowLatencyJitterBuffer, ssrc: int, now: float, interval: float
-    ) -> None:
-        if self.give_up_after is None:
-            return
+    ) -> bool:
+        """Give up the head's hole if it is hopeless, and ask for a keyframe while the
+        buffer awaits one; True if a hole was given up."""
+        gave_up = False
         hole = buffer.head_hole()
-        if hole is not None:
-            reason = self._hopeless(hole, now, interval)
-            if reason is not None:
-                skipped = buffer.give_up()
-                self.given_up += 1
-                self.packets_given_up += skipped
-                logger.info(
-                    "gave up %d lost packet(s) from %d (%s): skipping to a keyframe",
-                    skipped,
-                    hole,
-                    reason,
-                )
-                if buffer.awaiting_keyframe:
-                    self._last_pli = None  # ask at once
+        reason = self._hopeless(hole, now, interval) if hole is not None else None
+        if reason is not None:
+            skipped = buffer.give_up()
+            gave_up = True
+            self.given_up += 1
+            self.packets_given_up += skipped
+            self._last_pli = None  # ask at once
+            logger.info(
+                "gave up %d lost packet(s) from %d (%s): skipping to a keyframe",
+                skipped,
+                hole,
+                reason,
+            )
         if not buffer.awaiting_keyframe:
             self._last_pli = None
-            return
-        if self._last_pli is None or now - self._last_pli >= PLI_REPEAT_SECONDS:
+        elif self._last_pli is None or now - self._last_pli >= PLI_REPEAT_SECONDS - EPSILON:
             self._last_pli = now
             self.keyframe_requests += 1
             await self._receiver._send_rtcp_pli(ssrc)
+        return gave_up
 
     async def close(self) -> None:
         if self._task is not None:
