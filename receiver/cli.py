@@ -245,7 +245,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def write_summary(stats: FrameStats, args: argparse.Namespace) -> None:
     summary = stats.summary()
-    if not args.quiet:
+    if not args.quiet and stats.frames:  # nothing received: the error line says it all
         print(f"{PROG}: {json.dumps(summary)}", file=sys.stderr)
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as out:

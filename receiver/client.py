@@ -25,8 +25,9 @@ from aiortc import RTCConfiguration, RTCIceTransportPolicy
 
 from common.aiortc_ext.nack_retry import MAX_TRIES
 from common.backoff import Backoff
-from common.ice import TurnError, fetch_link_ice_servers, is_turn, rtc_configuration
+from common.ice import fetch_link_ice_servers, is_turn, rtc_configuration
 from common.janus import JanusError, JanusTarget, parse_janus_url
+from common.turn_check import TurnError
 
 from .connection import Connection
 from .encoded import EncodedFrame

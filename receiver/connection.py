@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError
 from common import aiortc_ext
 from common.aiortc_ext import ice_rtt, jitterbuffer, passthrough, streams
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
-from common.ice import turn_failure
+from common.turn_check import turn_failure
 
 from .encoded import EncodedFrame
 from .janus_subscriber import JanusSubscription

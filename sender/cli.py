@@ -14,7 +14,7 @@ import sys
 
 from aiohttp import web
 
-from common import ice
+from common import ice, turn_check
 from common.cli import CliError, positive, run_main, size, stop_on_signals
 from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
@@ -164,13 +164,13 @@ async def serve(args: argparse.Namespace) -> int:
         scheme = "https" if tls else "http"
         print(f"{PROG}: serving {spec.describe()} on {scheme}://{shown}:{port}/", flush=True)
         # In the background: a TURN server that refuses us is worth a warning at once.
-        turn_check = asyncio.create_task(ice.check_turn_servers(ice_servers))
+        checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
         stop = asyncio.Event()
         with stop_on_signals(stop):
             await stop.wait()
-        turn_check.cancel()
+        checking.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await turn_check
+            await checking
         logger.info("shutting down")
     finally:
         await runner.cleanup()

@@ -279,10 +279,11 @@ async def choose(name: str, width: int, height: int, fps: float) -> SourceSpec:
                 logger.warning("%s; using the fake camera (testsrc)", exc)
         else:
             logger.warning("no camera found; using the fake camera (testsrc)")
-        return SourceSpec("testsrc")
-    spec = resolve(name)
+        spec = SourceSpec("testsrc")
+    else:
+        spec = resolve(name)
     if spec.kind == "testsrc":
-        stamp.cell_size(width)
+        stamp.cell_size(width)  # the fake camera's stamp needs the width: refuse it now
         return spec
     await probe(spec, width, height, fps)
     return spec

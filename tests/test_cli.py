@@ -68,9 +68,17 @@ def test_frames_option_stops_after_n_frames(sender_process, tmp_path: Path) -> N
 
 def test_unreachable_sender_is_a_one_line_error(unused_tcp_port) -> None:
     result = run_receiver(f"http://127.0.0.1:{unused_tcp_port}", "--frames", "1")
-    assert result.returncode != 0
+    assert result.returncode == 1  # a runtime failure, not a bad option
     assert_one_line_error(result.stderr)
     assert "cannot reach" in result.stderr
+    assert '"frames": 0' not in result.stderr  # no all-zero summary that reads like a result
+
+
+def test_not_a_url_is_a_bad_option() -> None:
+    result = run_receiver("notaurl", "--frames", "1")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert "not an http(s) URL" in result.stderr
 
 
 def test_refusing_sender_is_a_one_line_error(sender_process) -> None:

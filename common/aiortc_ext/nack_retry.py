@@ -189,6 +189,7 @@ class NackRetry:
         reason = self._hopeless(hole, now, interval) if hole is not None else None
         if reason is not None:
             skipped = buffer.give_up()
+            jitterbuffer.drain(self._receiver)  # a keyframe already behind the hole goes now
             gave_up = True
             self.given_up += 1
             self.packets_given_up += skipped
