@@ -74,15 +74,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def reap_stale() -> list[str]:
-    """Delete namespaces left by an earlier run of this module that was killed before it
-    could clean up: only ``wwc-s-PID-N`` / ``wwc-r-PID-N`` whose PID no longer exists."""
+def reap_stale(roles: Sequence[str] = ("s", "r")) -> list[str]:
+    """Delete namespaces left by an earlier run that was killed before it could clean up:
+    only ``wwc-<role>-PID-N`` of these roles whose PID no longer exists."""
     result = _run(["ip", "netns", "list"], check=False)
     removed = []
     for line in result.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         parts = name.split("-")
-        if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in ("s", "r"):
+        if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in roles:
             continue
         if not (parts[2].isdigit() and parts[3].isdigit()) or _pid_alive(int(parts[2])):
             continue

@@ -83,6 +83,18 @@ class SenderDidNotStart(AssertionError):
     its error output. An AssertionError: for the tests it is a failed check."""
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> int:
+    """SIGTERM (a clean shutdown), SIGKILL after ``timeout`` s; the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class SenderProcess:
     """``python -m MODULE --port PORT ARGS`` (``sender`` by default, on a free port unless
     ``port`` is given), its stderr in ``log``, its URL read from its first stdout line
@@ -140,12 +152,6 @@ class SenderProcess:
     def stop(self) -> int:
         """SIGTERM (the sender's clean shutdown), SIGKILL if it takes too long; the exit
         code."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc)
         self._log_file.close()
-        return self.proc.returncode
+        return code

@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .netns import PREFIX, Namespaces, NetnsError, _delete_namespace, _pid_alive, _run
+from .netns import PREFIX, Namespaces, NetnsError, _run, reap_stale
 
 PUBLIC_NET = "10.232.0.0/24"
 TURN_ADDR = "10.232.0.1"
@@ -69,23 +69,6 @@ except OSError:
 """
 
 _counter = itertools.count()
-
-
-def reap_stale() -> list[str]:
-    """Delete namespaces left by an earlier run of this module that was killed before it
-    could clean up: only ``wwc-<role>-PID-N`` of our roles whose PID no longer exists."""
-    result = _run(["ip", "netns", "list"], check=False)
-    removed = []
-    for line in result.stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        parts = name.split("-")
-        if len(parts) != 4 or parts[0] != PREFIX or parts[1] not in ROLES:
-            continue
-        if not (parts[2].isdigit() and parts[3].isdigit()) or _pid_alive(int(parts[2])):
-            continue
-        _delete_namespace(name)
-        removed.append(name)
-    return removed
 
 
 class NatTopology(Namespaces):
@@ -237,6 +220,6 @@ table inet {TABLE} {{
 @contextlib.contextmanager
 def nat_topology() -> Iterator[NatTopology]:
     """``NatTopology`` (after deleting what a killed earlier run left behind)."""
-    reap_stale()
+    reap_stale(ROLES)
     with NatTopology() as net:
         yield net

@@ -27,6 +27,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.senders import stop_process
+
 from .ci import require_or_skip
 
 DEFAULT_PORT = 3478
@@ -148,11 +150,5 @@ class TurnServer:
         return sum("ALLOCATE processed, success" in line for line in self.text().splitlines())
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, STOP_TIMEOUT)
