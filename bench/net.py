@@ -23,7 +23,6 @@ minute. The bitrate is what entered the receiver's namespace as UDP after the lo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
@@ -35,10 +34,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import av
-
-from bench.netns import TwoHosts, two_hosts
+from bench.netns import VETH, TwoHosts, two_hosts
 from bench.netns import missing_requirements as netns_missing
 from bench.run import machine as cpu_machine
 from bench.senders import SenderProcess
@@ -52,11 +50,9 @@ STARTUP_TIMEOUT = 60.0  # a sender on two cores shared with a busy receiver
 RECEIVER_GRACE = 90.0  # beyond --seconds, before the receiver counts as hung
 SAMPLE_EVERY = 1.0  # seconds between readings of the byte counter
 SETTLE_AFTER_DROP = 5.0  # the bitrate "after the drop" starts this long after it
-VETH = "wwc0"
 TBF = "burst 16kbit latency 300ms"  # a 300 ms queue in front of the bottleneck
 BENCH_TABLE = "wwc_bench"
 BURST = "numgen inc mod 400 >= 392"  # 8 consecutive UDP packets out of every 400 (2 %)
-STOCK_SENDER_FLAG = "--serve-stock-sender"
 BEGIN = "<!-- bench-net results: written by python -m bench.net --markdown -->"
 END = "<!-- end of bench-net results -->"
 
@@ -139,11 +135,11 @@ def start_sender(net: TwoHosts, impl: str, log: Path) -> SenderProcess:
         args = ["--source", "testsrc", "--host", net.sender_addr]
         return SenderProcess(args, log, prefix, PORT, startup_timeout=STARTUP_TIMEOUT)
     return SenderProcess(
-        [STOCK_SENDER_FLAG, net.sender_addr],
+        ["--host", net.sender_addr],
         log,
         prefix,
         PORT,
-        module="bench.net",
+        module="bench.stock_sender",
         startup_timeout=STARTUP_TIMEOUT,
     )
 
@@ -155,7 +151,7 @@ def receiver_args(impl: str, url: str, seconds: float, stats: Path) -> list[str]
     return ["-m", "bench.stock_receiver", *common]
 
 
-def run_one(scenario: Scenario, impl: str, seconds: float, logs: Path) -> dict:
+def run_one(scenario: Scenario, impl: str, seconds: float, logs: Path) -> dict[str, Any]:
     """One implementation over a fresh pair of namespaces shaped as ``scenario`` says."""
     base = logs / f"{scenario.name}-{impl}"
     stats_file = base.with_suffix(".stats.json")
@@ -204,9 +200,9 @@ def run_one(scenario: Scenario, impl: str, seconds: float, logs: Path) -> dict:
     return result
 
 
-def figures(summary: dict | None, udp_bytes: int) -> dict:
+def figures(summary: dict[str, Any] | None, udp_bytes: int) -> dict[str, Any]:
     """The table's columns from a receiver's --stats-json summary and the byte counter."""
-    empty: dict = dict.fromkeys(COLUMNS) | {"max_gap_ms": None, "reconnects": None}
+    empty: dict[str, Any] = dict.fromkeys(COLUMNS) | {"max_gap_ms": None, "reconnects": None}
     if not summary or not summary.get("seconds"):
         return empty
     seconds = summary["seconds"]
@@ -237,7 +233,7 @@ def ratio(project: float | None, stock: float | None) -> float | None:
     return round(project / stock, 2) if project is not None and stock else None
 
 
-def machine() -> dict:
+def machine() -> dict[str, Any]:
     return cpu_machine() | {
         "nproc": len(os.sched_getaffinity(0)),
         "kernel": platform.release(),
@@ -254,10 +250,10 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def measure(scenarios: list[Scenario], seconds: float, logs: Path) -> dict:
-    results: dict = {"machine": machine(), "seconds": seconds, "scenarios": []}
+def measure(scenarios: list[Scenario], seconds: float, logs: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "seconds": seconds, "scenarios": []}
     for i, scenario in enumerate(scenarios):
-        row: dict = {"scenario": scenario.name, "link": scenario.label}
+        row: dict[str, Any] = {"scenario": scenario.name, "link": scenario.label}
         # Interleaved: which one goes first alternates, so load drift hits both alike.
         for impl in IMPLS if i % 2 == 0 else IMPLS[::-1]:
             row[impl] = run_one(scenario, impl, seconds, logs)
@@ -272,7 +268,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def table(results: dict) -> str:
+def table(results: dict[str, Any]) -> str:
     rows = [
         "| link | fps stock / project | latency p50 ms stock / project (ratio) "
         "| p95 ms stock / project (ratio) | freezes per min stock / project "
@@ -308,7 +304,7 @@ def table(results: dict) -> str:
     return "\n".join(rows + (["", *notes] if notes else []))
 
 
-def results_section(results: dict) -> str:
+def results_section(results: dict[str, Any]) -> str:
     m = results["machine"]
     load = " ".join(str(x) for x in m["load_average_at_start"])
     return "\n".join(
@@ -340,7 +336,7 @@ namespaces, under loss and behind narrow links: `make bench-net` (`python -m ben
 """
 
 
-def write_markdown(path: Path, results: dict) -> None:
+def write_markdown(path: Path, results: dict[str, Any]) -> None:
     """Replace the results section of ``path`` (the text around it is kept), or write a new
     page around it."""
     section = results_section(results)
@@ -350,50 +346,6 @@ def write_markdown(path: Path, results: dict) -> None:
         path.write_text(before + section + after)
     else:
         path.write_text(TEMPLATE.format(results=section))
-
-
-def serve_stock_sender(argv: list[str]) -> int:
-    """``bench.stock_sender``'s app served on a given address: that module serves on
-    127.0.0.1 only, and here the viewer is in the other namespace. Its fake camera starts
-    its clock at the first read, as the project's does: started with the app, it would
-    hand the first viewer up to a second of frames at once (about 30 frames in a burst
-    into the bottleneck, and fps over 30)."""
-    from aiohttp import web
-
-    from bench import stock_sender
-    from common.cli import size, stop_on_signals
-    from sender.sources import TestPattern
-
-    class CameraFromFirstRead(TestPattern):
-        async def read(self) -> av.VideoFrame:
-            if self._sequence == 0:
-                self._started = time.monotonic()
-            return await super().read()
-
-    stock_sender.TestPattern = CameraFromFirstRead  # type: ignore[misc]  # see docstring
-
-    parser = argparse.ArgumentParser(prog="python -m bench.net " + STOCK_SENDER_FLAG)
-    parser.add_argument(STOCK_SENDER_FLAG, dest="host", required=True)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--size", type=size, default=(640, 480))
-    parser.add_argument("--fps", type=float, default=30.0)
-    parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
-    args = parser.parse_args(argv)
-
-    async def serve() -> None:
-        app = stock_sender.make_app(*args.size, args.fps, args.codec)
-        runner = web.AppRunner(app, shutdown_timeout=1.0)
-        await runner.setup()
-        await web.TCPSite(runner, args.host, args.port).start()
-        port = runner.addresses[0][1]
-        print(f"stock-sender: serving on http://{args.host}:{port}/", flush=True)
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
-            await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(serve())
-    return 0
 
 
 def scenario_names(text: str) -> list[Scenario]:
@@ -408,8 +360,6 @@ def scenario_names(text: str) -> list[Scenario]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if STOCK_SENDER_FLAG in argv:
-        return serve_stock_sender(argv)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

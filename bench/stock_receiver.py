@@ -24,6 +24,7 @@ import sys
 import time
 
 import aiohttp
+import av
 from aiortc.mediastreams import MediaStreamError
 
 from bench.viewers import PlainViewer
@@ -45,6 +46,7 @@ async def watch(url: str, duration: float, connect_timeout: float = CONNECT_TIME
                 frame = await asyncio.wait_for(track.recv(), remaining)
             except (TimeoutError, MediaStreamError):
                 break
+            assert isinstance(frame, av.VideoFrame)  # a video track's recv()
             stats.update(frame)
         for report in (await viewer.pc.getStats()).values():
             if report.type == "inbound-rtp":
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = asyncio.run(watch(args.url, args.duration, args.connect_timeout))
     except (OSError, TimeoutError, aiohttp.ClientError) as exc:  # refused, unreachable, late
-        print(f"stock-receiver: {args.url}: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"stock-receiver: {args.url}: {str(exc) or type(exc).__name__}", file=sys.stderr)
     summary = (stats or FrameStats()).summary()
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as out:

@@ -48,11 +48,14 @@ def force_codec(pc: RTCPeerConnection, sender: RTCRtpSender, forced: str) -> Non
 
 def make_app(width: int, height: int, fps: float, codec: str) -> web.Application:
     relay = MediaRelay()
-    camera = CameraTrack(width, height, fps)
+    camera: CameraTrack | None = None
     peers: set[RTCPeerConnection] = set()
 
     async def offer(request: web.Request) -> web.Response:
+        nonlocal camera
         params = await request.json()
+        if camera is None:  # opened with the first viewer, as in aiortc's webcam example
+            camera = CameraTrack(width, height, fps)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         peers.add(pc)
 
@@ -80,8 +83,8 @@ def make_app(width: int, height: int, fps: float, codec: str) -> web.Application
 async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(make_app(*args.size, args.fps, args.codec), shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    print(f"stock-sender: serving on http://127.0.0.1:{runner.addresses[0][1]}/", flush=True)
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(f"stock-sender: serving on http://{args.host}:{runner.addresses[0][1]}/", flush=True)
     stop = asyncio.Event()
     with stop_on_signals(stop):
         await stop.wait()
@@ -93,6 +96,7 @@ def main() -> None:
     parser.add_argument("--size", type=size, default=(640, 480))
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
