@@ -102,8 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=MAX_TRIES,
         metavar="N",
-        help=f"ask again for a lost packet up to N times, every 50 ms ({MAX_TRIES}; "
-        "0: only aiortc's single NACK)",
+        help=f"ask again for a lost packet up to N times, at the round-trip time (40 ms on a "
+        f"LAN) ({MAX_TRIES}; 0: only aiortc's single NACK; holes that cannot be repaired are "
+        "skipped to a keyframe either way)",
     )
     parser.add_argument(
         "--stall-timeout",

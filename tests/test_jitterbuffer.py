@@ -477,6 +477,8 @@ def test_apply_changes_that_video_receiver_only() -> None:
     assert video.capacity == CAPACITY and video._is_video
     assert type(receiver_buffer(theirs)) is JitterBuffer  # stock, untouched
     assert type(receiver_buffer(new_receiver("video"))) is JitterBuffer  # and new ones too
+    # the packet handler that drains the buffer is that object's own
+    assert "_handle_rtp_packet" in vars(ours) and "_handle_rtp_packet" not in vars(theirs)
     with pytest.raises(ValueError, match="video"):
         jitterbuffer.apply(new_receiver("audio"))  # audio keeps aiortc's prefetching buffer
 
@@ -521,6 +523,41 @@ async def test_changed_receiver_decodes_at_the_marker_and_still_nacks() -> None:
     assert await deliver(b1) == [frames[1].data]  # the retransmission
     assert await deliver(c) == [frames[2].data]
     assert plis == []
+
+
+async def test_frames_behind_a_repaired_gap_all_go_to_the_decoder_at_once() -> None:
+    """One packet per frame (a low bitrate): stock aiortc takes one frame per packet from
+    the buffer, so the frames held behind a repaired gap would each wait for a later packet,
+    and the picture would stay that many frames late for good. The receiver of apply()
+    hands them all to its decoder when the retransmission arrives."""
+    rx = new_receiver("video")
+    jitterbuffer.apply(rx)
+    rx._RTCRtpReceiver__codecs[VP8.payloadType] = VP8  # type: ignore[attr-defined]
+    rx._RTCRtpReceiver__decoder_thread = True  # type: ignore[attr-defined]  # "decoding"
+    decoder_queue: queue.Queue = rx._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+
+    async def send_nack(media_ssrc: int, lost: list[int]) -> None:
+        pass
+
+    rx._send_rtcp_nack = send_nack  # type: ignore[method-assign]
+    frames = vp8_stream([1] * 6)
+    a, b, c, d, e, f = (frame.packets[0] for frame in frames)
+
+    async def deliver(packet: RtpPacket) -> list[int]:
+        await rx._handle_rtp_packet(RtpPacket.parse(packet.serialize()), arrival_time_ms=0)
+        queued = []
+        while not decoder_queue.empty():
+            codec, frame = decoder_queue.get_nowait()
+            assert codec is VP8
+            # the receiver maps RTP timestamps to start at 0: identify by the bytes
+            queued.append(next(f.index for f in frames if f.data == frame.data))
+        return queued
+
+    assert await deliver(a) == [0]
+    for packet in (c, d, e):  # b is lost: they wait
+        assert await deliver(packet) == []
+    assert await deliver(b) == [1, 2, 3, 4]  # the retransmission: all at once, in order
+    assert await deliver(f) == [5]
 
 
 def test_apply_warns_on_another_aiortc(

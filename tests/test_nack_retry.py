@@ -336,3 +336,21 @@ async def test_giving_up_can_be_turned_off() -> None:
     await viewer.play(sent[3:], lost={lost})  # 900 ms
     assert viewer.indexes(sent) == [0, 1, 2]
     assert viewer.plis == [] and viewer.retry.given_up == 0
+
+
+@pytest.mark.parametrize("codec", [VP8, H264], ids=["vp8", "h264"])
+def test_keyframe_starts_are_recognised_in_real_encoder_output(
+    codec: RTCRtpCodecParameters,
+) -> None:
+    """What the buffer jumps to: a keyframe's first packet, recognised from that packet
+    alone (an H.264 IDR slice after its SPS counts too: the buffer keeps the SPS)."""
+    sent = encoded_stream(codec, 12, keyframes={0, 7})
+    for frame in sent:
+        flags = [
+            jitterbuffer.vp8_keyframe_start(p)
+            if codec is VP8
+            else jitterbuffer.h264_keyframe_start(depayload(codec, p.payload))
+            for p in frame.packets
+        ]
+        assert flags[0] == frame.keyframe, frame.index
+        assert not any(flags) or frame.keyframe, frame.index

@@ -21,8 +21,8 @@ the decoder fails and aiortc's decode-error PLI recovers, as without this module
 ``add()`` still returns at most one frame per packet: that is all aiortc's receiver takes
 from it. Frames that complete together (behind a repaired gap) would then leave one per
 following packet, and at a low bitrate (one packet per frame) they never catch up: every
-repaired loss added a frame interval of delay for good (5% loss, 60 s: median latency 38 ms
-instead of 7). So ``apply()`` also wraps that receiver's ``_handle_rtp_packet`` (an instance
+repaired loss added a frame interval of delay for good (5% loss, 60 s at 250 kbit/s:
+median latency 38 ms, p95 73 ms without this; 5-6 ms and 24-39 ms with it). So ``apply()`` also wraps that receiver's ``_handle_rtp_packet`` (an instance
 attribute: other receivers are untouched) to hand the rest to the decoder at once,
 ``drain()``, as aiortc hands over the one ``add()`` returns.
 
