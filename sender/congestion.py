@@ -12,11 +12,16 @@ combines them the way GCC's sender side does (draft-ietf-rmcat-gcc-02, section 6
 - loss above 10%: ``A = sent * (1 - 0.5 * loss)`` (at most once per RTT + 300 ms);
 - loss below 2%: ``A = A * 1.08`` per second;
 - in between: hold;
-- the round-trip time more than ``QUEUE_DELAY`` above its recent minimum (a queue is
-  building): ``A = min(A, 0.85 * sent)`` (at most once per ``DELAY_HOLD``); no increase
-  while it lasts;
+- the round-trip time more than ``QUEUE_DELAY`` (150 ms) above its minimum over the last
+  30 s (a queue is building): ``A = min(A, 0.85 * sent)`` (at most once a second); no
+  increase while it lasts;
 - the estimate is ``min(A, REMB)``: REMB is the cap. Until the first REMB arrives the cap
-  is the start bitrate, so a viewer that never sends one keeps the codec's default.
+  is the start estimate (``sender.tiers``: enough for the full tier), which a viewer that
+  never sends one keeps.
+
+Behind a 400 kbit/s link with a 300 ms queue, when the link drops from 4 Mbit/s, the
+queue is full at once and the first receiver report says 40-60% lost with a 300 ms round
+trip: the estimate is cut within about a second, while REMB takes longer to get there.
 
 ``sent`` is what this viewer was actually sent over the last second. The estimate stays
 within ``[minimum, maximum]``. Times come from the caller (monotonic seconds), so the rule
@@ -98,10 +103,16 @@ class BandwidthEstimator:
         cap = self.remb if self.remb is not None else self.start
         return int(max(self.minimum, min(self.loss_based, cap, self.maximum)))
 
-    def congested(self, now: float | None = None) -> bool:
-        """Whether loss or queue delay cut the estimate within ``CONGESTION_RECENT``."""
+    @property
+    def informed(self) -> bool:
+        """Whether this viewer's own feedback has said anything about its bandwidth yet:
+        a REMB, or loss or a queue that cut the estimate."""
+        return self.remb is not None or self.congested_at is not None
+
+    def congested(self, now: float | None = None, within: float = CONGESTION_RECENT) -> bool:
+        """Whether loss or queue delay cut the estimate within the last ``within`` s."""
         now = time.monotonic() if now is None else now
-        return self.congested_at is not None and now - self.congested_at < CONGESTION_RECENT
+        return self.congested_at is not None and now - self.congested_at < within
 
     def on_sent(self, size: int, now: float | None = None) -> None:
         self.sent.add(size, time.monotonic() if now is None else now)

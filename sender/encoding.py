@@ -42,8 +42,8 @@ KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyf
 UP_INTERVAL = 2.0  # seconds between two bitrate changes up (each costs a keyframe)
 UP_STEP = 1.25  # at most this much more bitrate per step up
 DOWN_HOLD = 5.0  # seconds after a decrease before going up again
-CEILING_MEMORY = 10.0  # seconds a decrease is remembered...
-CEILING_FRACTION = 0.95  # ...as a ceiling: this much of the bitrate that was too much
+CEILING_FRACTION = 0.95  # the first step up after a decrease: at most this much of the
+# bitrate that was decreased from
 DOWN_NOW = 0.7  # a target below this share of the bitrate (or congestion) is followed...
 DOWN_SETTLE = 0.5  # ...once it has lasted this long (seconds), for the estimate to settle
 DOWN_CONFIRM = 1.5  # a milder fall once it has lasted this long
@@ -223,23 +223,24 @@ class EncodedTrack(MediaStreamTrack):
 class TierEncoder:
     """The encoder of one tier; it exists while a viewer is on the tier or moving to it.
 
-    libvpx (through FFmpeg) cannot change its bitrate while it runs, so a new encoder is
-    made, and it starts with a keyframe: behind a narrow link each one is a burst (at
-    640x360 about 5 KB, 100 ms at 400 kbit/s). ``next_bitrate()`` therefore moves the
-    bitrate in few steps: down at once when the target falls more than 10% below it
-    (congestion will not wait); up by at most ``UP_STEP``, no sooner than ``UP_INTERVAL``
-    after the last change and ``DOWN_HOLD`` after the last decrease, and, for
-    ``CEILING_MEMORY`` after a decrease, to no more than ``CEILING_FRACTION`` of the
-    bitrate that had to be decreased (it was too much a moment ago).
+    libvpx (through FFmpeg) cannot change its bitrate while it runs: a new encoder is
+    made, and it starts with a keyframe, which behind a narrow link is a burst (640x360:
+    about 5 KB, 100 ms at 400 kbit/s). ``next_bitrate()`` changes the bitrate seldom and
+    in steps:
 
-    Down means ``DOWN_SETTLE`` after the target fell when a viewer on the tier has just
-    lost packets or shown a queue (``urgent``) or the target fell below ``DOWN_NOW`` of
-    the bitrate: when a link narrows, REMB falls over about a second (it reports 85% of
-    what arrived over the last second), and following each step made a keyframe each time
-    (six in three seconds, into the full queue: the picture froze). A milder fall (what
-    REMB alone reports) must last ``DOWN_CONFIRM``: aiortc's delay-based estimator reads
-    every keyframe burst through a narrow link as overuse and answers with 85% of what it
-    received; following that made a new encoder, hence another keyframe, every time."""
+    - down to the target when that is more than 10% below the bitrate: after
+      ``DOWN_SETTLE`` (0.5 s) when a viewer on the tier has just lost packets or shown a
+      queue (``urgent``) or the target is below ``DOWN_NOW`` (70%) of the bitrate (when a
+      link narrows, REMB falls over about a second, as it reports 85% of what arrived in
+      the last second; following every step made six keyframes in three seconds into the
+      full queue, and the picture froze); after ``DOWN_CONFIRM`` (1.5 s) otherwise
+      (aiortc's delay-based estimator reads every keyframe burst through a narrow link as
+      overuse and answers with 85% of what it received; following that at once made
+      another keyframe, and so another overuse, every time);
+    - up when the target is more than 10% above the bitrate, by at most ``UP_STEP``
+      (25%), no sooner than ``UP_INTERVAL`` (2 s) after the last change and ``DOWN_HOLD``
+      (5 s) after the last decrease; the first step after a decrease to at most
+      ``CEILING_FRACTION`` (95%) of the bitrate that proved too much."""
 
     tier: tiers.Tier
     target_bitrate: int
@@ -248,7 +249,8 @@ class TierEncoder:
     last_keyframe: float = -1e9
     last_rebuild: float = -1e9
     last_down: float = -1e9
-    ceiling: int | None = None  # the bitrate that was last decreased from
+    start_bitrate: int | None = None  # the first encoder's (``Ladder.start``)
+    ceiling: int | None = None  # the bitrate last decreased from, until the next step up
     below_since: float | None = None  # since when the target is below the bitrate
     frames_encoded: int = 0
     keyframes: int = 0
@@ -256,7 +258,7 @@ class TierEncoder:
     def next_bitrate(self, now: float, urgent: bool = False) -> int | None:
         """The bitrate for a new encoder now, or None to keep the current one."""
         if self.codec is None or not self.codec.bit_rate:
-            return self.target_bitrate
+            return self.start_bitrate or self.target_bitrate
         current = self.codec.bit_rate
         target = self.target_bitrate
         if target < current * (1 - BITRATE_CHANGE):
@@ -273,9 +275,13 @@ class TierEncoder:
         if now - self.last_rebuild < UP_INTERVAL or now - self.last_down < DOWN_HOLD:
             return None
         step = min(target, int(current * UP_STEP))
-        if self.ceiling is not None and now - self.last_down < CEILING_MEMORY:
+        if self.ceiling is not None:  # the first step after a decrease
             step = min(step, int(self.ceiling * CEILING_FRACTION))
-        return step if step > current * (1 + BITRATE_CHANGE / 2) else None
+        if step <= current * (1 + BITRATE_CHANGE / 2):
+            self.ceiling = None  # at the ceiling already: the next step may go past it
+            return None
+        self.ceiling = None
+        return step
 
 
 class Scaler:
@@ -384,10 +390,15 @@ class SharedEncoder:
                 encoder.keyframe_wanted = True
 
     def _place(self, track: EncodedTrack, now: float) -> None:
-        """Give a viewer its first tier (from its start estimate); it starts receiving at
-        that tier's next keyframe."""
+        """Give a viewer its start estimate and first tier (``sender.tiers``); it starts
+        receiving at that tier's next keyframe."""
         assert self.ladder is not None
-        track.choice = tiers.TierChoice(self.ladder, track.estimate, now)
+        full = self._tiers.get(tiers.FULL)
+        running = 0
+        if full is not None:
+            running = max(full.target_bitrate, (full.codec.bit_rate if full.codec else 0) or 0)
+        tier = tiers.FULL if running <= self.ladder.join_limit else tiers.REDUCED
+        track.choice = tiers.TierChoice(self.ladder, now, tier)
         self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
 
     def update_bitrate(self, now: float | None = None) -> None:
@@ -400,7 +411,9 @@ class SharedEncoder:
             if track.choice is None:
                 continue
             before = track.choice.tier
-            after = track.choice.update(track.estimate, now)
+            estimator = track.estimator
+            congested = estimator.congested(now, tiers.CONGESTION_EVIDENCE)
+            after = track.choice.update(track.estimate, now, estimator.informed, congested)
             if after != before:
                 logger.info(
                     "viewer moves from the %s to the %s %s tier (estimate %d bit/s)",
@@ -413,15 +426,22 @@ class SharedEncoder:
         for name, encoder in self._tiers.items():
             encoder.target_bitrate = self._target(name, encoder.target_bitrate)
 
-    def _target(self, name: str, current: int) -> int:
+    def _target(self, name: str, current: int | None) -> int:
+        """The bitrate for tier ``name``: the lowest estimate among the viewers on it (or
+        moving to it) that have sent feedback; a newcomer's start estimate counts only
+        for a tier nobody else is on, so that a new viewer (maybe on a slow link) does
+        not pull the others' picture down before its first REMB says how fast it is."""
         assert self.ladder is not None
         tier = self.ladder.get(name)
         if self._fixed_bitrate:
             return self._fixed_bitrate
-        estimates = [t.estimate for t in self._viewers if t.wanted_tier == name]
-        if not estimates:  # only viewers on their way out: keep what they get
-            return current
-        return tier.clamp(min(estimates))
+        voters = [t for t in self._viewers if t.wanted_tier == name]
+        informed = [t.estimate for t in voters if t.estimator.informed]
+        if informed:
+            return tier.clamp(min(informed))
+        if current is None:  # a tier starting for newcomers only
+            return tier.clamp(min((t.estimate for t in voters), default=0))
+        return current  # only newcomers, or only viewers on their way out: keep it
 
     def _congested(self, tier: str, now: float) -> bool:
         """Whether a viewer on (or moving to) ``tier`` just lost packets or showed a queue."""
@@ -455,7 +475,11 @@ class SharedEncoder:
                     *(asyncio.to_thread(self._encode, job, frame, key) for job, key in jobs)
                 )
                 self.frames_encoded += 1
-                self._deliver({job.tier.name: p for (job, _), p in zip(jobs, results, strict=True)})
+                packets = {}
+                for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
+                    self._count(job, encoded, seconds)
+                    packets[job.tier.name] = encoded
+                self._deliver(packets)
         finally:
             for viewer in list(self._viewers):
                 viewer.offer(None)
@@ -495,7 +519,12 @@ class SharedEncoder:
             encoder = self._tiers.get(name)
             if encoder is None:
                 tier = self.ladder.get(name)
-                encoder = TierEncoder(tier, self.ladder.start(name, self._target(name, 0)))
+                target = self._target(name, None)
+                newcomers = not any(
+                    t.estimator.informed for t in self._viewers if t.wanted_tier == name
+                )
+                encoder = TierEncoder(tier, target)
+                encoder.start_bitrate = self.ladder.start(name, target, newcomers)
                 self._tiers[name] = encoder
                 logger.info(
                     "%s %s tier: encoding %dx%d from %d bit/s",
@@ -531,8 +560,8 @@ class SharedEncoder:
 
     def _encode(
         self, encoder: TierEncoder, frame: av.VideoFrame, keyframe: bool
-    ) -> list[av.Packet[Any]]:
-        """One tier's encode of one captured frame (in a worker thread)."""
+    ) -> tuple[list[av.Packet[Any]], float]:
+        """One tier's encode of one captured frame (in a worker thread), and its time."""
         assert encoder.codec is not None
         started = time.perf_counter()
         picture = self._scaler.scale(frame, encoder.tier.width, encoder.tier.height)
@@ -544,17 +573,19 @@ class SharedEncoder:
             copy.pict_type = av.video.frame.PictureType.I
             picture = copy
         packets = encoder.codec.encode(picture)
-        keyframes = 0
         for packet in packets:
             packet.time_base = TIME_BASE
-            keyframes += packet.is_keyframe
+        return packets, time.perf_counter() - started
+
+    def _count(self, encoder: TierEncoder, packets: list[av.Packet[Any]], seconds: float) -> None:
+        """Counters, in the event loop (the tiers encode in parallel threads)."""
+        keyframes = sum(packet.is_keyframe for packet in packets)
         encoder.keyframes += keyframes
         encoder.frames_encoded += 1
         self.keyframes += keyframes
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
-        self.totals.encode_seconds += time.perf_counter() - started
-        return packets
+        self.totals.encode_seconds += seconds
 
     def _deliver(self, packets: dict[str, list[av.Packet[Any]]]) -> None:
         """Each viewer gets its tier's packets; one moving to another tier switches when
@@ -613,14 +644,16 @@ class Encoders:
         return list(self._encoders.values())
 
     def describe(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Per codec, the tiers being encoded: size, bitrate and viewers (/healthz)."""
+        """Per codec, the tiers being encoded: size, the encoder's bitrate and the target
+        it steps towards, and the viewers getting it (/healthz, /metrics)."""
         result: dict[str, dict[str, dict[str, int]]] = {}
         for encoder in self.active():
             result[encoder.profile.name] = {
                 name: {
                     "width": tier.tier.width,
                     "height": tier.tier.height,
-                    "bitrate": tier.target_bitrate,
+                    "bitrate": (tier.codec.bit_rate if tier.codec else None) or tier.target_bitrate,
+                    "target": tier.target_bitrate,
                     "viewers": sum(t.tier == name for t in encoder.tracks),
                 }
                 for name, tier in encoder.tier_encoders.items()

@@ -155,7 +155,7 @@ class SenderCollector(Collector):
         )
         bitrate = GaugeMetricFamily(
             "webcam_tier_bitrate_bps",
-            "Target bitrate of each tier's encoder",
+            "Bitrate each tier's encoder runs at",
             labels=["codec", "tier"],
         )
         for codec, tiers in self._sessions.encoders.describe().items():

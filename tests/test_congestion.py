@@ -1,0 +1,224 @@
+"""The per-viewer bandwidth estimate (``sender.congestion``) and the RTCP it is fed
+(``common.aiortc_ext.rtcp_feedback``), with real RTCP packets: built, serialized and
+parsed back as aiortc's RTCP handler receives them, then through a live connection."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSenderInfo,
+    RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
+
+from common.aiortc_ext import rtcp_feedback
+from receiver import Receiver
+from sender import congestion
+from sender.congestion import BandwidthEstimator
+
+from .helpers import wait_until
+
+SSRC = 0x1234_5678
+MAX = 1_500_000
+
+
+def wire(packet: RtcpRrPacket | RtcpPsfbPacket | RtcpRtpfbPacket | RtcpSrPacket):
+    """``packet`` as sent and parsed back: what aiortc's handler gets."""
+    [parsed] = RtcpPacket.parse(bytes(packet))
+    return parsed
+
+
+def report(fraction: float, lsr: int = 0, dlsr: int = 0) -> RtcpReceiverInfo:
+    """A receiver report block about our stream: ``fraction`` of its packets lost."""
+    packet = wire(
+        RtcpRrPacket(
+            ssrc=1,
+            reports=[
+                RtcpReceiverInfo(
+                    ssrc=SSRC,
+                    fraction_lost=min(255, round(fraction * 256)),
+                    packets_lost=0,
+                    highest_sequence=1000,
+                    jitter=0,
+                    lsr=lsr,
+                    dlsr=dlsr,
+                )
+            ],
+        )
+    )
+    [block] = packet.reports
+    return block
+
+
+def remb(bitrate: int) -> int:
+    """A REMB's bitrate as it arrives (its mantissa and exponent round it)."""
+    packet = wire(
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(bitrate, [SSRC]))
+    )
+    value, ssrcs = unpack_remb_fci(packet.fci)
+    assert ssrcs == [SSRC]
+    return value
+
+
+def feed(
+    estimator: BandwidthEstimator, block: RtcpReceiverInfo, rtt: float | None, now: float
+) -> None:
+    estimator.on_report(block.fraction_lost / 256, rtt, now)
+
+
+def sending(estimator: BandwidthEstimator, bitrate: int, start: float, end: float) -> None:
+    """What the viewer was sent: ``bitrate`` in 30 frames a second from start to end."""
+    t = start
+    while t < end:
+        estimator.on_sent(bitrate // 8 // 30, t)
+        t += 1 / 30
+
+
+def test_before_any_feedback_the_start_bitrate() -> None:
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    assert estimator.estimate == 300_000
+    estimator.on_remb(remb(2_000_000))
+    assert estimator.estimate == MAX  # REMB is the cap; loss has not cut anything
+    estimator.on_remb(remb(400_000))
+    assert abs(estimator.estimate - 400_000) < 400_000 * 0.01
+
+
+def test_heavy_loss_cuts_to_what_was_sent_less_half_the_loss() -> None:
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 1_000_000, 0.0, 2.0)
+    feed(estimator, report(0.30), 0.01, now=2.0)
+    assert estimator.estimate == pytest.approx(1_000_000 * (1 - 0.5 * 0.30), rel=0.05)
+    assert estimator.congested(2.5) and not estimator.congested(3.5)
+    # Another report too soon (less than 300 ms + RTT): no second cut.
+    before = estimator.estimate
+    feed(estimator, report(0.30), 0.01, now=2.2)
+    assert estimator.estimate == before
+    feed(estimator, report(0.30), 0.01, now=2.4)
+    assert estimator.estimate < before
+
+
+def test_moderate_loss_holds_and_little_loss_grows_eight_percent_a_second() -> None:
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 500_000, 0.0, 1.0)
+    feed(estimator, report(0.5), None, now=1.0)  # down to ~375 kbit/s
+    low = estimator.estimate
+    feed(estimator, report(0.05), None, now=2.0)  # between 2% and 10%: hold
+    assert estimator.estimate == low
+    feed(estimator, report(0.0), None, now=3.0)
+    feed(estimator, report(0.01), None, now=4.0)
+    # growth counts from the hold at 2 s: two seconds
+    assert estimator.estimate == pytest.approx(low * congestion.INCREASE_PER_SECOND**2, rel=0.01)
+    for second in range(5, 60):
+        feed(estimator, report(0.0), None, now=float(second))
+    assert estimator.estimate == MAX  # never above the maximum
+
+
+def test_a_growing_queue_cuts_the_estimate() -> None:
+    """The round-trip time over its recent minimum: a queue in front of the bottleneck."""
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 800_000, 0.0, 3.0)
+    feed(estimator, report(0.0), 0.002, now=1.0)
+    feed(estimator, report(0.0), 0.002 + congestion.QUEUE_DELAY / 2, now=2.0)
+    assert not estimator.congested(2.0)
+    feed(estimator, report(0.0), 0.002 + congestion.QUEUE_DELAY * 2, now=3.0)
+    assert estimator.queue_delay == pytest.approx(congestion.QUEUE_DELAY * 2)
+    assert estimator.estimate == pytest.approx(800_000 * congestion.DELAY_DECREASE, rel=0.05)
+    assert estimator.congested(3.0)
+
+
+def test_remb_caps_and_the_estimate_stays_within_limits() -> None:
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(50_000))
+    assert estimator.estimate == 100_000
+    sending(estimator, 200_000, 0.0, 1.0)
+    feed(estimator, report(255 / 256), None, now=1.0)  # all but lost (255/256: the most RTCP says)
+    assert estimator.estimate == 100_000
+
+
+def test_round_trip_time_from_an_echoed_sender_report() -> None:
+    ntp = (3_900_000_000 << 32) | 0x8000_0000
+    sr = wire(
+        RtcpSrPacket(
+            ssrc=SSRC,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp, rtp_timestamp=0, packet_count=0, octet_count=0
+            ),
+        )
+    )
+    lsr = (sr.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+    sent = {lsr: 100.0}
+    block = report(0.0, lsr=lsr, dlsr=int(0.25 * 65536))  # the receiver held it 250 ms
+    assert rtcp_feedback.round_trip_time(block, sent, now=100.4) == pytest.approx(0.15, abs=1e-3)
+    assert rtcp_feedback.round_trip_time(report(0.0), sent, now=100.4) is None  # echoes none
+
+
+def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
+    resends = rtcp_feedback.Resends()
+    resends.rtt = 0.2
+    nack = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=[10, 11, 12]))
+    assert resends.filter(nack, now=0.0).lost == [10, 11, 12]
+    again = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=[11, 12, 13]))
+    assert resends.filter(again, now=0.1).lost == [13]  # 11 and 12 went out 100 ms ago
+    later = 0.1 + 0.2 * rtcp_feedback.RESEND_RTT_FACTOR + 0.01  # a round trip after 13
+    assert resends.filter(again, now=later).lost == [11, 12, 13]
+    assert resends.skipped == 2
+    lan = rtcp_feedback.Resends()
+    lan.rtt = 0.001  # on a LAN the floor applies: a lost resend can be asked for again soon
+    assert lan.filter(nack, now=0.0).lost == [10, 11, 12]
+    assert lan.filter(nack, now=rtcp_feedback.RESEND_MIN_INTERVAL).lost == [10, 11, 12]
+
+
+async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:
+    """Over a real connection: aiortc's receiver reports arrive with the round-trip time
+    they measure, and a lossy report (through the sender's RTCP handler) cuts the
+    viewer's estimate."""
+    sender = await sender_factory()
+    async with Receiver(sender.url, connect_timeout=30) as rx:
+        frames = rx.frames()
+        await anext(frames)
+        [session] = sender.sessions.live()
+        track = session.track
+        assert track is not None
+        rtp_sender = session.pc.getSenders()[0]
+        assert rtcp_feedback.applied(rtp_sender)
+        # Receiver reports come every 0.5-1.5 s; one echoing a sender report has an RTT.
+        await wait_until(lambda: track.estimator.rtt is not None, within=20, what="an RTT")
+        assert 0 <= track.estimator.rtt < 0.5
+        assert track.estimator.fraction_lost == 0
+        before = track.estimate
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:  # let it send for a while
+            await anext(frames)
+        lossy = wire(
+            RtcpRrPacket(
+                ssrc=1,
+                reports=[
+                    RtcpReceiverInfo(
+                        ssrc=rtp_sender._ssrc,
+                        fraction_lost=128,
+                        packets_lost=50,
+                        highest_sequence=1000,
+                        jitter=0,
+                        lsr=0,
+                        dlsr=0,
+                    )
+                ],
+            )
+        )
+        await rtp_sender._handle_rtcp_packet(lossy)
+        assert track.estimator.fraction_lost == 0.5
+        assert track.estimate < before
+        await frames.aclose()
