@@ -555,7 +555,8 @@ class JanusSession:
         if event.kind is EventKind.ERROR:
             logger.debug("janus session %s: %s", self.id, self._scrub(event.reason))
         handle = message.get("sender")
-        for callback in list(self._listeners.get(handle, ())):  # type: ignore[arg-type]
+        listeners = self._listeners.get(handle, ()) if isinstance(handle, int) else ()
+        for callback in list(listeners):
             try:
                 callback(message)
             except Exception:

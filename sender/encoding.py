@@ -397,8 +397,7 @@ class SharedEncoder:
         running = 0
         if full is not None:
             running = max(full.target_bitrate, (full.codec.bit_rate if full.codec else 0) or 0)
-        tier = tiers.FULL if running <= self.ladder.join_limit else tiers.REDUCED
-        track.choice = tiers.TierChoice(self.ladder, now, tier)
+        track.choice = tiers.TierChoice(self.ladder, now, self.ladder.first_tier(running))
         self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
 
     def update_bitrate(self, now: float | None = None) -> None:
@@ -411,9 +410,7 @@ class SharedEncoder:
             if track.choice is None:
                 continue
             before = track.choice.tier
-            estimator = track.estimator
-            congested = estimator.congested(now, tiers.CONGESTION_EVIDENCE)
-            after = track.choice.update(track.estimate, now, estimator.informed, congested)
+            after = track.choice.update(track.estimate, now, track.estimator.informed)
             if after != before:
                 logger.info(
                     "viewer moves from the %s to the %s %s tier (estimate %d bit/s)",

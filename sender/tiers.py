@@ -17,12 +17,13 @@ REMB, capped further by the loss and round-trip times in its receiver reports) m
 - from full to reduced as soon as the estimate is below ``down``;
 - from reduced to full once the estimate has stayed at or above ``up`` for ``UP_HOLD``
   (2 s) and the viewer has been on the reduced tier for ``MIN_DWELL`` (4 s);
-- a new viewer's estimate is ``up`` (at least 300 kbit/s) until its own feedback comes
-  (a REMB, or loss or a queue in its receiver reports), and until then it does not count
-  for its tier's bitrate. It starts on the full tier when that tier is not running or
-  runs at no more than that (the requested size from the first frame); otherwise, as
-  the full stream may be more than its link takes, on the reduced tier, and moves up
-  once its feedback shows it can (a start estimate never moves a viewer up).
+- a new viewer's estimate is 300 kbit/s (as Chrome starts) until its own feedback comes
+  (a REMB, or loss or a queue in its receiver reports), and until then it neither counts
+  for its tier's bitrate nor moves up. It starts on the full tier when 300 kbit/s is
+  enough for it (``down`` <= 300 kbit/s: 640x480 and smaller at 30 fps) and the full
+  tier runs at no more than ``up`` (a faster full stream could swamp an unknown link);
+  otherwise on the reduced tier, from where its feedback moves it up (at 1280x720 on an
+  open link after 10-20 s, as aiortc's REMB grows about 8% a second).
 
 A move takes effect at a keyframe of the tier moved to (asked for at once; until it
 comes, the viewer keeps getting the old tier). A tier's encoder runs only while a viewer
@@ -50,7 +51,6 @@ START_BITRATE = 300_000  # the least a new viewer's estimate starts at (as Chrom
 REDUCED_MIN_WIDTH = 320
 UP_HOLD = 2.0  # seconds the estimate must stay at or above ``up`` before moving up
 MIN_DWELL = 4.0  # seconds on the reduced tier before moving up again
-CONGESTION_EVIDENCE = 3.0  # seconds loss or a queue counts as a reason to move down
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,17 @@ class Ladder:
     def get(self, name: str) -> Tier:
         return self.full if name == FULL else self.reduced
 
-    @property
-    def join_limit(self) -> int:
-        """A new viewer joins the full tier if it runs at no more than this (``up``, at
-        least ``START_BITRATE``); a faster full stream could swamp its unknown link."""
-        return max(START_BITRATE, self.up)
+    def first_tier(self, full_running: int) -> str:
+        """Where a new viewer starts, its link unknown, its estimate ``START_BITRATE``:
+        the full tier if that is enough for it (640x480 and smaller at 30 fps) and the
+        full tier runs at no more than ``up`` (``full_running``: 0 when it does not run),
+        else the reduced one. Starting a viewer behind a slow link at 1280x720 sent it
+        keyframes as large as the bottleneck's queue, and the picture stalled."""
+        if self.full is self.reduced:  # --bitrate: one tier
+            return FULL
+        if self.down <= START_BITRATE and full_running <= max(START_BITRATE, self.up):
+            return FULL
+        return REDUCED
 
     def start(self, name: str, target: int, newcomers_only: bool) -> int:
         """The bitrate a tier's encoder starts at. The full tier, started for newcomers
@@ -128,18 +134,14 @@ class TierChoice:
         self.changed_at = now
         self._up_since: float | None = None
 
-    def update(
-        self, estimate: int, now: float, informed: bool = True, congested: bool = True
-    ) -> str:
-        """The tier for this ``estimate`` at ``now`` (monotonic seconds). ``informed``:
+    def update(self, estimate: int, now: float, informed: bool = True) -> str:
+        """The tier for this ``estimate`` at ``now`` (monotonic seconds); ``informed``:
         whether the estimate rests on the viewer's own feedback yet (a start estimate
-        never moves a viewer up); ``congested``: whether the viewer has just shown loss
-        or a queue (a low estimate alone, such as a REMB that has not caught up with a
-        link nobody has filled yet, never moves it down)."""
+        never moves a viewer up)."""
         if self.ladder.full is self.ladder.reduced:
             return self.tier
         if self.tier == FULL:
-            if estimate < self.ladder.down and congested:
+            if estimate < self.ladder.down:
                 self._move(REDUCED, now)
         elif estimate >= self.ladder.up and informed:
             if self._up_since is None:

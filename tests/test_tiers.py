@@ -50,11 +50,16 @@ def test_the_ladder_for_720p_and_480p() -> None:
     assert hd.up == 864_000
     assert (hd.full.min_bitrate, hd.full.max_bitrate) == (hd.down, VP8_MAX)
     assert (hd.reduced.min_bitrate, hd.reduced.max_bitrate) == (100_000, hd.up)
-    assert hd.join_limit == hd.up  # a newcomer joins a full stream up to this fast
+    # A newcomer (300 kbit/s) starts on the reduced tier at 1280x720, as the full one
+    # needs more; up once its feedback shows it can.
+    assert hd.first_tier(full_running=0) == REDUCED
     sd = ladder(640, 480, 30, VP8_MAX)
     assert (sd.reduced.width, sd.reduced.height) == (320, 240)
     assert sd.down == 230_400
-    assert sd.join_limit == tiers.START_BITRATE  # 300 kbit/s is above 640x480's ``up``
+    # At 640x480 on the full tier, unless that already runs faster than ``up`` (or 300k).
+    assert sd.first_tier(full_running=0) == FULL
+    assert sd.first_tier(full_running=tiers.START_BITRATE) == FULL
+    assert sd.first_tier(full_running=1_000_000) == REDUCED
     small = ladder(480, 360, 30, VP8_MAX)  # half would be narrower than 320: same size
     assert (small.reduced.width, small.reduced.height) == (480, 360)
     huge = ladder(1920, 1080, 30, VP8_MAX)
@@ -64,6 +69,7 @@ def test_the_ladder_for_720p_and_480p() -> None:
 def test_a_fixed_bitrate_has_one_tier() -> None:
     fixed = ladder(1280, 720, 30, VP8_MAX, fixed_bitrate=800_000)
     assert fixed.full is fixed.reduced
+    assert fixed.first_tier(full_running=800_000) == FULL
     choice = TierChoice(fixed, now=0.0)
     assert choice.update(50_000, now=10.0) == FULL
 
@@ -83,8 +89,6 @@ def test_hysteresis() -> None:
     choice = TierChoice(hd, now=0.0)
     assert choice.tier == FULL
     assert choice.update(hd.down, now=1.0) == FULL  # at the threshold: stays
-    # Below it without loss or a queue (a REMB still catching up): stays.
-    assert choice.update(hd.down // 2, now=1.5, congested=False) == FULL
     assert choice.update(hd.down - 1, now=2.0) == REDUCED  # below: down at once
     # Back above ``down`` but below ``up``: stays down, however long.
     assert choice.update(hd.up - 1, now=30.0) == REDUCED
