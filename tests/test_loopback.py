@@ -9,6 +9,7 @@ from common import stamp
 from receiver import Receiver, ReceiverError
 from receiver.stats import read_stamp
 
+TIER_UP_SECONDS = 45.0  # a lone 720p viewer on loopback moved up after about 20 s
 PIXEL_CHANGE = 4  # luma levels: more than coding noise between two encodings of one picture
 MOVING_SHARE = 0.2  # the fake camera's bands scroll 4 px a frame: most of the picture changes
 
@@ -32,7 +33,12 @@ async def test_frames_arrive_stamped_at_the_requested_size(sender_factory, codec
     below_stamp = 2 * stamp.cell_size(width)
     async with Receiver(sender.url, connect_timeout=20) as rx:
         async for frame in rx.frames():
-            assert (frame.width, frame.height) == (width, height)
+            if (frame.width, frame.height) != (width, height):
+                # Above 640x480 a new viewer starts on the reduced tier (sender/tiers.py)
+                # and moves up once its feedback shows the link takes the full picture.
+                assert frame.width * 2 == width and not sequences, "full size, then reduced"
+                assert rx.stats.seconds < TIER_UP_SECONDS, "never moved up to the full size"
+                continue
             found = read_stamp(frame)
             assert found is not None, (
                 f"frame {len(sequences)}: the stamp did not survive encoding: {stamp_cells(frame)}"
@@ -55,7 +61,7 @@ async def test_frames_arrive_stamped_at_the_requested_size(sender_factory, codec
     assert min(changed) > MOVING_SHARE, (
         f"consecutive frames barely differ: {[round(c, 3) for c in changed]}"
     )
-    assert summary["frames"] == 45
+    assert summary["frames"] >= 45  # the reduced-tier frames before count too
     latency = summary["latency_ms"]
     assert latency is not None and 0 <= latency["p50"] <= latency["p95"] < 2000
 
