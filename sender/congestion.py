@@ -16,8 +16,8 @@ combines them the way GCC's sender side does (draft-ietf-rmcat-gcc-02, section 6
   30 s (a queue is building): ``A = min(A, 0.85 * sent)`` (at most once a second); no
   increase while it lasts;
 - the estimate is ``min(A, REMB)``: REMB is the cap. Until the first REMB arrives the cap
-  is the start estimate (``sender.tiers``: enough for the full tier), which a viewer that
-  never sends one keeps.
+  is the start bitrate (300 kbit/s). A peer that sends receiver reports but no REMB for
+  ``NO_REMB`` (5 s) gets ``A`` alone, from the start bitrate.
 
 Behind a 400 kbit/s link with a 300 ms queue, when the link drops from 4 Mbit/s, the
 queue is full at once and the first receiver report says 40-60% lost with a 300 ms round
@@ -46,6 +46,7 @@ DELAY_HOLD = 1.0  # seconds between two delay-based decreases (the queue needs t
 RTT_WINDOW = 30.0  # seconds over which the minimum round-trip time is taken
 RATE_WINDOW = 1.0  # seconds over which the sent rate is measured
 CONGESTION_RECENT = 1.0  # seconds a loss- or delay-based decrease counts as congestion
+NO_REMB = 5.0  # seconds of receiver reports without a REMB: the peer sends none
 
 
 class RateMeter:
@@ -97,17 +98,23 @@ class BandwidthEstimator:
         self._last_loss_decrease = -1e9
         self._last_delay_decrease = -1e9
         self._rtts: deque[tuple[float, float]] = deque()
+        self._first_report: float | None = None
+        self.remb_less = False  # receiver reports but no REMB: loss and delay alone
 
     @property
     def estimate(self) -> int:
-        cap = self.remb if self.remb is not None else self.start
+        if self.remb is not None:
+            cap = float(self.remb)
+        else:
+            cap = float(self.maximum) if self.remb_less else float(self.start)
         return int(max(self.minimum, min(self.loss_based, cap, self.maximum)))
 
     @property
     def informed(self) -> bool:
         """Whether this viewer's own feedback has said anything about its bandwidth yet:
-        a REMB, or loss or a queue that cut the estimate."""
-        return self.remb is not None or self.congested_at is not None
+        a REMB, loss or a queue that cut the estimate, or receiver reports long enough
+        without a REMB for the loss-based estimate alone to count."""
+        return self.remb is not None or self.congested_at is not None or self.remb_less
 
     def congested(self, now: float | None = None, within: float = CONGESTION_RECENT) -> bool:
         """Whether loss or queue delay cut the estimate within the last ``within`` s."""
@@ -127,6 +134,13 @@ class BandwidthEstimator:
         the round-trip time it measured (None when it echoed no sender report we know)."""
         now = time.monotonic() if now is None else now
         self.fraction_lost = fraction_lost
+        if self._first_report is None:
+            self._first_report = now
+        if self.remb is None and not self.remb_less and now - self._first_report >= NO_REMB:
+            # A peer that sends no REMB: GCC's loss-based rule alone, from the start bitrate.
+            self.remb_less = True
+            self.loss_based = min(self.loss_based, float(self.start))
+            self._last_increase = now
         delayed = False
         if rtt is not None and rtt >= 0:
             self.rtt = rtt
@@ -145,10 +159,21 @@ class BandwidthEstimator:
             if now - self._last_delay_decrease >= DELAY_HOLD:
                 self._decrease(sent * DELAY_DECREASE, now, "queue delay")
                 self._last_delay_decrease = now
-        elif fraction_lost < LOSS_LOW:
+        if fraction_lost < LOSS_LOW and not delayed:
             self._increase(now)
-            return
-        self._last_increase = now  # held or decreased: growth restarts from here
+        else:
+            self._last_increase = now  # held or decreased: growth restarts from here
+        logger.debug(
+            "report: loss %.2f, round trip %s ms (queue %.0f ms), sent %d, loss-based %d,"
+            " REMB %s: estimate %d bit/s",
+            fraction_lost,
+            "?" if rtt is None else f"{rtt * 1000:.0f}",
+            self.queue_delay * 1000,
+            sent,
+            self.loss_based,
+            self.remb,
+            self.estimate,
+        )
 
     def _decrease(self, bitrate: float, now: float, why: str) -> None:
         bitrate = max(float(self.minimum), bitrate)

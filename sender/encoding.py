@@ -41,7 +41,7 @@ BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more
 KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyframe
 UP_INTERVAL = 2.0  # seconds between two bitrate changes up (each costs a keyframe)
 UP_STEP = 1.25  # at most this much more bitrate per step up
-DOWN_HOLD = 5.0  # seconds after a decrease before going up again
+DOWN_HOLD = 3.0  # seconds after a decrease before going up again
 CEILING_FRACTION = 0.95  # the first step up after a decrease: at most this much of the
 # bitrate that was decreased from
 DOWN_NOW = 0.7  # a target below this share of the bitrate (or congestion) is followed...
@@ -87,6 +87,9 @@ class CodecProfile:
                 "cpu-used": "-6",
                 "deadline": "realtime",
                 "lag-in-frames": "0",
+                # A keyframe at most 3 frames' worth of bits (libwebrtc: 3-9): a larger one
+                # is a burst that a narrow link queues, and that REMB reads as overuse.
+                "max-intra-rate": "300",
                 "minrate": str(bitrate),
                 "maxrate": str(bitrate),
                 "noise-sensitivity": "4",
@@ -143,6 +146,7 @@ class EncodedTrack(MediaStreamTrack):
         self.choice: tiers.TierChoice | None = None  # the tier it should be on
         self.tier: str | None = None  # the tier whose packets it gets (None: not yet)
         self.tier_changes = 0
+        self.name = ""  # for the logs: the session id, set by the session registry
         self.packets_dropped = 0
         self.packets_sent = 0
 
@@ -390,8 +394,8 @@ class SharedEncoder:
                 encoder.keyframe_wanted = True
 
     def _place(self, track: EncodedTrack, now: float) -> None:
-        """Give a viewer its start estimate and first tier (``sender.tiers``); it starts
-        receiving at that tier's next keyframe."""
+        """Give a viewer its first tier (``sender.tiers``); it starts receiving at that
+        tier's next keyframe."""
         assert self.ladder is not None
         full = self._tiers.get(tiers.FULL)
         running = 0
@@ -410,10 +414,16 @@ class SharedEncoder:
             if track.choice is None:
                 continue
             before = track.choice.tier
-            after = track.choice.update(track.estimate, now, track.estimator.informed)
+            after = track.choice.update(
+                track.estimate,
+                now,
+                track.estimator.informed,
+                track.estimator.congested(now, tiers.CONGESTION_EVIDENCE),
+            )
             if after != before:
                 logger.info(
-                    "viewer moves from the %s to the %s %s tier (estimate %d bit/s)",
+                    "viewer %s moves from the %s to the %s %s tier (estimate %d bit/s)",
+                    track.name,
                     before,
                     after,
                     self.profile.name,
@@ -477,6 +487,10 @@ class SharedEncoder:
                     self._count(job, encoded, seconds)
                     packets[job.tier.name] = encoded
                 self._deliver(packets)
+        except Exception:
+            # Its viewers' video ends (below); say why, once, rather than silently.
+            logger.exception("the %s encoder failed", self.profile.name)
+            raise
         finally:
             for viewer in list(self._viewers):
                 viewer.offer(None)

@@ -203,6 +203,7 @@ class Sessions:
             await pc.setLocalDescription(await pc.createAnswer())
             session.codec = _sending_codec(pc.localDescription.sdp)
             session.track = track = self.encoders.subscribe(session.codec)
+            track.name = session.id
             transceiver.sender.replaceTrack(track)
             rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
         except Exception as exc:

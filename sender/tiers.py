@@ -14,7 +14,9 @@ Each codec has two tiers, encoded from the same captured frames:
 1.25 x ``down`` (864 and 288 kbit/s). Each viewer's estimate (``sender.congestion``: its
 REMB, capped further by the loss and round-trip times in its receiver reports) moves it:
 
-- from full to reduced as soon as the estimate is below ``down``;
+- from full to reduced as soon as the estimate is below ``down`` and the viewer has shown
+  loss or a queue in its receiver reports within ``CONGESTION_EVIDENCE`` (3 s): a low
+  REMB alone follows what the encoder sends while it ramps up, and is no reason;
 - from reduced to full once the estimate has stayed at or above ``up`` for ``UP_HOLD``
   (2 s) and the viewer has been on the reduced tier for ``MIN_DWELL`` (4 s);
 - a new viewer's estimate is 300 kbit/s (as Chrome starts) until its own feedback comes
@@ -51,6 +53,7 @@ START_BITRATE = 300_000  # the least a new viewer's estimate starts at (as Chrom
 REDUCED_MIN_WIDTH = 320
 UP_HOLD = 2.0  # seconds the estimate must stay at or above ``up`` before moving up
 MIN_DWELL = 4.0  # seconds on the reduced tier before moving up again
+CONGESTION_EVIDENCE = 3.0  # seconds loss or a queue counts as a reason to move down
 
 
 @dataclass(frozen=True)
@@ -134,14 +137,18 @@ class TierChoice:
         self.changed_at = now
         self._up_since: float | None = None
 
-    def update(self, estimate: int, now: float, informed: bool = True) -> str:
+    def update(
+        self, estimate: int, now: float, informed: bool = True, congested: bool = True
+    ) -> str:
         """The tier for this ``estimate`` at ``now`` (monotonic seconds); ``informed``:
         whether the estimate rests on the viewer's own feedback yet (a start estimate
-        never moves a viewer up)."""
+        never moves a viewer up); ``congested``: whether its link showed loss or a queue
+        lately (a low REMB alone, which follows what the encoder sends while it ramps up,
+        never moves a viewer down)."""
         if self.ladder.full is self.ladder.reduced:
             return self.tier
         if self.tier == FULL:
-            if estimate < self.ladder.down:
+            if estimate < self.ladder.down and congested:
                 self._move(REDUCED, now)
         elif estimate >= self.ladder.up and informed:
             if self._up_since is None:

@@ -93,6 +93,21 @@ def test_before_any_feedback_the_start_bitrate() -> None:
     assert abs(estimator.estimate - 400_000) < 400_000 * 0.01
 
 
+def test_a_peer_without_remb_gets_the_loss_based_estimate() -> None:
+    """Receiver reports but no REMB (not every WHEP client sends one): after NO_REMB
+    seconds the estimate grows from the start bitrate by GCC's loss rule alone."""
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    for second in range(int(congestion.NO_REMB)):
+        feed(estimator, report(0.0), 0.01, now=float(second))
+        assert estimator.estimate == 300_000 and not estimator.informed
+    feed(estimator, report(0.0), 0.01, now=congestion.NO_REMB)
+    assert estimator.informed and estimator.estimate == 300_000
+    feed(estimator, report(0.0), 0.01, now=congestion.NO_REMB + 1)
+    assert estimator.estimate == pytest.approx(300_000 * congestion.INCREASE_PER_SECOND, rel=0.01)
+    estimator.on_remb(remb(250_000))  # a REMB after all: the cap again
+    assert estimator.estimate == pytest.approx(250_000, rel=0.01)
+
+
 def test_heavy_loss_cuts_to_what_was_sent_less_half_the_loss() -> None:
     estimator = BandwidthEstimator(300_000, 100_000, MAX)
     estimator.on_remb(remb(MAX))

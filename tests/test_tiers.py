@@ -89,6 +89,8 @@ def test_hysteresis() -> None:
     choice = TierChoice(hd, now=0.0)
     assert choice.tier == FULL
     assert choice.update(hd.down, now=1.0) == FULL  # at the threshold: stays
+    # Below it without loss or a queue (a REMB still catching up): stays.
+    assert choice.update(hd.down // 2, now=1.5, congested=False) == FULL
     assert choice.update(hd.down - 1, now=2.0) == REDUCED  # below: down at once
     # Back above ``down`` but below ``up``: stays down, however long.
     assert choice.update(hd.up - 1, now=30.0) == REDUCED
