@@ -155,10 +155,9 @@ class BandwidthEstimator:
             if now - self._last_loss_decrease >= interval:
                 self._decrease(sent * (1 - 0.5 * fraction_lost), now, "loss")
                 self._last_loss_decrease = now
-        elif delayed:
-            if now - self._last_delay_decrease >= DELAY_HOLD:
-                self._decrease(sent * DELAY_DECREASE, now, "queue delay")
-                self._last_delay_decrease = now
+        elif delayed and now - self._last_delay_decrease >= DELAY_HOLD:
+            self._decrease(sent * DELAY_DECREASE, now, "queue delay")
+            self._last_delay_decrease = now
         if fraction_lost < LOSS_LOW and not delayed:
             self._increase(now)
         else:
