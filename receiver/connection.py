@@ -25,7 +25,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from common import aiortc_ext
-from common.aiortc_ext import ice_rtt, jitterbuffer, passthrough, streams
+from common.aiortc_ext import ice_rtt, jitterbuffer, passthrough, remb_rtt, streams
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
 from common.turn_check import turn_failure
 
@@ -178,6 +178,8 @@ class Connection:
             rtt = await ice_rtt.measure(self.pc)
             if rtt is not None:
                 self.stats.rtt_ms.append(rtt * 1000)
+                if self._receiver is not None:
+                    remb_rtt.update(self._receiver, rtt)  # its REMB grows per round trip
             await asyncio.sleep(RTT_INTERVAL_SECONDS)
 
     def _read_transport_stats(self) -> None:

@@ -23,7 +23,7 @@ from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from OpenSSL import SSL
 
-from common.aiortc_ext import dtls_ciphers, jitterbuffer, relay_pairs, rtcp_feedback
+from common.aiortc_ext import dtls_ciphers, jitterbuffer, relay_pairs, remb_rtt, rtcp_feedback
 from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
 from common.aiortc_ext.passthrough import TapQueue
 from receiver import Receiver
@@ -32,6 +32,7 @@ from .helpers import wait_until
 
 PLAIN = RTCConfiguration(iceServers=[])  # offline: no implicit STUN server
 FRAMES = 10
+STOCK_REMB_RTT_MS = 200  # aiortc.rate.AimdRateControl assumes this round trip
 
 
 def cipher_names(certificate: RTCCertificate) -> list[str]:
@@ -123,6 +124,13 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert cipher_names(certificate(our_pc)) == list(dtls_ciphers.CIPHERS)
             session_senders = [s.pc.getSenders()[0] for s in sender.sessions.live()]
             assert sum(rtcp_feedback.applied(s) for s in session_senders) == 2
+            # Our REMB estimator works with the round trip measured (ICE), not 200 ms.
+            stats = ours.connection.stats
+            await wait_until(lambda: bool(stats.rtt_ms), what="a round trip measured")
+            assert remb_rtt.rtt_ms(our_receiver) == max(
+                remb_rtt.MIN_RTT_MS, round(stats.rtt_ms[-1])
+            )
+            assert remb_rtt.rtt_ms(our_receiver) != STOCK_REMB_RTT_MS
 
             # Plain: stock aiortc in every respect we change.
             for pc in (plain_sending, plain_receiving, viewer):
@@ -134,6 +142,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
                 assert type(jitter_buffer(receiver)) is JitterBuffer
                 assert not jitterbuffer.applied(receiver)
                 assert type(receiver._RTCRtpReceiver__decoder_queue) is queue.Queue  # type: ignore[attr-defined]  # aiortc's private queue
+                assert remb_rtt.rtt_ms(receiver) == STOCK_REMB_RTT_MS
             plain_sender = plain_sending.getSenders()[0]
             assert not rtcp_feedback.applied(plain_sender)
             # ... and its RTCP handling is aiortc's: a PLI forces its own encoder's keyframe.
