@@ -29,8 +29,8 @@ def update(receiver: RTCRtpReceiver, rtt: float) -> None:
         return
     if not isinstance(estimator, RemoteBitrateEstimator):
         raise RuntimeError(f"aiortc's REMB estimator is a {type(estimator).__name__} now")
-    control = estimator.rate_control
-    if not isinstance(control, AimdRateControl) or not hasattr(control, "rtt"):
+    control: object = getattr(estimator, "rate_control", None)
+    if not isinstance(control, AimdRateControl) or not isinstance(control.rtt, int):
         raise RuntimeError("aiortc's AimdRateControl no longer has an rtt to set")
     control.rtt = max(MIN_RTT_MS, round(rtt * 1000))
 
@@ -40,5 +40,4 @@ def rtt_ms(receiver: RTCRtpReceiver) -> int | None:
     estimator = aiortc_ext.private(receiver, RTCRtpReceiver, "remote_bitrate_estimator")
     if not isinstance(estimator, RemoteBitrateEstimator):
         return None
-    rtt = estimator.rate_control.rtt
-    return rtt if isinstance(rtt, int) else None
+    return estimator.rate_control.rtt
