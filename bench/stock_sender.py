@@ -2,8 +2,12 @@
 
 Each viewer gets ``MediaRelay().subscribe(source)`` and so its own encoder; the JSON
 ``/offer`` endpoint answers with aiortc's defaults (explicit empty ICE servers, so that
-neither side waits on STUN). The source is our fake camera, so both senders capture the
-same pictures at the same cost.
+neither side waits on STUN). The source is our fake camera (``--source testsrc`` or
+``scene``), so both senders capture the same pictures at the same cost.
+
+Stock aiortc has no fixed bitrate: its encoders follow the viewer's REMB. ``--bitrate``
+pins each encoder at one (``PinnedEncoder``), so that a picture-quality comparison with
+our sender's ``--bitrate`` compares the same number of bits.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from typing import Any
 
+import aiortc.rtcrtpsender
 import av
 from aiohttp import web
 from aiortc import (
@@ -23,19 +29,52 @@ from aiortc import (
 )
 from aiortc.contrib.media import MediaRelay
 
-from common.cli import size, stop_on_signals
-from sender.sources import TestPattern
+from common.cli import positive, size, stop_on_signals
+from sender import sources
 
 
 class CameraTrack(MediaStreamTrack):
     kind = "video"
 
-    def __init__(self, width: int, height: int, fps: float) -> None:
+    def __init__(self, source: sources.Source) -> None:
         super().__init__()
-        self._pattern = TestPattern(width, height, fps)
+        self._source = source
 
     async def recv(self) -> av.VideoFrame:
-        return await self._pattern.read()
+        return await self._source.read()
+
+
+class PinnedEncoder:
+    """One of aiortc's encoders held at a fixed bitrate: REMB's updates are ignored."""
+
+    def __init__(self, encoder: Any, bitrate: int) -> None:
+        encoder.target_bitrate = bitrate  # within aiortc's limits for the codec
+        self._encoder = encoder
+
+    def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> Any:
+        return self._encoder.encode(frame, force_keyframe)
+
+    def pack(self, packet: av.Packet) -> Any:
+        return self._encoder.pack(packet)
+
+    @property
+    def target_bitrate(self) -> int:
+        return int(self._encoder.target_bitrate)
+
+    @target_bitrate.setter
+    def target_bitrate(self, bitrate: int) -> None:
+        pass  # a REMB: ignored
+
+
+def pin_bitrate(bitrate: int) -> None:
+    """Make every video encoder aiortc's RTCRtpSender creates a ``PinnedEncoder``."""
+    make = aiortc.rtcrtpsender.get_encoder
+
+    def pinned(codec: Any) -> Any:
+        encoder = make(codec)
+        return PinnedEncoder(encoder, bitrate) if codec.mimeType.startswith("video/") else encoder
+
+    aiortc.rtcrtpsender.get_encoder = pinned
 
 
 def force_codec(pc: RTCPeerConnection, sender: RTCRtpSender, forced: str) -> None:
@@ -46,7 +85,9 @@ def force_codec(pc: RTCPeerConnection, sender: RTCRtpSender, forced: str) -> Non
     transceiver.setCodecPreferences([c for c in codecs if c.mimeType == forced])
 
 
-def make_app(width: int, height: int, fps: float, codec: str) -> web.Application:
+def make_app(
+    spec: sources.SourceSpec, width: int, height: int, fps: float, codec: str
+) -> web.Application:
     relay = MediaRelay()
     camera: CameraTrack | None = None
     peers: set[RTCPeerConnection] = set()
@@ -55,7 +96,9 @@ def make_app(width: int, height: int, fps: float, codec: str) -> web.Application
         nonlocal camera
         params = await request.json()
         if camera is None:  # opened with the first viewer, as in aiortc's webcam example
-            camera = CameraTrack(width, height, fps)
+            # No await before it is set: viewers offering at once share one camera. The
+            # fake cameras need no opening (``choose()`` made the scene already).
+            camera = CameraTrack(sources.create(spec, width, height, fps))
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         peers.add(pc)
 
@@ -81,7 +124,10 @@ def make_app(width: int, height: int, fps: float, codec: str) -> web.Application
 
 
 async def serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(make_app(*args.size, args.fps, args.codec), shutdown_timeout=1.0)
+    if args.bitrate:
+        pin_bitrate(args.bitrate)
+    spec = await sources.choose(args.source, *args.size, args.fps)  # makes the scene now
+    runner = web.AppRunner(make_app(spec, *args.size, args.fps, args.codec), shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     print(f"stock-sender: serving on http://{args.host}:{runner.addresses[0][1]}/", flush=True)
@@ -93,9 +139,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--source", choices=sorted(sources.SYNTHETIC), default="testsrc")
     parser.add_argument("--size", type=size, default=(640, 480))
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    parser.add_argument(
+        "--bitrate", type=positive(int), metavar="BPS", help="fixed bitrate (default: REMB)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()

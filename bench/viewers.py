@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import aiortc.rtcrtpreceiver
@@ -89,33 +92,74 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def latency(url: str, impl: str, seconds: float) -> dict:
+@dataclass(frozen=True)
+class Watched:
+    """One viewing: when the first frame came, and what arrived after it."""
+
+    first_frame: float  # seconds from the start, connection included
+    seconds: float  # from the first frame to the last
+    bitrate: float  # bits/s received over the transport in that time (RTP and RTCP)
+
+
+async def _track_frames(track: MediaStreamTrack) -> AsyncIterator[av.VideoFrame]:
+    while True:
+        frame = await track.recv()
+        assert isinstance(frame, av.VideoFrame)  # a video track's recv()
+        yield frame
+
+
+async def _bytes_received(pc: RTCPeerConnection) -> int:
+    reports = (await pc.getStats()).values()
+    return sum(r.bytesReceived for r in reports if r.type == "transport")
+
+
+async def watch(
+    url: str, impl: str, seconds: float, on_frame: Callable[[av.VideoFrame], None]
+) -> Watched:
+    """Decode ``url``'s video until ``seconds`` after the first frame, each frame to
+    ``on_frame``: ``project`` with our Receiver (WHEP, low-latency jitter buffer), ``stock``
+    with a plain aiortc RTCPeerConnection with aiortc's defaults."""
     started = time.monotonic()
+    first_frame: float | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        if impl == "project":
+            rx = await stack.enter_async_context(Receiver(url, connect_timeout=30))
+            frames = rx.frames()
+
+            def pc() -> RTCPeerConnection:
+                assert rx.connection is not None
+                return rx.connection.pc
+        else:
+            viewer = PlainViewer(url)
+            stack.push_async_callback(viewer.close)
+            frames = _track_frames(await viewer.connect())
+
+            def pc() -> RTCPeerConnection:
+                return viewer.pc
+
+        async for frame in frames:
+            if first_frame is None:
+                first_frame = time.monotonic() - started
+                first_bytes = await _bytes_received(pc())
+            on_frame(frame)
+            if time.monotonic() - started - first_frame >= seconds:
+                break
+        assert first_frame is not None, "the video ended before its first frame"
+        elapsed = time.monotonic() - started - first_frame
+        received = await _bytes_received(pc()) - first_bytes
+    return Watched(first_frame, elapsed, received * 8 / elapsed if elapsed > 0 else 0.0)
+
+
+async def latency(url: str, impl: str, seconds: float) -> dict:
     samples: list[float] = []
-    first_frame = None
-    if impl == "project":
-        async with Receiver(url, connect_timeout=30) as rx:
-            async for frame in rx.frames():
-                first_frame = first_frame or time.monotonic() - started
-                if (found := read_stamp(frame)) is not None:
-                    samples.append(stamp.age_us(found) / 1000)
-                if time.monotonic() - started - first_frame >= seconds:
-                    break
-    else:
-        viewer = PlainViewer(url)
-        try:
-            track = await viewer.connect()
-            while True:
-                frame = await track.recv()
-                first_frame = first_frame or time.monotonic() - started
-                if (found := read_stamp(frame)) is not None:
-                    samples.append(stamp.age_us(found) / 1000)
-                if time.monotonic() - started - first_frame >= seconds:
-                    break
-        finally:
-            await viewer.close()
+
+    def on_frame(frame: av.VideoFrame) -> None:
+        if (found := read_stamp(frame)) is not None:
+            samples.append(stamp.age_us(found) / 1000)
+
+    watched = await watch(url, impl, seconds, on_frame)
     return {
-        "first_frame_ms": round(first_frame * 1000, 1),
+        "first_frame_ms": round(watched.first_frame * 1000, 1),
         "latency_p50_ms": round(percentile(samples, 50), 2),
         "latency_p95_ms": round(percentile(samples, 95), 2),
         "frames": len(samples),

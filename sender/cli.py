@@ -34,7 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--source",
         default="auto",
-        help="auto (default camera, else the fake camera), testsrc, /dev/videoN, "
+        help="auto (default camera, else the fake camera), testsrc (the fake camera's flat "
+        "pattern), scene (a camera-like fake camera: landscape, pan, noise), /dev/videoN, "
         "avfoundation:NAME, dshow:NAME, or a video file (looped)",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")

@@ -22,6 +22,8 @@ import numpy as np
 
 from common import stamp
 
+from . import scene
+
 logger = logging.getLogger(__name__)
 
 PIXEL_FORMAT = "yuv420p"
@@ -37,12 +39,14 @@ class SourceError(Exception):
 class SourceSpec:
     """What ``--source`` names, resolved: how to open it, not yet opened."""
 
-    kind: str  # "testsrc", "device" or "file"
+    kind: str  # "testsrc", "scene", "device" or "file"
     url: str = ""
     format: str | None = None
 
     def describe(self) -> str:
-        return "fake camera (testsrc)" if self.kind == "testsrc" else f"{self.kind} {self.url}"
+        if self.kind in SYNTHETIC:
+            return f"fake camera ({self.kind})"
+        return f"{self.kind} {self.url}"
 
 
 class Source(ABC):
@@ -76,26 +80,25 @@ class Source(ABC):
         return frame
 
 
-class TestPattern(Source):
-    """The fake camera: a moving pattern (so encoders do real work) and the frame stamp."""
-
-    __test__ = False  # not a pytest class
+class Synthetic(Source):
+    """A fake camera: frame n is drawn from n alone (``render``), paced to the frame
+    rate, and carries the frame stamp."""
 
     def __init__(self, width: int, height: int, fps: float) -> None:
         super().__init__(width, height, fps)
         stamp.cell_size(width)  # fails early on widths the stamp cannot carry
-        x = np.arange(width * 2, dtype=np.uint32)
-        y = np.arange(height, dtype=np.uint32)
-        # Diagonal bands in luma, scrolled each frame; slow colour gradients in chroma.
-        self._luma = ((x[None, :] + y[:, None]) * 2 % 256).astype(np.uint8)
-        cw, ch = width // 2, height // 2
-        self._chroma = np.concatenate(
-            [
-                np.tile(64 + np.arange(cw * 2, dtype=np.uint32) * 128 // (cw * 2), (ch, 1)),
-                np.tile(64 + np.arange(ch, dtype=np.uint32)[:, None] * 128 // ch, (1, cw * 2)),
-            ]
-        ).astype(np.uint8)
         self._sequence = 0
+
+    @abstractmethod
+    def render_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        """Write frame ``sequence``, without the stamp, into its planes (views whose rows
+        may be padded)."""
+
+    def render(self, sequence: int) -> np.ndarray:
+        """Frame ``sequence`` as one flat yuv420p buffer, without the stamp."""
+        image = np.empty(self.width * self.height * 3 // 2, np.uint8)
+        self.render_into(sequence, *scene.planes(image, self.width, self.height))
+        return image
 
     async def read(self) -> av.VideoFrame:
         due = self._started + self._sequence / self.fps
@@ -109,24 +112,72 @@ class TestPattern(Source):
         return frame
 
     def _draw(self, sequence: int) -> av.VideoFrame:
+        """Frame ``sequence``, drawn straight into a video frame's buffers, stamped."""
+        frame = av.VideoFrame(self.width, self.height, PIXEL_FORMAT)
+        luma, u, v = (
+            np.frombuffer(memoryview(p), np.uint8).reshape(-1, p.line_size)[: p.height, : p.width]
+            for p in frame.planes
+        )
+        self.render_into(sequence, luma, u, v)
+        # Neutral chroma under the stamp, so its cells are true white and black.
+        s = stamp.cell_size(self.width)
+        u[:s] = v[:s] = 128
+        stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
+        return self._stamp_time(frame)
+
+
+class TestPattern(Synthetic):
+    """The flat fake camera: scrolling bands and a moving box (so encoders do real work)."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        super().__init__(width, height, fps)
+        x = np.arange(width * 2, dtype=np.uint32)
+        y = np.arange(height, dtype=np.uint32)
+        # Diagonal bands in luma, scrolled each frame; slow colour gradients in chroma.
+        self._luma = ((x[None, :] + y[:, None]) * 2 % 256).astype(np.uint8)
+        cw, ch = width // 2, height // 2
+        self._chroma = np.concatenate(
+            [
+                np.tile(64 + np.arange(cw * 2, dtype=np.uint32) * 128 // (cw * 2), (ch, 1)),
+                np.tile(64 + np.arange(ch, dtype=np.uint32)[:, None] * 128 // ch, (1, cw * 2)),
+            ]
+        ).astype(np.uint8)
+
+    def render_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
         w, h = self.width, self.height
         cw, ch = w // 2, h // 2
-        image = np.empty(w * h + 2 * cw * ch, dtype=np.uint8)
-        luma = image[: w * h].reshape(h, w)
         shift = (sequence * 4) % w
         luma[:] = self._luma[:, shift : shift + w]
         box = h // 4
         left = (sequence * 6) % max(1, w - box)
         luma[h // 2 : h // 2 + box, left : left + box] = 235
-        chroma = image[w * h :].reshape(2, ch, cw)
         offset = sequence % cw
-        chroma[0] = self._chroma[:ch, offset : offset + cw]
-        chroma[1] = self._chroma[ch:, offset : offset + cw]
-        # Neutral chroma under the stamp, so its cells are true white and black.
-        chroma[:, : stamp.cell_size(w)] = 128
-        stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
-        frame = av.VideoFrame.from_ndarray(image.reshape(-1, w), format=PIXEL_FORMAT)
-        return self._stamp_time(frame)
+        u[:] = self._chroma[:ch, offset : offset + cw]
+        v[:] = self._chroma[ch:, offset : offset + cw]
+
+
+class SceneCamera(Synthetic):
+    """The camera-like fake camera: a landscape panned across, a car, sensor noise
+    (``sender.scene``)."""
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        super().__init__(width, height, fps)
+        self._scene: scene.Scene | None = None
+
+    async def open(self) -> None:
+        # Made once per process and size (a second or two at 1080p): not on the loop.
+        self._scene = await asyncio.to_thread(scene.shared, self.width, self.height)
+
+    def render_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        if self._scene is None:  # not opened: made here (at once when choose() made it)
+            self._scene = scene.shared(self.width, self.height)
+        self._scene.render_into(sequence, luma, u, v)
+
+
+# The fake cameras, by their ``--source`` names.
+SYNTHETIC: dict[str, type[Synthetic]] = {"testsrc": TestPattern, "scene": SceneCamera}
 
 
 class AvSource(Source):
@@ -224,12 +275,12 @@ def default_camera() -> SourceSpec | None:
 def resolve(source: str) -> SourceSpec:
     """Turn ``--source`` into a spec, without opening anything.
 
-    ``testsrc``; ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
+    ``testsrc`` or ``scene`` (the fake cameras); ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
     ``v4l2:PATH``; otherwise a video file path (or a URL PyAV can open). ``auto`` is not
     resolved here: ``choose()`` tries the default camera and falls back to ``testsrc``.
     """
-    if source == "testsrc":
-        return SourceSpec("testsrc")
+    if source in SYNTHETIC:
+        return SourceSpec(source)
     if source == "auto":
         raise ValueError("resolve 'auto' with choose() instead")
     prefix, sep, rest = source.partition(":")
@@ -245,8 +296,8 @@ def resolve(source: str) -> SourceSpec:
 
 
 def create(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
-    if spec.kind == "testsrc":
-        return TestPattern(width, height, fps)
+    if spec.kind in SYNTHETIC:
+        return SYNTHETIC[spec.kind](width, height, fps)
     return AvSource(spec, width, height, fps)
 
 
@@ -282,8 +333,10 @@ async def choose(name: str, width: int, height: int, fps: float) -> SourceSpec:
         spec = SourceSpec("testsrc")
     else:
         spec = resolve(name)
-    if spec.kind == "testsrc":
+    if spec.kind in SYNTHETIC:
         stamp.cell_size(width)  # the fake camera's stamp needs the width: refuse it now
+        if spec.kind == "scene":  # made now, so that the first viewer does not wait for it
+            await asyncio.to_thread(scene.shared, width, height)
         return spec
     await probe(spec, width, height, fps)
     return spec

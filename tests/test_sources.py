@@ -86,6 +86,7 @@ def test_auto_falls_back_to_the_fake_camera_with_a_warning(sender_process) -> No
     ("args", "message"),
     [
         (["--source", "testsrc", "--size", "100x100"], "at least 320"),
+        (["--source", "scene", "--size", "100x100"], "at least 320"),
         (["--size", "10x10"], "at least 320"),  # auto falling back to the fake camera too
         (["--source", "testsrc", "--size", "big"], "WIDTHxHEIGHT"),
         (["--source", "testsrc", "--ice-server", "stun"], "ICE server"),
