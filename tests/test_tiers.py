@@ -170,6 +170,34 @@ def test_the_first_step_after_a_decrease_stops_below_what_failed() -> None:
     assert encoder.next_bitrate(20.0 + encoding.UP_INTERVAL) == int(step * encoding.UP_STEP)
 
 
+def test_steps_up_that_keep_failing_wait_longer() -> None:
+    """Behind a narrow link every failed step up costs two keyframes: the hold after a
+    decrease doubles while steps fail, and is short again after a step that held."""
+    encoder = encoder_at(300_000, 200_000, now=0.0)
+    now = 10.0
+    holds = []
+    for failing in (True, True, True, False, True):
+        encoder.target_bitrate = 200_000
+        assert encoder.next_bitrate(now, urgent=True) is None  # loss: down
+        assert encoder.next_bitrate(now + encoding.DOWN_SETTLE, urgent=True) == 200_000
+        now += encoding.DOWN_SETTLE
+        holds.append(encoder.hold)
+        encoder.codec = PROFILES["vp8"].create(640, 360, 200_000, 30)
+        encoder.last_rebuild = now
+        encoder.target_bitrate = 400_000  # REMB back up
+        waited = 0.0
+        while encoder.next_bitrate(now + waited) is None:
+            waited += 0.5
+            assert waited < 60
+        now += waited  # stepped up (to 95% of 300k)...
+        encoder.codec = PROFILES["vp8"].create(640, 360, 285_000, 30)
+        encoder.last_rebuild = now
+        # ...and failed a second later, or held for longer than STEP_FAILED_WITHIN.
+        now += 1.0 if failing else encoding.STEP_FAILED_WITHIN + 1.0
+    hold, longer = encoding.DOWN_HOLD, encoding.DOWN_HOLD_MAX
+    assert holds == [hold, longer, longer, longer, hold]
+
+
 # -- real viewers on 127.0.0.1 ----------------------------------------------------------
 
 
