@@ -54,10 +54,12 @@ test: setup
 	$(typecheck)
 	$(BIN)/python -m pytest
 
-# Side by side against stock aiortc; the table goes to docs/performance.md.
+# Side by side against stock aiortc, 3 interleaved repetitions (about an hour): every
+# figure to docs/performance.json, the tables made from it into docs/performance.md
+# (between its bench:begin/end markers). Remake the tables alone:
+#   python -m bench.run --from-json docs/performance.json --markdown docs/performance.md
 bench: setup
-	@mkdir -p out
-	$(BIN)/python -m bench.run --json out/bench.json
+	$(BIN)/python -m bench.run --json docs/performance.json --markdown docs/performance.md
 
 # The same comparison across two network namespaces, under loss and behind narrow links
 # (root, ip, nft and tc; otherwise it says why and skips): the table goes to docs/networks.md.

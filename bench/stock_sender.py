@@ -114,11 +114,22 @@ def make_app(
         await pc.setLocalDescription(await pc.createAnswer())
         return web.json_response({"sdp": pc.localDescription.sdp, "type": "answer"})
 
+    async def healthz(request: web.Request) -> web.Response:
+        """For the benchmark's record only: each viewer's encoder bitrate, as aiortc's
+        REMB handling set it (it keeps the encoder private; reading it changes nothing)."""
+        bitrates = []
+        for pc in peers:
+            for sender in pc.getSenders():
+                encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+                bitrates.append(getattr(encoder, "target_bitrate", None))
+        return web.json_response({"status": "ok", "viewers": len(peers), "bitrates": bitrates})
+
     async def closing(app: web.Application) -> None:
         await asyncio.gather(*(pc.close() for pc in list(peers)))
 
     app = web.Application()
     app.router.add_post("/offer", offer)
+    app.router.add_get("/healthz", healthz)
     app.on_shutdown.append(closing)
     return app
 

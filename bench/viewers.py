@@ -5,6 +5,15 @@ jitter buffer), ``stock`` a plain aiortc RTCPeerConnection with aiortc's default
 ``load``: N viewers that count complete frames without decoding them, while the
 sender's CPU time is read from /proc. ``cycles``: connect, get a frame, leave, K times,
 reading the sender's resident memory. Prints one JSON object on stdout.
+
+``latency`` and ``load`` wait until the sender has *settled* (at most ``--settle``
+seconds): our sender starts a new viewer above 640x480 on its reduced tier (half the
+size) and moves it up once its bandwidth estimate allows (10-20 s on loopback), and
+measuring before that would time a smaller picture. ``latency`` waits for the first
+decoded frame of the full ``--size``; ``load`` polls the sender's /healthz until every
+viewer is on the full tier (the stock sender has no tiers: settled at once). Each result
+says how long that took and whether it happened, and what the sender was encoding at the
+end (our tiers' sizes and bitrates; the stock sender's per-viewer encoder bitrates).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import aiortc.rtcrtpreceiver
@@ -26,6 +36,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from common import stamp
+from common.cli import size as parse_size
 from receiver import Receiver
 from receiver.stats import read_stamp
 
@@ -94,11 +105,16 @@ def percentile(values: list[float], q: float) -> float | None:
 
 @dataclass(frozen=True)
 class Watched:
-    """One viewing: when the first frame came, and what arrived after it."""
+    """One viewing: when the first frame came, and what arrived after it (after the
+    first full-size frame, when ``watch()`` was given a size)."""
 
     first_frame: float  # seconds from the start, connection included
-    seconds: float  # from the first frame to the last
+    seconds: float  # from the first (full-size) frame to the last
     bitrate: float  # bits/s received over the transport in that time (RTP and RTCP)
+    settle: float = 0.0  # seconds from the first frame to the first full-size one
+    settled: bool = True  # False: no full-size frame within ``settle``; measured anyway
+    frame_size: str = ""  # WxH of the last frame
+    encoding: Any = None  # what the sender was encoding at the end (``encoding()``)
 
 
 async def _track_frames(track: MediaStreamTrack) -> AsyncIterator[av.VideoFrame]:
@@ -114,13 +130,22 @@ async def _bytes_received(pc: RTCPeerConnection) -> int:
 
 
 async def watch(
-    url: str, impl: str, seconds: float, on_frame: Callable[[av.VideoFrame], None]
+    url: str,
+    impl: str,
+    seconds: float,
+    on_frame: Callable[[av.VideoFrame], None],
+    size: tuple[int, int] | None = None,
+    settle: float = 0.0,
 ) -> Watched:
     """Decode ``url``'s video until ``seconds`` after the first frame, each frame to
     ``on_frame``: ``project`` with our Receiver (WHEP, low-latency jitter buffer), ``stock``
-    with a plain aiortc RTCPeerConnection with aiortc's defaults."""
+    with a plain aiortc RTCPeerConnection with aiortc's defaults. With ``size``, frames
+    before the first one of that size (within ``settle`` s of the first frame) are
+    skipped, and the ``seconds`` count from that one."""
     started = time.monotonic()
     first_frame: float | None = None
+    measuring: float | None = None  # since when (from the start)
+    shape = ""
     async with contextlib.AsyncExitStack() as stack:
         if impl == "project":
             rx = await stack.enter_async_context(Receiver(url, connect_timeout=30))
@@ -138,35 +163,109 @@ async def watch(
                 return viewer.pc
 
         async for frame in frames:
+            now = time.monotonic() - started
             if first_frame is None:
-                first_frame = time.monotonic() - started
+                first_frame = now
+            shape = f"{frame.width}x{frame.height}"
+            if measuring is None:
+                right = size is None or (frame.width, frame.height) == size
+                if not right and now - first_frame < settle:
+                    continue
+                measuring, settled = now, right
                 first_bytes = await _bytes_received(pc())
             on_frame(frame)
-            if time.monotonic() - started - first_frame >= seconds:
+            if time.monotonic() - started - measuring >= seconds:
                 break
-        assert first_frame is not None, "the video ended before its first frame"
-        elapsed = time.monotonic() - started - first_frame
+        assert first_frame is not None and measuring is not None, (
+            "the video ended before its first frame"
+        )
+        elapsed = time.monotonic() - started - measuring
         received = await _bytes_received(pc()) - first_bytes
-    return Watched(first_frame, elapsed, received * 8 / elapsed if elapsed > 0 else 0.0)
+        after = await health(url)  # still connected
+    return Watched(
+        first_frame,
+        elapsed,
+        received * 8 / elapsed if elapsed > 0 else 0.0,
+        settle=measuring - first_frame,
+        settled=settled,
+        frame_size=shape,
+        encoding=encoding(after),
+    )
 
 
-async def latency(url: str, impl: str, seconds: float) -> dict:
+async def latency(
+    url: str, impl: str, seconds: float, size: tuple[int, int] | None = None, settle: float = 60.0
+) -> dict[str, Any]:
+    """Frame-stamp latency over ``seconds`` of frames of ``size`` (see ``watch()``)."""
     samples: list[float] = []
 
     def on_frame(frame: av.VideoFrame) -> None:
         if (found := read_stamp(frame)) is not None:
             samples.append(stamp.age_us(found) / 1000)
 
-    watched = await watch(url, impl, seconds, on_frame)
+    watched = await watch(url, impl, seconds, on_frame, size, settle)
     return {
         "first_frame_ms": round(watched.first_frame * 1000, 1),
-        "latency_p50_ms": round(percentile(samples, 50), 2),
-        "latency_p95_ms": round(percentile(samples, 95), 2),
+        "settle_ms": round(watched.settle * 1000, 1),
+        "settled": watched.settled,  # False: measured on a smaller picture
+        "frame_size": watched.frame_size,
+        "latency_p50_ms": rounded(percentile(samples, 50), 2),
+        "latency_p95_ms": rounded(percentile(samples, 95), 2),
         "frames": len(samples),
+        "received_kbps": round(watched.bitrate / 1000, 1),
+        "encoding": watched.encoding,
     }
 
 
-async def load(url: str, viewers: int, seconds: float, warmup: float, pid: int) -> dict:
+def rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+async def health(url: str) -> dict[str, Any] | None:
+    """The sender's /healthz, or None when it has none."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url.rstrip("/") + "/healthz", timeout=aiohttp.ClientTimeout(total=10)) as resp,
+    ):
+        if resp.status == 404:
+            return None
+        resp.raise_for_status()
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+def on_full_tier(body: dict[str, Any] | None, viewers: int) -> bool:
+    """Whether all ``viewers`` are on the full-size tier (always, for a sender without
+    tiers: the stock one)."""
+    if body is None or "viewer_tiers" not in body:
+        return True
+    tiers = body["viewer_tiers"]
+    return len(tiers) >= viewers and all(t.get("tier") == "full" for t in tiers)
+
+
+def encoding(body: dict[str, Any] | None) -> Any:
+    """What the sender was encoding, for the record: our tiers (size, bitrate, viewers)
+    or the stock sender's per-viewer encoder bitrates."""
+    if body is None:
+        return None
+    return body["tiers"] if "tiers" in body else {"bitrates": body.get("bitrates")}
+
+
+async def settle_load(url: str, viewers: int, limit: float) -> tuple[float, bool]:
+    """Wait (at most ``limit`` s) until every viewer is on the full tier: the time it
+    took and whether it happened."""
+    started = time.monotonic()
+    while True:
+        if on_full_tier(await health(url), viewers):
+            return time.monotonic() - started, True
+        if time.monotonic() - started >= limit:
+            return time.monotonic() - started, False
+        await asyncio.sleep(0.5)
+
+
+async def load(
+    url: str, viewers: int, seconds: float, warmup: float, pid: int, settle: float = 60.0
+) -> dict[str, Any]:
     count_without_decoding()
     peers = [PlainViewer(url) for _ in range(viewers)]
     counts = [0] * viewers
@@ -185,12 +284,14 @@ async def load(url: str, viewers: int, seconds: float, warmup: float, pid: int) 
     try:
         tracks = await asyncio.gather(*(p.connect() for p in peers))
         tasks = [asyncio.create_task(watch(i, t)) for i, t in enumerate(tracks)]
+        settle_s, settled = await settle_load(url, viewers, settle)
         await asyncio.sleep(warmup)
         cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
         measuring.set()
         await asyncio.sleep(seconds)
         measuring.clear()
         cpu_end, wall_end = cpu_seconds(pid), time.monotonic()
+        after = await health(url)  # what the sender was encoding at the end
         done.set()
         for task in tasks:
             task.cancel()
@@ -203,10 +304,13 @@ async def load(url: str, viewers: int, seconds: float, warmup: float, pid: int) 
         "sender_cpu": round((cpu_end - cpu_start) / wall, 3),
         "fps_min": round(min(fps), 1),
         "fps_mean": round(statistics.mean(fps), 1),
+        "settle_s": round(settle_s, 1),
+        "settled": settled and on_full_tier(after, viewers),
+        "encoding": encoding(after),
     }
 
 
-async def cycles(url: str, count: int, pid: int) -> dict:
+async def cycles(url: str, count: int, pid: int) -> dict[str, Any]:
     count_without_decoding()
     rss: list[int] = []
     failures = 0
@@ -239,11 +343,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--cycles", type=int, default=200)
     parser.add_argument("--pid", type=int, help="the sender's process id")
+    parser.add_argument("--size", type=parse_size, help="latency: the full picture size, WxH")
+    parser.add_argument(
+        "--settle", type=float, default=60.0, help="at most this long to wait for full size (s)"
+    )
     args = parser.parse_args()
     if args.mode == "latency":
-        result = asyncio.run(latency(args.url, args.impl, args.seconds))
+        result = asyncio.run(latency(args.url, args.impl, args.seconds, args.size, args.settle))
     elif args.mode == "load":
-        result = asyncio.run(load(args.url, args.viewers, args.seconds, args.warmup, args.pid))
+        result = asyncio.run(
+            load(args.url, args.viewers, args.seconds, args.warmup, args.pid, args.settle)
+        )
     else:
         result = asyncio.run(cycles(args.url, args.cycles, args.pid))
     print(json.dumps(result), flush=True)

@@ -1,4 +1,5 @@
-"""The benchmark runs (for a second) so it cannot rot; its numbers are not asserted."""
+"""The benchmark runs (one case, once, a second per measurement) so it cannot rot; its
+numbers are not asserted. Its tables must be made from the JSON it keeps."""
 
 import json
 import math
@@ -7,19 +8,74 @@ import sys
 
 from .helpers import ROOT, child_env
 
+PROSE = "# Performance\n\nHand-written method.\n\n## Results\n\n"
+PROSE_AFTER = "\n\n## Where the gains come from\n\nMore prose.\n"
+OLD_BLOCK = "<!-- bench:begin: old -->\n| old table |\n<!-- bench:end -->"
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.run", *args],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def positive(stat: dict | None) -> bool:
+    return stat is not None and stat["median"] > 0 and stat["n"] >= 1
+
 
 def test_benchmark_smoke(tmp_path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out)],
-        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    doc = tmp_path / "performance.md"
+    doc.write_text(PROSE + OLD_BLOCK + PROSE_AFTER)
+    result = bench("--quick", "--json", str(out), "--markdown", str(doc))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| 640x480 | vp8 |" in result.stdout  # the table
+    assert "| 640x480 | vp8 |" in result.stdout  # the tables, printed too
+    assert not (tmp_path / "bench.json.partial").exists()
+
     results = json.loads(out.read_text())
+    assert results["options"]["repeat"] == 1 and results["options"]["quick"]
+    assert {"aiortc", "av", "ffmpeg", "python"} <= set(results["versions"])
+    assert results["machine"]["cores"] and results["date"]
     (case,) = results["cases"]
+    (run,) = case["runs"]  # one repetition: every figure of it kept
+    assert run["repetition"] == 1 and sorted(run["order"]) == ["project", "stock"]
     for impl in ("stock", "project"):
-        latency = case[impl]["latency"]
+        latency = run[impl]["latency"]
         assert math.isfinite(latency["latency_p50_ms"]) and latency["frames"] > 0
-        assert case[impl]["load"][0]["fps_mean"] > 0
-        assert results["cycles"][impl]["failures"] == 0
+        assert latency["settled"] and latency["frame_size"] == "640x480"
+        assert run[impl]["load"][0]["fps_mean"] > 0
+        assert results["cycles"]["runs"][0][impl]["failures"] == 0
+    assert run["floor"]["floor_ms"] > 0 and run["floor"]["frames"] > 0
+    # The bitrate our sender ran at, read from its /healthz, is the floor's.
+    full = run["project"]["latency"]["encoding"]["vp8"]["full"]
+    assert run["floor"]["bitrate"] == full["bitrate"]
+
+    if results["options"]["source"] == "scene":  # bench/quality.py scores the scene
+        for impl in ("stock", "project"):
+            assert run[impl]["quality"]["psnr_db"] > 0, run[impl]["quality"]
+
+    summary = results["summary"]["cases"][0]  # medians, remade from the runs
+    assert summary["project"]["latency_p50_ms"]["median"] == latency["latency_p50_ms"]
+    assert positive(summary["floor_ms"]) and positive(summary["project"]["floor_ratio"])
+    assert positive(summary["latency_ratio"])
+    assert any(t["met"] is not None for t in results["targets"])
+
+    text = doc.read_text()  # the block replaced, the prose around it kept
+    assert text.startswith(PROSE) and text.endswith(PROSE_AFTER)
+    assert "| old table |" not in text
+    assert text.count("<!-- bench:begin") == 1 and text.count("<!-- bench:end -->") == 1
+    assert "| 640x480 | vp8 |" in text
+    assert "latency p50 at most 1.3 x encode + decode" in text  # the targets
+    assert "| target | measured" in text
+    assert ("PSNR dB" in text) == (results["options"]["source"] == "scene")
+
+    # Remade from the JSON alone: a changed raw figure shows in the tables.
+    run["project"]["latency"]["latency_p50_ms"] = 4321.5
+    out.write_text(json.dumps(results))
+    again = bench("--from-json", str(out), "--markdown", str(doc))
+    assert again.returncode == 0, again.stderr[-2000:]
+    text = doc.read_text()
+    assert "| 4321.50 |" in text and text.startswith(PROSE) and text.endswith(PROSE_AFTER)
+    ratio = 4321.5 / run["floor"]["floor_ms"]
+    assert f"| {ratio:.2f} |" in text  # the floor ratio, recomputed
