@@ -41,6 +41,7 @@ from aiortc.codecs import vpx as aiortc_vpx
 from av.codec import Capabilities
 from av.video.reformatter import VideoReformatter
 
+from common import h264
 from common.codecs import CODECS
 
 from .sources import TIME_BASE
@@ -254,7 +255,7 @@ class Encoder:
         self.params = params
         self.context = context
         self.hardware = hardware
-        self.frames = 0  # frames handed to it
+        self.frames = 0  # frames it has encoded
         self._reformatter = VideoReformatter()  # its own: frames are shared between threads
         # x264 repeats them itself; some hardware does not
         self._parameter_sets = ParameterSets() if params.codec == "h264" and hardware else None
@@ -265,14 +266,13 @@ class Encoder:
 
     def encode(self, frame: av.VideoFrame | None) -> list[av.Packet[Any]]:
         """Encode ``frame`` (None: flush); a keyframe mark on it is kept."""
-        if frame is not None:
-            self.frames += 1
-            if frame.format.name != self.context.pix_fmt:
-                converted = self._reformatter.reformat(frame, format=self.context.pix_fmt)
-                converted.pts, converted.time_base = frame.pts, frame.time_base
-                converted.pict_type = frame.pict_type
-                frame = converted
+        if frame is not None and frame.format.name != self.context.pix_fmt:
+            converted = self._reformatter.reformat(frame, format=self.context.pix_fmt)
+            converted.pts, converted.time_base = frame.pts, frame.time_base
+            converted.pict_type = frame.pict_type
+            frame = converted
         packets = self.context.encode(frame)
+        self.frames += frame is not None
         for packet in packets:
             packet.time_base = TIME_BASE
         if self._parameter_sets is not None:
@@ -303,57 +303,29 @@ def open_encoder(name: str, params: EncoderParams) -> Encoder:
     return Encoder(name, params, context, is_hardware(name))
 
 
-NAL_SPS, NAL_PPS, NAL_IDR = 7, 8, 5
-
-
-def nal_units(data: bytes) -> Iterator[bytes]:
-    """The NAL units of an Annex B byte stream, without their start codes."""
-    starts = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        starts.append(i + 3)
-        i = data.find(b"\x00\x00\x01", i + 3)
-    for start, end in zip(starts, [*starts[1:], len(data) + 3], strict=True):
-        yield data[start : end - 3].rstrip(b"\x00")
-
-
 class ParameterSets:
     """H.264's SPS and PPS in front of every keyframe: a viewer starts at any keyframe,
     and some hardware encoders send them once, or only in the codec's extradata."""
 
     def __init__(self) -> None:
-        self._sps = b""
-        self._pps = b""
+        self._sets = b""
 
     def complete(self, packet: av.Packet[Any], extradata: bytes | None) -> av.Packet[Any]:
         data = bytes(packet)
-        types = set()
-        for nal in nal_units(data):
-            if nal:
-                types.add(nal[0] & 0x1F)
-                self._remember(nal)
-        if NAL_IDR not in types or NAL_SPS in types:
+        types = h264.nal_types(data)
+        if h264.NAL_SPS in types:
+            self._sets = h264.parameter_sets(data)
             return packet
-        if (
-            not self._sps
-            and extradata
-            and extradata.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01"))
-        ):
-            for nal in nal_units(extradata):
-                self._remember(nal)
-        if not (self._sps and self._pps):
+        if h264.NAL_IDR not in types:
             return packet
-        start = b"\x00\x00\x00\x01"
-        completed = av.Packet(start + self._sps + start + self._pps + data)
+        if not self._sets and extradata:
+            self._sets = h264.parameter_sets(extradata)
+        if not self._sets:
+            return packet
+        completed = av.Packet(self._sets + data)
         completed.pts, completed.dts, completed.time_base = packet.pts, packet.dts, packet.time_base
         completed.is_keyframe = True
         return completed
-
-    def _remember(self, nal: bytes) -> None:
-        if nal and nal[0] & 0x1F == NAL_SPS:
-            self._sps = nal
-        elif nal and nal[0] & 0x1F == NAL_PPS:
-            self._pps = nal
 
 
 Opener = Callable[[EncoderParams], Encoder]
@@ -441,7 +413,7 @@ class EncoderFactory:
         except Exception as exc:  # a driver may fail in any way; only ours is fatal
             if encoder.name == self.software.name:
                 raise
-            when = "to open" if encoder.frames <= 1 else f"after {encoder.frames - 1} frames"
+            when = f"after {encoder.frames} frames" if encoder.frames else "to open"
             size = f"{encoder.params.width}x{encoder.params.height}"
             self._fall_back(encoder.name, f"failed {when} at {size}: {describe_error(exc)}")
             p = encoder.params
@@ -537,6 +509,7 @@ async def probe(
     result: concurrent.futures.Future[None] = concurrent.futures.Future()
 
     def run() -> None:
+        result.set_running_or_notify_cancel()  # from now on, a timeout cannot cancel it
         try:
             with _ffmpeg_logs() as logs:
                 try:
