@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--encoder-speed",
         choices=encoders.SPEEDS,
         default=encoders.DEFAULT_SPEED,
-        help="fast: least CPU (x264 ultrafast, VP8 cpu-used -16); balanced (default: "
-        "superfast, cpu-used -12); quality: aiortc's own settings (x264 medium, VP8 "
-        "cpu-used -6 with its denoiser), 2-5x the CPU",
+        help="fast: least CPU (x264 ultrafast, VP8 cpu-used -11); balanced (default: "
+        "veryfast, above 1280x720 superfast; cpu-used -10); quality: aiortc's own "
+        "settings (x264 medium, VP8 cpu-used -6 with its denoiser), 2-5x the CPU",
     )
     ice.add_arguments(parser, sender=True)
     parser.add_argument(

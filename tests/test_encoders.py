@@ -138,12 +138,19 @@ def x264_options(packet: av.Packet[Any]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("speed", "subme"), [("fast", 0), ("balanced", 1), ("quality", 7)]
-)  # x264's ultrafast, superfast, medium
-def test_the_speed_reaches_x264(speed, subme) -> None:
-    params = EncoderParams("h264", 640, 480, 600_000, 30.0, speed)
+    ("speed", "size", "subme"),
+    [
+        ("fast", (640, 480), 0),  # ultrafast
+        ("balanced", (640, 480), 2),  # veryfast
+        ("balanced", (1920, 1080), 1),  # superfast
+        ("quality", (640, 480), 7),  # medium
+    ],
+)
+def test_the_speed_reaches_x264(speed, size, subme) -> None:
+    width, height = size
+    params = EncoderParams("h264", width, height, 600_000, 30.0, speed)
     encoder = open_encoder("libx264", params)
-    frame = TestPattern(640, 480, 30)._draw(0)
+    frame = TestPattern(width, height, 30)._draw(0)
     frame.pts, frame.time_base = 0, TIME_BASE
     options = x264_options(encoder.encode(frame)[0])
     assert f" subme={subme} " in options, options
