@@ -558,9 +558,9 @@ def _encode_test_frame(candidate: Candidate, params: EncoderParams) -> None:
 
 @contextlib.contextmanager
 def _ffmpeg_logs() -> Iterator[list[tuple[int, str, str]]]:
-    """FFmpeg's messages logged in this thread meanwhile: PyAV drops them (and they are
-    the only say why a hardware encoder failed) unless its logging is on, so it is, at
-    ERROR, while a probe runs."""
+    """FFmpeg's messages logged in this thread meanwhile. They alone say why a hardware
+    encoder failed ("Could not find a valid device"), and PyAV drops them unless its
+    logging is on: so it is, at ERROR, while a probe runs."""
     previous = av.logging.get_level()
     av.logging.set_level(av.logging.ERROR)
     try:

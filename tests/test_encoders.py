@@ -302,9 +302,9 @@ async def test_a_hardware_encoder_failing_mid_stream_is_replaced_by_software(
         assert [t.codec.name for t in shared.tier_encoders.values()] == ["libx264"]
     assert decoded == sorted(set(decoded)), "frames out of order or repeated"
     assert len(decoded) >= FAIL_AFTER // 2 + FRAMES_AFTER
-    # The software encoder's first frame is a keyframe (frames already in flight may
-    # come first).
-    assert keyframes_after and keyframes_after[0] <= 5, keyframes_after
+    # The software encoder's first frame is a keyframe; frames the failed encoder made
+    # may still be on their way (the viewer's queue holds up to 15).
+    assert keyframes_after and keyframes_after[0] <= 30, keyframes_after
     assert messages(caplog, logging.WARNING) == [
         f"h264: flaky_h264 failed after {FAIL_AFTER} frames at 640x480: [Errno 5] "
         "Input/output error; using libx264 (software) from now on"
