@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
+from common.h264 import NAL_IDR, nal_units
 
 
 @dataclass(frozen=True)
@@ -31,28 +31,7 @@ class EncodedFrame:
         return cls(codec, data, timestamp, is_keyframe(codec, data))
 
 
-def nal_units(data: bytes) -> list[bytes]:
-    """Split an Annex B byte stream at its start codes."""
-    units, start = [], None
-    i = data.find(b"\x00\x00\x01")
-    while i != -1:
-        if start is not None:
-            end = i - 1 if data[i - 1] == 0 else i
-            units.append(data[start:end])
-        start = i + 3
-        i = data.find(b"\x00\x00\x01", start)
-    if start is not None:
-        units.append(data[start:])
-    return [u for u in units if u]
-
-
 def is_keyframe(codec: str, data: bytes) -> bool:
     if codec == "vp8":
         return bool(data) and not data[0] & 0x01  # P bit clear: a key frame (RFC 6386 9.1)
     return any(unit[0] & 0x1F == NAL_IDR for unit in nal_units(data))
-
-
-def h264_parameter_sets(data: bytes) -> bytes:
-    """SPS and PPS of a keyframe, in Annex B: the container's codec private data."""
-    sets = [u for u in nal_units(data) if u[0] & 0x1F in (NAL_SPS, NAL_PPS)]
-    return b"".join(b"\x00\x00\x00\x01" + u for u in sets)

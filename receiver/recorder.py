@@ -15,7 +15,9 @@ from typing import Any, Literal
 
 import av
 
-from .encoded import EncodedFrame, h264_parameter_sets
+from common.h264 import parameter_sets
+
+from .encoded import EncodedFrame
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +243,7 @@ class Recorder:
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
         if frame.codec == "h264":
-            stream.codec_context.extradata = h264_parameter_sets(frame.data)
+            stream.codec_context.extradata = parameter_sets(frame.data)
         return stream
 
     def _mux(self, segment: Segment, packets: list[av.Packet[Any]]) -> None:

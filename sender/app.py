@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -14,7 +14,7 @@ from aiohttp import web
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
-from . import metrics, signalling, sources
+from . import encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .fanout import SharedSource
 from .janus_publisher import JanusPublication
@@ -47,6 +47,13 @@ class SenderConfig:
     publish: tuple[JanusTarget, ...] = field(default=(), repr=False)  # may hold secrets
     name: str = field(default_factory=socket.gethostname)
     local: bool = True  # serve our own viewers (WHEP, /offer, the page)
+    encoder: str = encoders.AUTO  # "auto", "software" or an encoder's name (sender.encoders)
+    encoder_speed: encoders.Speed = encoders.DEFAULT_SPEED
+    # The hardware encoders "auto" tries per codec (None: those FFmpeg has, in
+    # sender.encoders.HARDWARE order); tests give stand-ins that fail mid-stream.
+    hardware_encoders: Mapping[str, Sequence[encoders.Candidate]] | None = field(
+        default=None, repr=False
+    )
 
 
 CONFIG = web.AppKey("config", SenderConfig)
@@ -55,8 +62,12 @@ PUBLICATIONS = web.AppKey("publications", list)
 
 
 async def media(app: web.Application) -> AsyncIterator[None]:
-    """The shared source and the session registry: made at start-up, closed at shutdown."""
+    """The shared source and the session registry: made at start-up, closed at shutdown.
+    Each codec's encoder is chosen (and hardware probed) first."""
     config = app[CONFIG]
+    factories = await encoders.choose(
+        config.encoder, config.encoder_speed, config.hardware_encoders
+    )
 
     async def open_camera() -> sources.Source:
         return await sources.open_source(config.source, config.width, config.height, config.fps)
@@ -71,6 +82,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
             config.connect_timeout,
             config.fps,
             config.bitrate,
+            factories,
         ) as sessions,
     ):
         app[SOURCE] = source
@@ -121,6 +133,7 @@ async def healthz(request: web.Request) -> web.Response:
                 e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
             },
             "tiers": request.app[SESSIONS].encoders.describe(),
+            "video_encoders": request.app[SESSIONS].encoders.describe_encoders(),
             "viewer_tiers": request.app[SESSIONS].viewer_tiers(),
             "publications": [
                 {

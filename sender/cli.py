@@ -20,7 +20,7 @@ from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
-from . import sources
+from . import encoders, sources
 from .app import SenderConfig, create_app
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
     parser.add_argument("--codec", choices=CODECS, default="vp8", help="preferred video codec")
+    parser.add_argument(
+        "--encoder",
+        default=encoders.AUTO,
+        metavar="auto|software|NAME",
+        help="auto (default: a hardware encoder for --codec if one works here, else "
+        "software), software (libvpx, libx264), or an FFmpeg encoder of --codec "
+        "(e.g. h264_v4l2m2m); a hardware encoder that fails falls back to software",
+    )
+    parser.add_argument(
+        "--encoder-speed",
+        choices=encoders.SPEEDS,
+        default=encoders.DEFAULT_SPEED,
+        help="fast: least CPU (x264 ultrafast, VP8 cpu-used -11); balanced (default: "
+        "veryfast, above 1280x720 superfast; cpu-used -10); quality: aiortc's own "
+        "settings (x264 medium, VP8 cpu-used -6 with its denoiser), 2-5x the CPU",
+    )
     ice.add_arguments(parser, sender=True)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
@@ -125,6 +141,10 @@ async def serve(args: argparse.Namespace) -> int:
     tls = tls_context(args)
     publish = publish_targets(args)
     turn_secret = args.turn_secret or os.environ.get(TURN_SECRET_ENV) or None
+    try:
+        encoders.check_choice(args.codec, args.encoder)
+    except encoders.EncoderChoiceError as exc:
+        raise CliError(f"--encoder: {exc}") from None
     ice_servers = ice.check_arguments(args, turn_secret=turn_secret)
     try:
         spec = await sources.choose(args.source, width, height, args.fps)
@@ -147,6 +167,8 @@ async def serve(args: argparse.Namespace) -> int:
         publish=publish,
         name=args.name,
         local=not args.no_local,
+        encoder=args.encoder,
+        encoder_speed=args.encoder_speed,
     )
     runner = web.AppRunner(
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0

@@ -13,14 +13,12 @@ estimates (REMB) and receiver reports from the viewers reach the encoder through
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
-import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import av
 from aiortc.codecs import h264 as aiortc_h264
@@ -29,13 +27,14 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpReceiverInfo
 from av.video.reformatter import VideoReformatter
 
+from . import encoders as video_encoders
 from . import tiers
 from .congestion import BandwidthEstimator
+from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
 
 logger = logging.getLogger(__name__)
 
-TIME_BASE = fractions.Fraction(1, 90000)
 VIEWER_QUEUE_PACKETS = 15  # half a second at 30 fps; a viewer further behind starts over
 BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more than 10%
 KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyframe
@@ -66,61 +65,35 @@ class Totals:
 
 @dataclass(frozen=True)
 class CodecProfile:
-    """Encoder settings for one codec, matching aiortc 1.16's own encoders."""
+    """A codec's bitrate limits (aiortc 1.16's) and its software encoder."""
 
     name: str
-    encoder: Literal["libvpx", "libx264"]
     min_bitrate: int
     default_bitrate: int
     max_bitrate: int
 
-    def create(self, width: int, height: int, bitrate: int, fps: float) -> av.VideoCodecContext:
-        codec = av.CodecContext.create(self.encoder, "w")
-        codec.width, codec.height = width, height
-        codec.bit_rate = bitrate
-        codec.pix_fmt = "yuv420p"
-        codec.time_base = TIME_BASE
-        codec.framerate = fractions.Fraction(round(fps), 1)
-        if self.name == "vp8":
-            codec.gop_size = 3000
-            codec.qmin, codec.qmax = 2, 56
-            codec.options = {
-                "bufsize": str(bitrate),
-                "cpu-used": "-6",
-                "deadline": "realtime",
-                "lag-in-frames": "0",
-                # A keyframe at most 3 frames' worth of bits (libwebrtc: 3-9): a larger one
-                # is a burst that a narrow link queues, and that REMB reads as overuse.
-                "max-intra-rate": "300",
-                "minrate": str(bitrate),
-                "maxrate": str(bitrate),
-                "noise-sensitivity": "4",
-                "overshoot-pct": "15",
-                "partitions": "0",
-                "static-thresh": "1",
-                "undershoot-pct": "100",
-            }
-            codec.thread_count = aiortc_vpx.number_of_threads(
-                width * height, multiprocessing.cpu_count()
-            )
-        else:
-            # Constrained baseline (no B-frames), as browsers need; zero-latency tuning.
-            codec.profile = "Baseline"
-            codec.options = {"level": "31", "tune": "zerolatency"}
-        return codec
+    def create(
+        self,
+        width: int,
+        height: int,
+        bitrate: int,
+        fps: float,
+        speed: video_encoders.Speed = video_encoders.DEFAULT_SPEED,
+    ) -> Encoder:
+        """The software encoder (``sender.encoders`` has its settings)."""
+        params = video_encoders.EncoderParams(self.name, width, height, bitrate, fps, speed)
+        return video_encoders.open_encoder(video_encoders.SOFTWARE[self.name], params)
 
 
 PROFILES = {
     "vp8": CodecProfile(
         "vp8",
-        "libvpx",
         aiortc_vpx.MIN_BITRATE,
         aiortc_vpx.DEFAULT_BITRATE,
         aiortc_vpx.MAX_BITRATE,
     ),
     "h264": CodecProfile(
         "h264",
-        "libx264",
         aiortc_h264.MIN_BITRATE,
         aiortc_h264.DEFAULT_BITRATE,
         aiortc_h264.MAX_BITRATE,
@@ -258,7 +231,7 @@ class TierEncoder:
 
     tier: tiers.Tier
     target_bitrate: int
-    codec: av.VideoCodecContext | None = None
+    codec: Encoder | None = None
     keyframe_wanted: bool = True
     last_keyframe: float = -1e9
     last_rebuild: float = -1e9
@@ -348,8 +321,10 @@ class SharedEncoder:
         on_idle: Callable[[SharedEncoder], None] | None = None,
         totals: Totals | None = None,
         scaler: Scaler | None = None,
+        factory: EncoderFactory | None = None,
     ) -> None:
         self.profile = profile
+        self.factory = factory if factory is not None else EncoderFactory(profile.name)
         self.totals = totals if totals is not None else Totals()
         self._source = source
         self._fps = fps
@@ -563,6 +538,12 @@ class SharedEncoder:
                 )
             keyframe = False
             bitrate = encoder.next_bitrate(now, self._congested(name, now))
+            if (
+                bitrate is None
+                and encoder.codec is not None
+                and not self.factory.makes(encoder.codec)
+            ):
+                bitrate = encoder.codec.bit_rate  # another tier's encoder failed: replace it
             if bitrate is not None:
                 tier = encoder.tier
                 logger.debug(
@@ -573,7 +554,7 @@ class SharedEncoder:
                     encoder.target_bitrate,
                     encoder.codec.bit_rate if encoder.codec is not None else None,
                 )
-                encoder.codec = self.profile.create(tier.width, tier.height, bitrate, self._fps)
+                encoder.codec = self.factory.create(tier.width, tier.height, bitrate, self._fps)
                 encoder.last_rebuild = encoder.last_keyframe = now  # it starts with one
                 encoder.keyframe_wanted = False
             elif encoder.keyframe_wanted and now - encoder.last_keyframe >= KEYFRAME_INTERVAL_MIN:
@@ -599,9 +580,8 @@ class SharedEncoder:
             copy.pts, copy.time_base = picture.pts, picture.time_base
             copy.pict_type = av.video.frame.PictureType.I
             picture = copy
-        packets = encoder.codec.encode(picture)
-        for packet in packets:
-            packet.time_base = TIME_BASE
+        # A hardware encoder that fails is replaced by a software one here.
+        encoder.codec, packets = self.factory.encode(encoder.codec, picture)
         return packets, time.perf_counter() - started
 
     def _count(self, encoder: TierEncoder, packets: list[av.Packet[Any]], seconds: float) -> None:
@@ -640,10 +620,20 @@ class SharedEncoder:
 class Encoders:
     """The shared encoders, one per codec in use; owned by the session registry."""
 
-    def __init__(self, source: SharedSource, fps: float, fixed_bitrate: int | None = None) -> None:
+    def __init__(
+        self,
+        source: SharedSource,
+        fps: float,
+        fixed_bitrate: int | None = None,
+        factories: Mapping[str, EncoderFactory] | None = None,
+    ) -> None:
         self._source = source
         self._fps = fps
         self._fixed_bitrate = fixed_bitrate
+        # Which encoder each codec uses (``sender.encoders.choose``); software by default.
+        self.factories = dict(factories or {})
+        for codec in PROFILES:
+            self.factories.setdefault(codec, EncoderFactory(codec))
         self._encoders: dict[str, SharedEncoder] = {}
         self._scaler = Scaler()  # shared by every codec: one scaled copy per frame
         self.totals = Totals()
@@ -659,6 +649,7 @@ class Encoders:
                 self._forget,
                 self.totals,
                 self._scaler,
+                self.factories[codec],
             )
             self._encoders[codec] = encoder
         return encoder.subscribe()
@@ -686,6 +677,10 @@ class Encoders:
                 for name, tier in encoder.tier_encoders.items()
             }
         return result
+
+    def describe_encoders(self) -> dict[str, dict[str, object]]:
+        """Per codec, the encoder in use and why (/healthz)."""
+        return {codec: factory.describe() for codec, factory in self.factories.items()}
 
     async def close(self) -> None:
         await asyncio.gather(*(e.close() for e in list(self._encoders.values())))

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 
 from aiortc import (
     RTCConfiguration,
@@ -19,6 +20,7 @@ from common import aiortc_ext
 from common.aiortc_ext import rtcp_feedback
 from common.codecs import prefer_codec
 
+from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
 
@@ -159,8 +161,9 @@ class Sessions:
         connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
         fps: float = 30.0,
         bitrate: int | None = None,
+        factories: Mapping[str, EncoderFactory] | None = None,
     ) -> None:
-        self.encoders = Encoders(source, fps, bitrate)
+        self.encoders = Encoders(source, fps, bitrate, factories)
         self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec

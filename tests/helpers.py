@@ -25,6 +25,7 @@ __all__ = [
     "assert_one_line_error",
     "child_env",
     "run_receiver",
+    "run_sender",
     "senders",
     "start_sender",
     "wait_until",
@@ -67,6 +68,18 @@ async def wait_until(
 def run_receiver(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "receiver", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+        cwd=ROOT,
+    )
+
+
+def run_sender(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m sender ARGS`` to its end: for options it refuses at start."""
+    return subprocess.run(
+        [sys.executable, "-m", "sender", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -13,8 +13,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from common.ice import rtc_configuration
+from sender import encoders
 
-from .helpers import assert_one_line_error, child_env, run_receiver
+from .helpers import assert_one_line_error, child_env, run_receiver, run_sender
 
 
 def test_record_snapshots_and_stats(sender_process, tmp_path: Path) -> None:
@@ -154,6 +155,48 @@ def test_bad_receiver_options(args: list[str], message: str, tmp_path: Path) -> 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--encoder", "nosuch"], "--encoder: no vp8 encoder 'nosuch' in this FFmpeg"),
+        (["--codec", "vp8", "--encoder", "libx264"], "--encoder: libx264 encodes h264, not vp8"),
+        (["--encoder-speed", "turbo"], "argument --encoder-speed: invalid choice"),
+    ],
+)
+def test_bad_encoder_options(args: list[str], message: str) -> None:
+    result = run_sender("--source", "testsrc", *args)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert message in result.stderr
+
+
+def test_a_named_hardware_encoder_that_cannot_open_falls_back(sender_process) -> None:
+    """h264_v4l2m2m exists in this FFmpeg, but no V4L2 device does: one warning says so,
+    /healthz names the software encoder (at the speed asked for), viewers get video."""
+    if "h264_v4l2m2m" not in encoders.encoders_for("h264"):
+        pytest.skip("this FFmpeg has no h264_v4l2m2m")
+    sender = sender_process(
+        "--source", "testsrc", "--codec", "h264",
+        "--encoder", "h264_v4l2m2m", "--encoder-speed", "quality",
+    )  # fmt: skip
+    warnings = [line for line in sender.stderr().splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "h264: using libx264 (software): h264_v4l2m2m failed to open: Could not find a "
+        "valid device; can't configure encoder"
+    ), sender.stderr()
+    chosen = sender.health()["video_encoders"]
+    assert chosen["h264"] | {"why": ""} == {
+        "encoder": "libx264",
+        "hardware": False,
+        "speed": "quality",
+        "why": "",
+        "fallbacks": 0,
+    }
+    assert chosen["vp8"]["encoder"] == "libvpx"
+    result = run_receiver(sender.url, "--frames", "10", "--quiet")
+    assert result.returncode == 0, result.stderr
 
 
 def test_console_scripts_are_installed() -> None:
