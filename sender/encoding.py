@@ -19,8 +19,8 @@ import multiprocessing
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
 
 import av
 from aiortc.codecs import h264 as aiortc_h264
@@ -32,6 +32,8 @@ from av.video.reformatter import VideoReformatter
 from . import tiers
 from .congestion import BandwidthEstimator
 from .fanout import SharedSource, ViewerTrack
+from .sources import capture_time
+from .stages import StageTimes
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ class Totals:
     frames_sent: int = 0
     bytes_sent: int = 0
     frames_dropped: int = 0
+    stages: StageTimes = field(default_factory=StageTimes)  # per-frame stage times
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,14 @@ PROFILES = {
 }
 
 
+class Queued(NamedTuple):
+    """A packet waiting in a viewer's queue: its tier, and when the encoder handed it over."""
+
+    packet: av.Packet[Any]
+    tier: str
+    handed_at: float
+
+
 class EncodedTrack(MediaStreamTrack):
     """One viewer's feed of encoded packets, from the tier its own bandwidth estimate
     puts it on. It starts at a keyframe, changes tier at a keyframe and, when it falls
@@ -136,7 +147,8 @@ class EncodedTrack(MediaStreamTrack):
     def __init__(self, encoder: SharedEncoder) -> None:
         super().__init__()
         self._encoder = encoder
-        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self._sending: Queued | None = None  # the packet aiortc took last, being sent
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
         profile = encoder.profile
@@ -183,23 +195,35 @@ class EncodedTrack(MediaStreamTrack):
             return
         self._put(packet)
 
-    def _put(self, item: av.Packet[Any] | None) -> None:
+    def _put(self, packet: av.Packet[Any] | None) -> None:
         if self._queue.full():
             self._queue.get_nowait()
-        self._queue.put_nowait(item)
+        queued = None if packet is None else Queued(packet, self.tier or "", time.monotonic())
+        self._queue.put_nowait(queued)
 
     async def recv(self) -> av.Packet[Any]:
+        self._sent()
         if self.readyState != "live":
             raise MediaStreamError
-        packet = await self._queue.get()
-        if packet is None:
+        queued = await self._queue.get()
+        if queued is None:
             self.stop()
             raise MediaStreamError
+        self._sending = queued
+        packet = queued.packet
         self.packets_sent += 1
         self.estimator.on_sent(packet.size)
         self._encoder.totals.frames_sent += 1
         self._encoder.totals.bytes_sent += packet.size
         return packet
+
+    def _sent(self) -> None:
+        """aiortc 1.16's ``RTCRtpSender._run_rtp`` asks for the next packet only once it
+        has sent every RTP packet of the last one: time the last one's send stage."""
+        if self._sending is not None:
+            stages = self._encoder.totals.stages
+            stages.sent(self.codec, self._sending.tier, time.monotonic() - self._sending.handed_at)
+            self._sending = None
 
     def request_keyframe(self) -> None:
         """A PLI or FIR from this viewer: a keyframe of the tier it watches."""
@@ -486,6 +510,7 @@ class SharedEncoder:
                 for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
                     self._count(job, encoded, seconds)
                     packets[job.tier.name] = encoded
+                self._time_encoded(frame, packets)
                 self._deliver(packets)
         except Exception:
             # Its viewers' video ends (below); say why, once, rather than silently.
@@ -597,6 +622,16 @@ class SharedEncoder:
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
         self.totals.encode_seconds += seconds
+
+    def _time_encoded(self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]]) -> None:
+        """Capture to encoded, per tier: until the packets are handed to the viewers."""
+        captured = capture_time(frame)
+        if captured is None:
+            return
+        seconds = time.monotonic() - captured
+        for name, encoded in packets.items():
+            if encoded:
+                self.totals.stages.encoded(self.profile.name, name, seconds)
 
     def _deliver(self, packets: dict[str, list[av.Packet[Any]]]) -> None:
         """Each viewer gets its tier's packets; one moving to another tier switches when
