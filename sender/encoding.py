@@ -282,6 +282,25 @@ class TierEncoder:
     below_since: float | None = None  # since when the target is below the bitrate
     frames_encoded: int = 0
     keyframes: int = 0
+    # The packets from the last keyframe on, while it is recent (see ``remember``).
+    recent: list[av.Packet[Any]] = field(default_factory=list)
+    recent_since: float = -1e9  # when that keyframe was handed over
+
+    def remember(self, packets: list[av.Packet[Any]], now: float) -> None:
+        """Keep the packets since the last keyframe while it is younger than
+        ``KEYFRAME_INTERVAL_MIN``: a newcomer starts from them (``start_packets``) instead
+        of waiting for the next keyframe, which that close to the last one would come only
+        when the interval is over (up to 0.3 s later)."""
+        if any(packet.is_keyframe for packet in packets):
+            self.recent, self.recent_since = list(packets), now
+        elif self.recent and now - self.recent_since < KEYFRAME_INTERVAL_MIN:
+            self.recent.extend(packets)
+        else:
+            self.recent = []
+
+    def start_packets(self, now: float) -> list[av.Packet[Any]]:
+        """A recent keyframe and the packets after it, to start a newcomer; [] when none."""
+        return self.recent if now - self.recent_since < KEYFRAME_INTERVAL_MIN else []
 
     def next_bitrate(self, now: float, urgent: bool = False) -> int | None:
         """The bitrate for a new encoder now, or None to keep the current one."""
@@ -419,14 +438,21 @@ class SharedEncoder:
 
     def _place(self, track: EncodedTrack, now: float) -> None:
         """Give a viewer its first tier (``sender.tiers``); it starts receiving at that
-        tier's next keyframe."""
+        tier's last keyframe if that is recent, else at its next one."""
         assert self.ladder is not None
         full = self._tiers.get(tiers.FULL)
         running = 0
         if full is not None:
             running = max(full.target_bitrate, (full.codec.bit_rate if full.codec else 0) or 0)
         track.choice = tiers.TierChoice(self.ladder, now, self.ladder.first_tier(running))
-        self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
+        encoder = self._tiers.get(track.wanted_tier or "")
+        start = encoder.start_packets(now) if encoder is not None else []
+        if start:
+            track.tier = track.wanted_tier
+            for packet in start:
+                track.offer(packet)
+        else:
+            self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
 
     def update_bitrate(self, now: float | None = None) -> None:
         """Each viewer's tier from its own estimate; each tier's bitrate from the weakest
@@ -509,6 +535,7 @@ class SharedEncoder:
                 packets = {}
                 for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
                     self._count(job, encoded, seconds)
+                    job.remember(encoded, now)
                     packets[job.tier.name] = encoded
                 self._time_encoded(frame, packets)
                 self._deliver(packets)
