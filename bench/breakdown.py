@@ -104,7 +104,9 @@ def measure(size: str, codec: str, seconds: float, bitrate: int | None, logs: Pa
 def table(results: list[dict]) -> str:
     stages = (*SENDER_STAGES, *RECEIVER_STAGES, "capture_to_decoded")
     rows = [
-        "| size (received) | codec | " + " | ".join(s.replace("_", " ") for s in stages) + " |",
+        "| size (received) | codec (sender tier) | "
+        + " | ".join(s.replace("_", " ") for s in stages)
+        + " |",
         "|---|---|" + "---|" * len(stages),
     ]
     for r in results:
@@ -114,7 +116,8 @@ def table(results: list[dict]) -> str:
             p50, p95 = v.get("p50"), v.get("p95")
             cells.append("-" if p50 is None or p95 is None else f"{p50:.1f} / {p95:.1f}")
         size = f"{r['size']} ({r['width']}x{r['height']})"
-        rows.append(f"| {size} | {r['codec']} | " + " | ".join(cells) + " |")
+        codec = f"{r['codec']} ({r.get('sender_tier', '-')})"
+        rows.append(f"| {size} | {codec} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
