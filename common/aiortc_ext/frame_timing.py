@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,27 +89,43 @@ def _bound(notes: dict[int, Any]) -> None:
         del notes[next(iter(notes))]  # the oldest note
 
 
-def apply(receiver: RTCRtpReceiver) -> FrameClock:
-    """Time this video receiver's frames; call before it receives."""
-    check(__name__)
+class _TimedMap:
+    """A receiver's ``TimestampMapper.map`` that also notes each frame as complete."""
+
+    def __init__(self, stock: Callable[[int], int], clock: FrameClock) -> None:
+        self._stock = stock
+        self._clock = clock
+
+    def __call__(self, timestamp: int) -> int:
+        pts = self._stock(timestamp)
+        self._clock.completed(timestamp, pts)
+        return pts
+
+
+def _mapper(receiver: RTCRtpReceiver) -> TimestampMapper:
     mapper = private(receiver, RTCRtpReceiver, "timestamp_mapper")
     if not isinstance(mapper, TimestampMapper):
         raise RuntimeError("aiortc changed: RTCRtpReceiver's timestamp mapper")
+    return mapper
+
+
+def apply(receiver: RTCRtpReceiver) -> FrameClock:
+    """Time this video receiver's frames; call before it receives."""
+    check(__name__)
+    mapper = _mapper(receiver)
     clock = FrameClock()
     handle = receiver._handle_rtp_packet
-    stock_map = mapper.map
 
     async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         clock.arrived(packet.timestamp)
         await handle(packet, arrival_time_ms)
 
-    def map_timestamp(timestamp: int) -> int:
-        pts = stock_map(timestamp)
-        clock.completed(timestamp, pts)
-        return pts
-
     # instance attributes: aiortc looks both up on the object
     receiver._handle_rtp_packet = _handle_rtp_packet  # type: ignore[method-assign]  # per-object hook
-    mapper.map = map_timestamp  # type: ignore[method-assign]  # per-object hook
+    mapper.map = _TimedMap(mapper.map, clock)  # type: ignore[method-assign]  # per-object hook
     logger.debug("video receiver's frames are timed")
     return clock
+
+
+def applied(receiver: RTCRtpReceiver) -> bool:
+    return isinstance(vars(_mapper(receiver)).get("map"), _TimedMap)
