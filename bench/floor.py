@@ -27,6 +27,7 @@ import av
 
 from common.cli import size as parse_size
 from sender import sources
+from sender.encoders import Encoder
 
 # The receiver decodes with aiortc's decoders (aiortc.codecs: Vp8Decoder, H264Decoder),
 # which are these PyAV decoders.
@@ -35,12 +36,11 @@ DECODERS = {"vp8": "libvpx", "h264": "h264"}
 
 def project_encoder(
     codec: str, width: int, height: int, fps: float, bitrate: int | None = None
-) -> tuple[av.VideoCodecContext, int]:
-    """The sender's encoder for one full-size tier, and its bitrate (by default the
-    codec's default bitrate, aiortc's start).
+) -> tuple[Encoder, int]:
+    """The sender's encoder for one full-size tier (its default ``--encoder-speed``),
+    and its bitrate (by default the codec's default bitrate, aiortc's start).
 
-    The one place that knows how the sender builds its encoders: when that moves (e.g. to
-    ``sender/encoders.py``, with a speed setting), change only this function."""
+    The one place that knows how the sender builds its encoders."""
     from sender.encoding import PROFILES
 
     profile = PROFILES[codec]

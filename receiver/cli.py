@@ -114,6 +114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="treat S seconds without video as a lost connection (3)",
     )
     parser.add_argument("--quiet", action="store_true", help="no status line, warnings only")
+    parser.add_argument(
+        "--stats-breakdown",
+        action="store_true",
+        help="the status line also shows where the milliseconds go: p50/p95 of capture to "
+        "first packet, first packet to complete frame, complete to decoded",
+    )
     parser.add_argument("--stats-json", metavar="FILE", help="write the final summary as JSON")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser.parse_args(argv)
@@ -137,10 +143,10 @@ def make_sinks(args: argparse.Namespace, request_keyframe: Callable[[], None]) -
     return sinks
 
 
-async def report_status(stats: FrameStats) -> None:
+async def report_status(stats: FrameStats, breakdown: bool) -> None:
     while True:
         await asyncio.sleep(1.0)
-        print(stats.status_line(), file=sys.stderr, flush=True)
+        print(stats.status_line(breakdown), file=sys.stderr, flush=True)
 
 
 class Run:
@@ -179,7 +185,7 @@ class Run:
         try:
             await rx.connect()
             if not self.args.quiet:
-                status = asyncio.create_task(report_status(self.stats))
+                status = asyncio.create_task(report_status(self.stats, self.args.stats_breakdown))
             async for item in rx.items():
                 if isinstance(item, Gap):
                     for sink in self.sinks:

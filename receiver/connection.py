@@ -25,7 +25,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from common import aiortc_ext
-from common.aiortc_ext import ice_rtt, jitterbuffer, passthrough, remb_rtt, streams
+from common.aiortc_ext import frame_timing, ice_rtt, jitterbuffer, passthrough, remb_rtt, streams
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
 from common.turn_check import turn_failure
 
@@ -68,6 +68,7 @@ class Connection:
         self._on_encoded = on_encoded
         self._nack_retries = nack_retries
         self._receiver: RTCRtpReceiver | None = None
+        self._clock: frame_timing.FrameClock | None = None  # times the decoded frames
         self._tasks: list[asyncio.Task[None]] = []
         self._nack_retry: NackRetry | None = None
         self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
@@ -93,6 +94,7 @@ class Connection:
                 decode=self._decode,
             )
         if self._decode:
+            self._clock = frame_timing.apply(receiver)  # for the stats' breakdown
             self._tasks.append(asyncio.create_task(self._read(track), name="decoded frames"))
         self._tasks.append(asyncio.create_task(self._measure_rtt(), name="rtt"))
         if self._janus is not None:
@@ -139,6 +141,8 @@ class Connection:
             while True:
                 frame = await track.recv()
                 assert isinstance(frame, av.VideoFrame)
+                if self._clock is not None and (times := self._clock.decoded(frame.pts)):
+                    self.stats.breakdown.add(frame, times)
                 self._on_frame(frame)
         except MediaStreamError:
             self.end("the sender ended the stream")

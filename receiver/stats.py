@@ -1,5 +1,6 @@
 """What the receiver measures: frame rate, size, and, when the stamp is present,
-capture-to-decoded latency and missing sequence numbers."""
+capture-to-decoded latency and missing sequence numbers; and where each frame's
+milliseconds go (``Breakdown``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import av
 import numpy as np
 
 from common import stamp
+from common.aiortc_ext.frame_timing import FrameTimes
 
 # A decoded stamp cell is near black or near white. A picture with more cells in
 # between than an encoder's smoothing explains carries no stamp. (VP8 can blur a
@@ -45,6 +47,73 @@ def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+def _recent(values: deque[float], count: int) -> list[float]:
+    return [values[-i] for i in range(1, min(count, len(values)) + 1)]
+
+
+# The receiver's stages of a frame, in order, and what --stats-breakdown calls them.
+STAGES = {
+    "capture_to_receive": "capture>receive",  # the sender and the network (stamp needed)
+    "receive_to_complete": "receive>complete",  # first packet to complete in the buffer
+    "complete_to_decoded": "complete>decoded",  # the decoder
+    "capture_to_decoded": "capture>decoded",  # all of it: the three above (stamp needed)
+}
+
+
+@dataclass
+class Breakdown:
+    """Where each decoded frame's milliseconds went, measured as it leaves the decoder:
+    capture to its first RTP packet here (the sender's stages and the network; from the
+    stamp, so only as good as the two clocks' agreement), first packet to complete (the
+    jitter buffer: the frame's transmission, and repairs), complete to decoded. For a
+    frame with a stamp, capture to decoded is exactly the sum of the three."""
+
+    stages_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {name: deque(maxlen=LATENCY_SAMPLES) for name in STAGES}
+    )
+
+    def add(self, frame: av.VideoFrame, times: FrameTimes) -> None:
+        stages = self.stages_ms
+        stages["receive_to_complete"].append(times.receive_to_complete * 1000)
+        stages["complete_to_decoded"].append(times.complete_to_decoded * 1000)
+        found = read_stamp(frame)
+        if found is None:
+            return
+        # the stamp's wall clock, at the moment the first packet arrived
+        wall_at_first = stamp.now_us() - round((time.monotonic() - times.first_packet) * 1e6)
+        to_receive = stamp.age_us(found, wall_at_first % stamp.MODULUS) / 1000
+        stages["capture_to_receive"].append(to_receive)
+        stages["capture_to_decoded"].append(
+            to_receive + (times.decoded - times.first_packet) * 1000
+        )
+
+    @property
+    def frames(self) -> int:
+        return len(self.stages_ms["receive_to_complete"])
+
+    def status(self, recent: int = 30) -> str:
+        """p50/p95 of each stage over the last ``recent`` frames, for the status line."""
+        parts = []
+        for name, label in STAGES.items():
+            values = _recent(self.stages_ms[name], recent)
+            if values:
+                parts.append(f"{label} {percentile(values, 50):.0f}/{percentile(values, 95):.0f}")
+        return f"ms p50/p95: {' '.join(parts)}" if parts else ""
+
+    def summary(self) -> dict[str, dict[str, float] | None] | None:
+        if not self.frames:
+            return None
+        return {
+            name: {
+                "p50": round(percentile(values, 50), 2),
+                "p95": round(percentile(values, 95), 2),
+            }
+            if values
+            else None
+            for name, values in self.stages_ms.items()
+        }
+
+
 @dataclass
 class FrameStats:
     """Running counters, updated once per decoded frame."""
@@ -67,6 +136,7 @@ class FrameStats:
     jitter_ms: float | None = None  # of the last connection
     max_gap: float = 0.0  # seconds between two consecutive frames, at most
     freezes: int = 0  # gaps over FREEZE_SECONDS
+    breakdown: Breakdown = field(default_factory=Breakdown)  # filled as frames are decoded
     _window: deque[float] = field(default_factory=deque)  # arrival times, last second
 
     def _count(self) -> None:
@@ -129,16 +199,19 @@ class FrameStats:
             self._window.popleft()
         return len(self._window) / window
 
-    def status_line(self) -> str:
+    def status_line(self, breakdown: bool = False) -> str:
+        """Frames, fps, size, latency; with ``breakdown``, each stage's p50/p95 too."""
         parts = [f"frames {self.frames}", f"fps {self.recent_fps():.1f}"]
         if self.width:
             parts.append(f"{self.width}x{self.height}")
-        recent = [self.latencies_ms[-i] for i in range(1, min(30, len(self.latencies_ms)) + 1)]
+        recent = _recent(self.latencies_ms, 30)
         if recent:
             parts.append(
                 f"latency p50 {percentile(recent, 50):.0f} ms p95 {percentile(recent, 95):.0f} ms"
             )
             parts.append(f"dropped {self.dropped}")
+        if breakdown and (stages := self.breakdown.status()):
+            parts.append(stages)
         return "  ".join(parts)
 
     def summary(self) -> dict[str, object]:
@@ -159,6 +232,7 @@ class FrameStats:
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
             "max_gap_ms": round(self.max_gap * 1000, 1),
             "freezes": self.freezes,
+            "breakdown_ms": self.breakdown.summary(),
         }
         if self.rtt_ms:
             result["rtt_ms"] = {

@@ -17,8 +17,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import av
 from aiortc.codecs import h264 as aiortc_h264
@@ -32,6 +32,8 @@ from . import tiers
 from .congestion import BandwidthEstimator
 from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
+from .sources import capture_time
+from .stages import StageTimes
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class Totals:
     frames_sent: int = 0
     bytes_sent: int = 0
     frames_dropped: int = 0
+    stages: StageTimes = field(default_factory=StageTimes)  # per-frame stage times
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,14 @@ PROFILES = {
 }
 
 
+class Queued(NamedTuple):
+    """A packet waiting in a viewer's queue: its tier, and when the encoder handed it over."""
+
+    packet: av.Packet[Any]
+    tier: str
+    handed_at: float
+
+
 class EncodedTrack(MediaStreamTrack):
     """One viewer's feed of encoded packets, from the tier its own bandwidth estimate
     puts it on. It starts at a keyframe, changes tier at a keyframe and, when it falls
@@ -111,7 +122,8 @@ class EncodedTrack(MediaStreamTrack):
     def __init__(self, encoder: SharedEncoder) -> None:
         super().__init__()
         self._encoder = encoder
-        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self._sending: Queued | None = None  # the packet aiortc took last, being sent
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
         profile = encoder.profile
@@ -158,23 +170,35 @@ class EncodedTrack(MediaStreamTrack):
             return
         self._put(packet)
 
-    def _put(self, item: av.Packet[Any] | None) -> None:
+    def _put(self, packet: av.Packet[Any] | None) -> None:
         if self._queue.full():
             self._queue.get_nowait()
-        self._queue.put_nowait(item)
+        queued = None if packet is None else Queued(packet, self.tier or "", time.monotonic())
+        self._queue.put_nowait(queued)
 
     async def recv(self) -> av.Packet[Any]:
+        self._sent()
         if self.readyState != "live":
             raise MediaStreamError
-        packet = await self._queue.get()
-        if packet is None:
+        queued = await self._queue.get()
+        if queued is None:
             self.stop()
             raise MediaStreamError
+        self._sending = queued
+        packet = queued.packet
         self.packets_sent += 1
         self.estimator.on_sent(packet.size)
         self._encoder.totals.frames_sent += 1
         self._encoder.totals.bytes_sent += packet.size
         return packet
+
+    def _sent(self) -> None:
+        """aiortc 1.16's ``RTCRtpSender._run_rtp`` asks for the next packet only once it
+        has sent every RTP packet of the last one: time the last one's send stage."""
+        if self._sending is not None:
+            stages = self._encoder.totals.stages
+            stages.sent(self.codec, self._sending.tier, time.monotonic() - self._sending.handed_at)
+            self._sending = None
 
     def request_keyframe(self) -> None:
         """A PLI or FIR from this viewer: a keyframe of the tier it watches."""
@@ -243,6 +267,25 @@ class TierEncoder:
     below_since: float | None = None  # since when the target is below the bitrate
     frames_encoded: int = 0
     keyframes: int = 0
+    # The packets from the last keyframe on, while it is recent (see ``remember``).
+    recent: list[av.Packet[Any]] = field(default_factory=list)
+    recent_since: float = -1e9  # when that keyframe was handed over
+
+    def remember(self, packets: list[av.Packet[Any]], now: float) -> None:
+        """Keep the packets since the last keyframe while it is younger than
+        ``KEYFRAME_INTERVAL_MIN``: a newcomer starts from them (``start_packets``) instead
+        of waiting for the next keyframe, which that close to the last one would come only
+        when the interval is over (up to 0.3 s later)."""
+        if any(packet.is_keyframe for packet in packets):
+            self.recent, self.recent_since = list(packets), now
+        elif self.recent and now - self.recent_since < KEYFRAME_INTERVAL_MIN:
+            self.recent.extend(packets)
+        else:
+            self.recent = []
+
+    def start_packets(self, now: float) -> list[av.Packet[Any]]:
+        """A recent keyframe and the packets after it, to start a newcomer; [] when none."""
+        return self.recent if now - self.recent_since < KEYFRAME_INTERVAL_MIN else []
 
     def next_bitrate(self, now: float, urgent: bool = False) -> int | None:
         """The bitrate for a new encoder now, or None to keep the current one."""
@@ -386,14 +429,21 @@ class SharedEncoder:
 
     def _place(self, track: EncodedTrack, now: float) -> None:
         """Give a viewer its first tier (``sender.tiers``); it starts receiving at that
-        tier's next keyframe."""
+        tier's last keyframe if that is recent, else at its next one."""
         assert self.ladder is not None
         full = self._tiers.get(tiers.FULL)
         running = 0
         if full is not None:
             running = max(full.target_bitrate, (full.codec.bit_rate if full.codec else 0) or 0)
         track.choice = tiers.TierChoice(self.ladder, now, self.ladder.first_tier(running))
-        self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
+        encoder = self._tiers.get(track.wanted_tier or "")
+        start = encoder.start_packets(now) if encoder is not None else []
+        if start:
+            track.tier = track.wanted_tier
+            for packet in start:
+                track.offer(packet)
+        else:
+            self.request_keyframe(track.wanted_tier)  # the newcomer needs one to start decoding
 
     def update_bitrate(self, now: float | None = None) -> None:
         """Each viewer's tier from its own estimate; each tier's bitrate from the weakest
@@ -476,7 +526,9 @@ class SharedEncoder:
                 packets = {}
                 for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
                     self._count(job, encoded, seconds)
+                    job.remember(encoded, now)
                     packets[job.tier.name] = encoded
+                self._time_encoded(frame, packets)
                 self._deliver(packets)
         except Exception:
             # Its viewers' video ends (below); say why, once, rather than silently.
@@ -593,6 +645,16 @@ class SharedEncoder:
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
         self.totals.encode_seconds += seconds
+
+    def _time_encoded(self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]]) -> None:
+        """Capture to encoded, per tier: until the packets are handed to the viewers."""
+        captured = capture_time(frame)
+        if captured is None:
+            return
+        seconds = time.monotonic() - captured
+        for name, encoded in packets.items():
+            if encoded:
+                self.totals.stages.encoded(self.profile.name, name, seconds)
 
     def _deliver(self, packets: dict[str, list[av.Packet[Any]]]) -> None:
         """Each viewer gets its tier's packets; one moving to another tier switches when

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 PIXEL_FORMAT = "yuv420p"
 VIDEO_CLOCK_RATE = 90000
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+# Every frame's presentation time counts from this one monotonic instant, whichever source
+# and however often it was opened, so the capture time can be read back from a frame, or
+# from a packet encoded from it (``capture_time``), to time the stages after capture.
+CLOCK_ORIGIN = time.monotonic()
 
 
 class SourceError(Exception):
@@ -74,10 +79,18 @@ class Source(ABC):
         await self.close()
 
     def _stamp_time(self, frame: av.VideoFrame) -> av.VideoFrame:
-        """Give ``frame`` a 90 kHz presentation time from the capture clock."""
-        frame.pts = int((time.monotonic() - self._started) * VIDEO_CLOCK_RATE)
+        """Give ``frame`` a 90 kHz presentation time: now, on the capture clock."""
+        frame.pts = int((time.monotonic() - CLOCK_ORIGIN) * VIDEO_CLOCK_RATE)
         frame.time_base = TIME_BASE
         return frame
+
+
+def capture_time(item: av.VideoFrame | av.Packet[Any]) -> float | None:
+    """When a captured frame (or a packet encoded from it, which keeps its presentation
+    time) was captured, on ``time.monotonic()``'s clock; None without a time."""
+    if item.pts is None or item.time_base is None:
+        return None
+    return CLOCK_ORIGIN + float(item.pts * item.time_base)
 
 
 class Synthetic(Source):

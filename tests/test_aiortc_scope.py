@@ -23,7 +23,14 @@ from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCCertificate
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from OpenSSL import SSL
 
-from common.aiortc_ext import dtls_ciphers, jitterbuffer, relay_pairs, remb_rtt, rtcp_feedback
+from common.aiortc_ext import (
+    dtls_ciphers,
+    frame_timing,
+    jitterbuffer,
+    relay_pairs,
+    remb_rtt,
+    rtcp_feedback,
+)
 from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
 from common.aiortc_ext.passthrough import TapQueue
 from receiver import Receiver
@@ -117,6 +124,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             our_pc = ours.connection.pc
             our_receiver = our_pc.getReceivers()[0]
             assert type(jitter_buffer(our_receiver)) is LowLatencyJitterBuffer
+            assert frame_timing.applied(our_receiver)
             assert isinstance(our_receiver._RTCRtpReceiver__decoder_queue, TapQueue)  # type: ignore[attr-defined]  # aiortc's private queue
             assert dtls_ciphers.applied(our_pc)
             assert relay_pairs.applied(our_pc)
@@ -141,6 +149,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
                 receiver = pc.getReceivers()[0]
                 assert type(jitter_buffer(receiver)) is JitterBuffer
                 assert not jitterbuffer.applied(receiver)
+                assert not frame_timing.applied(receiver)
                 assert type(receiver._RTCRtpReceiver__decoder_queue) is queue.Queue  # type: ignore[attr-defined]  # aiortc's private queue
                 assert remb_rtt.rtt_ms(receiver) == STOCK_REMB_RTT_MS
             plain_sender = plain_sending.getSenders()[0]
@@ -159,6 +168,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             import aiortc.rtcrtpreceiver
 
             assert aiortc.rtcrtpreceiver.JitterBuffer is JitterBuffer
+            assert aiortc.rtcrtpreceiver.TimestampMapper.map.__module__ == "aiortc.rtcrtpreceiver"
         finally:
             for pc in (plain_sending, plain_receiving, viewer):
                 await pc.close()

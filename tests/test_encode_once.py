@@ -10,7 +10,12 @@ from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_f
 from common.aiortc_ext import AIORTC_VERSION, rtcp_feedback
 from receiver import Receiver
 from receiver.stats import read_stamp
-from sender.encoding import PROFILES, VIEWER_QUEUE_PACKETS, SharedEncoder
+from sender.encoding import (
+    KEYFRAME_INTERVAL_MIN,
+    PROFILES,
+    VIEWER_QUEUE_PACKETS,
+    SharedEncoder,
+)
 from sender.fanout import SharedSource
 from sender.sources import TestPattern
 
@@ -63,21 +68,25 @@ async def test_one_encoder_per_codec(sender_factory) -> None:
 
 
 async def test_a_new_viewer_starts_on_a_fresh_keyframe(sender_factory) -> None:
+    """Fresh: made for it, or at most KEYFRAME_INTERVAL_MIN old when it joined (then it
+    starts from that one: tests/test_join.py)."""
     sender = await sender_factory()
     async with Receiver(sender.url, connect_timeout=30) as first:
         async for _ in first.frames():
             if first.stats.frames >= 60:  # well past the first keyframe
                 break
         encoder = sender.sessions.encoders.active()[0]
-        keyframes = encoder.keyframes
+        [tier] = encoder.tier_encoders.values()
+        keyframes, last_keyframe = encoder.keyframes, tier.recent_since
         started = time.monotonic()
         async with Receiver(sender.url, connect_timeout=30) as second:
             async for frame in second.frames():
                 assert read_stamp(frame) is not None
                 break
             connected_in = time.monotonic() - started
-        assert encoder.keyframes > keyframes
-    assert connected_in < 10  # the 0.5 s target is measured in bench/, not asserted here
+        recent = started - last_keyframe < KEYFRAME_INTERVAL_MIN  # it joined later still
+        assert encoder.keyframes > keyframes or recent
+    assert connected_in < 10  # the 0.3 s target is measured in bench/, not asserted here
 
 
 @pytest.mark.parametrize("codec", ["vp8", "h264"])

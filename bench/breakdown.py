@@ -1,0 +1,148 @@
+"""Where a frame's milliseconds go, stage by stage, on 127.0.0.1.
+
+    python -m bench.breakdown [--sizes 640x480,1280x720] [--codec vp8] [--seconds 10] [--json FILE]
+
+For each size: our sender on the fake camera and one ``webcam-receiver`` (both as
+processes, as a user runs them); the sender's stages come from its ``/metrics``
+histograms (p50/p95 interpolated within the buckets, as Prometheus's
+``histogram_quantile`` does), the receiver's from its ``--stats-json`` ``breakdown_ms``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.senders import ROOT, SenderProcess, child_env
+
+SENDER_STAGES = ("capture_to_encoded", "encoded_to_sent")
+RECEIVER_STAGES = ("capture_to_receive", "receive_to_complete", "complete_to_decoded")
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
+    """The q-quantile (0..1) of cumulative (upper bound, count) buckets, linear within the
+    bucket it falls in (Prometheus's rule); None without observations."""
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-9)
+        lower, below = bound, count
+    return lower
+
+
+def sender_stages(url: str, codec: str) -> dict[str, object]:
+    """p50/p95 (ms) of the sender's stage histograms, for the tier of ``codec`` that
+    encoded the most frames (a lone viewer above 640x480 starts on the reduced one)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    series: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (stage, tier) -> buckets
+    for family in text_string_to_metric_families(text):
+        stage = family.name.removeprefix("webcam_").removesuffix("_seconds")
+        if stage not in SENDER_STAGES:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket") and sample.labels.get("codec") == codec:
+                key = (stage, sample.labels["tier"])
+                series.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+    counts = {tier: b[-1][1] for (stage, tier), b in series.items() if stage == SENDER_STAGES[0]}
+    if not counts:
+        return {}
+    tier = max(counts, key=lambda name: counts[name])
+    result: dict[str, object] = {"sender_tier": tier}
+    for stage in SENDER_STAGES:
+        buckets = series.get((stage, tier), [])
+        result[stage] = {
+            f"p{q}": None if (v := histogram_quantile(q / 100, buckets)) is None else v * 1000
+            for q in (50, 95)
+        }
+    return result
+
+
+def measure(size: str, codec: str, seconds: float, bitrate: int | None, logs: Path) -> dict:
+    fixed = ["--bitrate", str(bitrate)] if bitrate else []
+    sender = SenderProcess(
+        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed],
+        logs / f"sender-{size}.log",
+    )
+    stats = logs / f"receiver-{size}.json"
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "receiver", sender.url, "--quiet",
+             "--duration", str(seconds), "--stats-json", str(stats)],
+            check=True, cwd=ROOT, env=child_env(), timeout=seconds + 120,
+        )  # fmt: skip
+        sending = sender_stages(sender.url, codec)
+    finally:
+        sender.stop()
+    summary = json.loads(stats.read_text())
+    receiving = summary["breakdown_ms"] or {}
+    return {
+        "size": size,
+        "codec": codec,
+        "frames": summary["frames"],
+        "width": summary["width"],
+        "height": summary["height"],
+        **sending,
+        **receiving,
+        "latency_ms": summary["latency_ms"],
+    }
+
+
+def table(results: list[dict]) -> str:
+    stages = (*SENDER_STAGES, *RECEIVER_STAGES, "capture_to_decoded")
+    rows = [
+        "| size (received) | codec (sender tier) | "
+        + " | ".join(s.replace("_", " ") for s in stages)
+        + " |",
+        "|---|---|" + "---|" * len(stages),
+    ]
+    for r in results:
+        cells = []
+        for stage in stages:
+            v = r.get(stage) or {}
+            p50, p95 = v.get("p50"), v.get("p95")
+            cells.append("-" if p50 is None or p95 is None else f"{p50:.1f} / {p95:.1f}")
+        size = f"{r['size']} ({r['width']}x{r['height']})"
+        codec = f"{r['codec']} ({r.get('sender_tier', '-')})"
+        rows.append(f"| {size} | {codec} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--bitrate", type=int, help="fixed bitrate (one tier: 1280x720 at full size from the start)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as logs:
+        results = [
+            measure(size, args.codec, args.seconds, args.bitrate, Path(logs))
+            for size in args.sizes.split(",")
+        ]
+    print("p50 / p95 ms per stage\n" + table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
