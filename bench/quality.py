@@ -37,7 +37,7 @@ from aiortc.codecs import vpx as aiortc_vpx
 from bench.senders import SenderProcess
 from bench.viewers import Watched, percentile, watch
 from common import stamp
-from common.cli import positive, size
+from common.cli import positive, sizes
 from receiver.stats import read_stamp
 from sender import scene
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sizes",
-        type=lambda text: [size(s) for s in text.split(",")],
+        type=sizes,
         default=[(640, 480), (1280, 720)],
         help="comma-separated WIDTHxHEIGHT (640x480,1280x720)",
     )

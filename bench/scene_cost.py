@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from common.cli import positive, size
+from common.cli import positive, sizes
 from sender import scene
 from sender.sources import SceneCamera
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--sizes",
-        type=lambda text: [size(s) for s in text.split(",")],
+        type=sizes,
         default=[(640, 480), (1280, 720), (1920, 1080)],
         help="comma-separated WIDTHxHEIGHT",
     )

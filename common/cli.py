@@ -48,6 +48,11 @@ def size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def sizes(text: str) -> list[tuple[int, int]]:
+    """Parse ``WxH,WxH,...`` for argparse."""
+    return [size(part) for part in text.split(",")]
+
+
 def positive(kind: Callable[[str], N]) -> Callable[[str], N]:
     """An argparse type for positive numbers of ``kind`` (int or float)."""
 
