@@ -103,6 +103,7 @@ def describe(mode: CameraMode, fps: float | None) -> str:
 
 
 def is_raw(name: str) -> bool:
+    """Whether ``name`` is uncompressed: ``raw`` or any pixel format FFmpeg knows."""
     return name == RAW or name in RAW_FORMATS or _is_pixel_format(name)
 
 
@@ -133,7 +134,7 @@ def input_format(text: str) -> str | None:
     name = ALIASES.get(text.lower(), text.lower())
     if name == AUTO:
         return None
-    if name in COMPRESSED or name == RAW or (name in RAW_FORMATS or _is_pixel_format(name)):
+    if usable(name):
         return name
     raise argparse.ArgumentTypeError(
         f"unknown format {text!r}: use auto, raw, mjpeg, h264 or a pixel format "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import glob
 import logging
 import os
@@ -176,6 +175,8 @@ class Devices:
 
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[Ioctl]:
+        import fcntl  # here: Windows has none, and imports this module too
+
         try:
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
@@ -251,8 +252,8 @@ def unpack_capability(data: bytes) -> tuple[str, str, str, int]:
     return _text(driver), _text(card), _text(bus), node_caps
 
 
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "replace")
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def fourcc(code: int) -> str:
