@@ -20,7 +20,7 @@ from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
-from . import encoders, sources
+from . import cameras, encoders, formats, sources
 from .app import SenderConfig, create_app
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
+    parser.add_argument(
+        "--input-format",
+        type=formats.input_format,
+        default=None,
+        metavar="FORMAT",
+        help="the camera's format: auto (default: raw if it reaches --size at --fps, else "
+        "mjpeg, else h264, else the closest mode), raw, mjpeg, h264, or a pixel format "
+        "(yuyv422, nv12, ...); a format the camera lacks is an error",
+    )
+    parser.add_argument(
+        "--list-sources",
+        action="store_true",
+        help="list the cameras, their formats, sizes and rates, and what --size/--fps "
+        "(and --input-format) would pick; then exit",
+    )
     parser.add_argument("--codec", choices=CODECS, default="vp8", help="preferred video codec")
     parser.add_argument(
         "--encoder",
@@ -147,7 +162,7 @@ async def serve(args: argparse.Namespace) -> int:
         raise CliError(f"--encoder: {exc}") from None
     ice_servers = ice.check_arguments(args, turn_secret=turn_secret)
     try:
-        spec = await sources.choose(args.source, width, height, args.fps)
+        spec = await sources.choose(args.source, width, height, args.fps, args.input_format)
     except (sources.SourceError, ValueError) as exc:
         raise CliError(str(exc)) from None
     config = SenderConfig(
@@ -200,9 +215,19 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def list_sources(args: argparse.Namespace) -> int:
+    """``--list-sources``: print the cameras and what each would be opened in."""
+    width, height = args.size
+    found = cameras.list_cameras([(width, height)])
+    print(cameras.report(found, width, height, args.fps, args.input_format), end="", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    if args.list_sources:
+        return list_sources(args)
     return run_main(PROG, serve(args))
 
 

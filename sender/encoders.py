@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import fractions
 import logging
 import multiprocessing
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from av.video.reformatter import VideoReformatter
 from common import h264
 from common.codecs import CODECS
 
+from . import ffmpeg_log
 from .sources import TIME_BASE
 
 logger = logging.getLogger(__name__)
@@ -521,7 +521,8 @@ async def probe(
     def run() -> None:
         result.set_running_or_notify_cancel()  # from now on, a timeout cannot cancel it
         try:
-            with _ffmpeg_logs() as logs:
+            # FFmpeg's messages alone say why a hardware encoder failed.
+            with ffmpeg_log.captured(av.logging.ERROR) as logs:
                 try:
                     _encode_test_frame(candidate, params)
                 except Exception as exc:
@@ -554,17 +555,3 @@ def _encode_test_frame(candidate: Candidate, params: EncoderParams) -> None:
     packets = encoder.encode(frame) + encoder.encode(None)
     if not packets:
         raise ProbeError("no output for a test frame")
-
-
-@contextlib.contextmanager
-def _ffmpeg_logs() -> Iterator[list[tuple[int, str, str]]]:
-    """FFmpeg's messages logged in this thread meanwhile. They alone say why a hardware
-    encoder failed ("Could not find a valid device"), and PyAV drops them unless its
-    logging is on: so it is, at ERROR, while a probe runs."""
-    previous = av.logging.get_level()
-    av.logging.set_level(av.logging.ERROR)
-    try:
-        with av.logging.Capture(local=True) as logs:
-            yield logs
-    finally:
-        av.logging.set_level(previous)

@@ -8,6 +8,7 @@ on one frame crash libswscale (seen with aiortc 1.16 / PyAV 18).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fractions
 import logging
 import os
@@ -23,7 +24,7 @@ import numpy as np
 
 from common import stamp
 
-from . import scene
+from . import cameras, ffmpeg_devices, formats, scene
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class SourceSpec:
     kind: str  # "testsrc", "scene", "device" or "file"
     url: str = ""
     format: str | None = None
+    # A camera's format, size and rate, chosen once at start (``settle``); None: FFmpeg is
+    # asked for the configured size and rate only.
+    choice: formats.Choice | None = None
 
     def describe(self) -> str:
         if self.kind in SYNTHETIC:
@@ -207,7 +211,9 @@ class AvSource(Source):
     def _options(self) -> dict[str, str]:
         if self._spec.kind != "device":
             return {}
-        return {"video_size": f"{self.width}x{self.height}", "framerate": f"{self.fps:g}"}
+        if self._spec.choice is None:
+            return {"video_size": f"{self.width}x{self.height}", "framerate": f"{self.fps:g}"}
+        return device_options(self._spec.format, self._spec.choice)
 
     def _open(self) -> None:
         try:
@@ -266,6 +272,25 @@ class AvSource(Source):
             await asyncio.to_thread(container.close)
 
 
+def device_options(demuxer: str | None, choice: formats.Choice) -> dict[str, str]:
+    """FFmpeg's options for opening a camera in ``choice``: its size and rate, and its
+    format in the option each demuxer takes it in (a codec for DirectShow's compressed
+    formats, a pixel format for its raw ones; AVFoundation has only pixel formats)."""
+    mode = choice.mode
+    options = {"video_size": mode.size}
+    if choice.fps is not None:
+        options["framerate"] = f"{choice.fps:g}"
+    if mode.format == formats.RAW:  # the platform picks the pixel format
+        return options
+    if demuxer == "v4l2":
+        options["input_format"] = mode.format
+    elif demuxer == "dshow" and not formats.is_raw(mode.format):
+        options["vcodec"] = mode.format
+    elif demuxer in ("dshow", "avfoundation"):
+        options["pixel_format"] = mode.format
+    return options
+
+
 def _reason(exc: BaseException) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return " ".join(str(text).split())
@@ -298,6 +323,8 @@ def resolve(source: str) -> SourceSpec:
         raise ValueError("resolve 'auto' with choose() instead")
     prefix, sep, rest = source.partition(":")
     if sep and prefix in ("avfoundation", "dshow", "v4l2") and rest:
+        if prefix == "dshow":  # FFmpeg opens "video=NAME"
+            rest = ffmpeg_devices.dshow_url(rest)
         return SourceSpec("device", rest, prefix)
     if source.startswith("/dev/video"):
         if not os.path.exists(source):
@@ -317,8 +344,17 @@ def create(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
 async def open_source(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
     source = create(spec, width, height, fps)
     await source.open()
-    logger.info("camera opened: %s %dx%d@%g", spec.describe(), width, height, fps)
+    logger.info("camera opened: %s", _opened(spec, width, height, fps))
     return source
+
+
+def _opened(spec: SourceSpec, width: int, height: int, fps: float) -> str:
+    """What was opened: a camera's chosen format, size and rate, and the size sent on."""
+    if spec.choice is None:
+        return f"{spec.describe()} {width}x{height}@{fps:g}"
+    mode = spec.choice.mode
+    scaled = "" if (mode.width, mode.height) == (width, height) else f", scaled to {width}x{height}"
+    return f"{spec.describe()}: {spec.choice.describe()}{scaled} ({spec.choice.why})"
 
 
 async def probe(spec: SourceSpec, width: int, height: int, fps: float) -> None:
@@ -331,12 +367,52 @@ async def probe(spec: SourceSpec, width: int, height: int, fps: float) -> None:
         logger.info("camera closed: %s (start-up check)", spec.describe())
 
 
-async def choose(name: str, width: int, height: int, fps: float) -> SourceSpec:
-    """Resolve ``--source`` and check that it opens; ``auto`` falls back to the fake camera."""
+async def settle(
+    spec: SourceSpec, width: int, height: int, fps: float, forced: str | None = None
+) -> SourceSpec:
+    """``spec`` with the camera's format, size and rate chosen for the request (once, at
+    start: every later open uses it). A camera whose modes cannot be read is opened as
+    before, with the size and rate asked for (and a forced format, unchecked).
+
+    Raises FormatError when ``forced`` is a format the camera does not offer, SourceError
+    when it offers nothing FFmpeg can capture.
+    """
+    if spec.kind != "device":
+        return spec
+    try:
+        modes = await asyncio.to_thread(cameras.modes_of, spec.format, spec.url, [(width, height)])
+    except cameras.CameraListError as exc:
+        logger.info("%s: its formats cannot be listed (%s)", spec.describe(), exc.strerror or exc)
+        if forced is None or forced == formats.RAW:
+            return spec
+        unchecked = formats.CameraMode(forced, width, height, fps)
+        return dataclasses.replace(
+            spec, choice=formats.Choice(unchecked, fps, True, f"--input-format {forced}, unchecked")
+        )
+    try:
+        choice = formats.choose(modes, width, height, fps, forced)
+    except formats.FormatError as exc:
+        raise formats.FormatError(f"{spec.describe()}: {exc}; see --list-sources") from None
+    except ValueError as exc:
+        raise SourceError(f"{spec.describe()}: {exc}") from None
+    if not choice.exact:
+        logger.warning(
+            "%s: %s; capturing %s instead, scaled to %dx%d",
+            spec.describe(), choice.why, choice.describe(), width, height,
+        )  # fmt: skip
+    return dataclasses.replace(spec, choice=choice)
+
+
+async def choose(
+    name: str, width: int, height: int, fps: float, input_format: str | None = None
+) -> SourceSpec:
+    """Resolve ``--source``, choose a camera's format (``settle``) and check that it opens;
+    ``auto`` falls back to the fake camera, though not from a format it was told to use."""
     if name == "auto":
         camera = default_camera()
         if camera is not None:
             try:
+                camera = await settle(camera, width, height, fps, input_format)
                 await probe(camera, width, height, fps)
                 return camera
             except SourceError as exc:
@@ -345,7 +421,9 @@ async def choose(name: str, width: int, height: int, fps: float) -> SourceSpec:
             logger.warning("no camera found; using the fake camera (testsrc)")
         spec = SourceSpec("testsrc")
     else:
-        spec = resolve(name)
+        spec = await settle(resolve(name), width, height, fps, input_format)
+    if input_format is not None and spec.kind != "device":
+        logger.warning("--input-format is for cameras: ignored for %s", spec.describe())
     if spec.kind in SYNTHETIC:
         stamp.cell_size(width)  # the fake camera's stamp needs the width: refuse it now
         if spec.kind == "scene":  # made now, so that the first viewer does not wait for it
