@@ -194,7 +194,7 @@ class SceneCamera(Synthetic):
 
 
 # The fake cameras, by their ``--source`` names.
-SYNTHETIC: dict[str, type[Synthetic]] = {"testsrc": TestPattern, "scene": SceneCamera}
+SYNTHETIC: dict[str, type[Synthetic]] = dict(testsrc=TestPattern, scene=SceneCamera)
 
 
 class AvSource(Source):
