@@ -117,6 +117,13 @@ class Synthetic(Source):
         self.render_into(sequence, *scene.planes(image, self.width, self.height))
         return image
 
+    def picture(self, sequence: int) -> np.ndarray:
+        """Frame ``sequence`` as one flat yuv420p buffer, stamped now: what the test RTSP
+        camera (``bench.rtsp_camera``) encodes, so the same stamp survives one more hop."""
+        image = self.render(sequence)
+        self._stamp_into(sequence, *scene.planes(image, self.width, self.height))
+        return image
+
     async def read(self) -> av.VideoFrame:
         due = self._started + self._sequence / self.fps
         delay = due - time.monotonic()
@@ -136,11 +143,15 @@ class Synthetic(Source):
             for p in frame.planes
         )
         self.render_into(sequence, luma, u, v)
+        self._stamp_into(sequence, luma, u, v)
+        return self._stamp_time(frame)
+
+    def _stamp_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        """Draw the stamp (captured now) over a rendered frame's planes."""
         # Neutral chroma under the stamp, so its cells are true white and black.
         s = stamp.cell_size(self.width)
         u[:s] = v[:s] = 128
         stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
-        return self._stamp_time(frame)
 
 
 class TestPattern(Synthetic):
