@@ -9,9 +9,9 @@ sender's viewers stay connected and see a pause.
 
 Reading runs in a thread of its own (demux, decode, scale), which hands each frame to the
 event loop, where only the newest one waits: a slow consumer gets the latest picture, not
-a backlog. If decoding itself falls behind the camera (``Lag``), the packets up to the
-next keyframe are skipped. User names and passwords in a URL never reach a log line or
-``/healthz``: ``redact()`` shows ``user:***@``.
+a backlog. If decoding itself falls behind an RTSP camera (``Lag``, from its RTP times),
+the packets up to a recent keyframe are skipped. User names and passwords in a URL never
+reach a log line or ``/healthz``: ``redact()`` shows ``user:***@``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ READ_SECONDS = 5.0  # no packet for this long: the camera is gone
 START_SECONDS = 10.0  # at start-up, a camera that gives no frame by then is an error
 MAX_LAG_SECONDS = 0.5  # decoding this far behind the camera: skip to the next keyframe...
 LATE_PACKETS = 3  # ...for this many packets in a row (FFmpeg hands the last one out late)
+MAX_SKIP_SECONDS = 5.0  # then any keyframe ends the skip (a GOP that long, or odd times)
 DRIFT = 0.001  # clock drift allowed between camera and us (1 ms/s), see ``Lag``
 SECRET_KEYS = ("password", "passwd", "pass", "pwd", "token", "secret", "key", "auth")
 
@@ -147,6 +148,8 @@ class Lag:
         self._at = 0.0
         self._media = 0.0
         self._late = 0  # packets in a row over MAX_LAG_SECONDS
+        self.skipping_since: float | None = None
+        self.skipped = 0  # packets skipped in the last (or current) skip
 
     def behind(self, arrival: float, media: float) -> float:
         """Seconds behind, for a packet read at ``arrival`` with time ``media``."""
@@ -164,6 +167,29 @@ class Lag:
     def too_far(self) -> bool:
         """``LATE_PACKETS`` in a row over ``MAX_LAG_SECONDS`` behind: time to skip."""
         return self._late >= LATE_PACKETS
+
+    def skip(self, arrival: float, media: float | None, keyframe: bool) -> bool:
+        """Whether to drop this packet undecoded: from ``too_far`` until a keyframe that
+        is not far behind itself; after ``MAX_SKIP_SECONDS``, until any keyframe (and the
+        lag is measured afresh from there)."""
+        behind = 0.0 if media is None else self.behind(arrival, media)
+        if self.skipping_since is None:
+            if not self.too_far:
+                return False
+            self.skipping_since, self.skipped = arrival, 0
+        if keyframe and (
+            behind <= MAX_LAG_SECONDS or arrival - self.skipping_since > MAX_SKIP_SECONDS
+        ):
+            if behind > MAX_LAG_SECONDS:
+                self.reset()
+            self.skipping_since = None
+            return False
+        self.skipped += 1
+        return True
+
+    def reset(self) -> None:
+        self._offset = None
+        self._late = 0
 
 
 class LiveReader:
@@ -283,27 +309,26 @@ class LiveReader:
 
     def _receive(self, container: av.container.InputContainer, stream: av.VideoStream) -> Failure:
         lag = Lag()
-        skipped = 0  # packets skipped since decoding fell behind (0: not skipping)
+        # RTP times are the camera's clock; other demuxers may make them up (FFmpeg's
+        # MJPEG over HTTP counts frames at 25 fps), and then no lag can be measured.
+        timed = container.format.name == "rtsp"
         received = False
         for packet in container.demux(stream):
             if self._stopping.is_set():
                 return Failure("closed")
-            media = packet.dts if packet.dts is not None else packet.pts
-            behind = 0.0
-            if media is not None:
-                behind = lag.behind(time.monotonic(), float(media * packet.time_base))
-            if lag.too_far and not skipped:
-                logger.warning(
-                    "%s: decoding fell over %g s behind the camera; skipping to a recent "
-                    "keyframe", self.shown, MAX_LAG_SECONDS,
-                )  # fmt: skip
-                skipped = 1
-            if skipped:  # until a keyframe that is not far behind itself
-                if not packet.is_keyframe or behind > MAX_LAG_SECONDS:
-                    skipped += 1
+            if timed:
+                media = packet.dts if packet.dts is not None else packet.pts
+                seconds = None if media is None else float(media * packet.time_base)
+                skipping = lag.skipping_since is not None
+                if lag.skip(time.monotonic(), seconds, packet.is_keyframe):
+                    if not skipping:
+                        logger.warning(
+                            "%s: decoding fell over %g s behind the camera; skipping to a "
+                            "recent keyframe", self.shown, MAX_LAG_SECONDS,
+                        )  # fmt: skip
                     continue
-                logger.info("%s: %d packets skipped", self.shown, skipped - 1)
-                skipped = 0
+                if skipping:
+                    logger.info("%s: %d packets skipped", self.shown, lag.skipped)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:  # a damaged packet (UDP loss): go on
