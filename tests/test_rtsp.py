@@ -16,13 +16,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import av
+import cv2
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.rtsp_camera import RtspCamera, free_port
+from common import stamp
 from receiver import Receiver
 from receiver.stats import read_stamp
 from sender import live, sources
+from sender.sources import TestPattern
 
 from .helpers import SenderProcess, assert_one_line_error, run_sender, wait_until
 from .rtsp_camera import rtsp_camera
@@ -67,7 +71,7 @@ class Watch:
         async for frame in self.rx.frames():
             found = read_stamp(frame)
             if found is not None:
-                age_ms = (time.time_ns() // 1000 - found.capture_us) % (1 << 40) / 1000
+                age_ms = stamp.age_us(found) / 1000
                 self.frames.append((time.monotonic(), found.sequence, age_ms))
 
     async def until(self, count: int, within: float = 30.0) -> None:
@@ -170,12 +174,54 @@ async def test_a_reader_that_falls_behind_skips_to_a_keyframe(
         while time.monotonic() - started < 6:
             found = read_stamp(await reader.next_frame())
             assert found is not None
-            ages.append((time.time_ns() // 1000 - found.capture_us) % (1 << 40) / 1000)
+            ages.append(stamp.age_us(found) / 1000)
     finally:
         await reader.close()
     print(f"behind a slow decoder: at most {max(ages[-40:]):.0f} ms over the last 40 frames")
     assert "skipping to a recent keyframe" in caplog.text
     assert max(ages[-40:]) < 1200, f"{max(ages[-40:]):.0f} ms behind"
+
+
+async def serve_mjpeg(request: web.Request) -> web.StreamResponse:
+    """An MJPEG camera: the stamped fake camera as JPEGs in a multipart response, 15 fps."""
+    response = web.StreamResponse(
+        headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
+    )
+    await response.prepare(request)
+    picture = TestPattern(640, 480, 15)
+    with contextlib.suppress(ConnectionResetError):  # the reader went away
+        for n in itertools.count():
+            yuv = picture.picture(n).reshape(480 * 3 // 2, 640)
+            _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR_I420))
+            head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {jpeg.size}\r\n\r\n"
+            await response.write(head.encode() + jpeg.tobytes() + b"\r\n")
+            await asyncio.sleep(1 / 15)
+    return response
+
+
+async def test_an_mjpeg_camera_over_http_is_live() -> None:
+    app = web.Application()
+    app.router.add_get("/video.mjpg", serve_mjpeg)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/video.mjpg"
+    assert sources.resolve(url).kind == "network"
+    reader = live.LiveReader(url, live.options(url), lambda f: f.reformat(format="yuv420p"))
+    reader.start()
+    sequences, ages_ms = [], []
+    try:
+        while len(sequences) < 30:  # two seconds
+            found = read_stamp(await reader.next_frame())
+            assert found is not None
+            sequences.append(found.sequence)
+            ages_ms.append(stamp.age_us(found) / 1000)
+        assert reader.state == live.LIVE
+    finally:
+        await reader.close()
+        await runner.cleanup()
+    assert sequences == sorted(set(sequences))
+    assert statistics.median(ages_ms) < 300, ages_ms
 
 
 # -- refused at start -------------------------------------------------------------------
@@ -287,3 +333,20 @@ def test_lag_ignores_jitter_drift_and_rebasing_but_not_slow_decoding() -> None:
         too_far.append(lag.too_far)
     assert too_far[-1]  # four seconds of video in: a second behind
     assert not any(too_far[:30])
+
+
+def test_skipping_ends_at_a_keyframe_that_is_not_far_behind() -> None:
+    lag = live.Lag()
+    for i in range(30):  # on time
+        assert not lag.skip(i / 30, i / 30, keyframe=i == 0)
+    # A second's stall, then the backlog read at once, 1 s to 0.5 s behind.
+    backlog = [lag.skip(2.0 + i / 1000, 1.0 + i / 30, keyframe=i == 6) for i in range(15)]
+    assert backlog[:2] == [False, False]  # three in a row before skipping
+    assert all(backlog[2:])  # the backlog's own keyframe (0.8 s behind) too
+    assert lag.skip(2.5, 2.4, keyframe=False)
+    assert not lag.skip(2.5, 2.5, keyframe=True)  # a keyframe on time ends it
+    assert lag.skipped == 14
+    # Made-up times slower than the clock: after MAX_SKIP_SECONDS any keyframe ends it.
+    lag = live.Lag()
+    skips = [lag.skip(i / 10, i / 25, keyframe=True) for i in range(200)]
+    assert any(skips) and not all(skips[-60:])
