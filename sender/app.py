@@ -129,6 +129,9 @@ async def healthz(request: web.Request) -> web.Response:
             "source_open": source.is_open,
             "source_opens": source.opens,
             "source": request.app[CONFIG].source.describe(),
+            "source_state": source.state,  # live, connecting, reconnecting or closed
+            "source_reconnects": source.reconnects,
+            "source_error": source.error,  # a network camera's last failure, masked
             "encoders": {
                 e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
             },

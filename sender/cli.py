@@ -20,7 +20,7 @@ from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
-from . import cameras, encoders, formats, sources
+from . import cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="auto (default camera, else the fake camera), testsrc (the fake camera's flat "
         "pattern), scene (a camera-like fake camera: landscape, pan, noise), /dev/videoN, "
-        "avfoundation:NAME, dshow:NAME, or a video file (looped)",
+        "avfoundation:NAME, dshow:NAME, a network camera (rtsp://[USER:PASSWORD@]HOST[:PORT]"
+        "/PATH, rtsps://..., or an http(s):// MJPEG stream: live, reconnected when it "
+        "drops), or a video file (looped)",
+    )
+    parser.add_argument(
+        "--rtsp-transport",
+        choices=live.TRANSPORTS,
+        default=None,
+        help="how an RTSP camera sends its stream: tcp (default: inside the RTSP "
+        "connection, through NAT and firewalls, no picture broken by lost packets) or udp "
+        "(RTP over UDP: no retransmission delay on a clean LAN)",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
@@ -162,7 +172,9 @@ async def serve(args: argparse.Namespace) -> int:
         raise CliError(f"--encoder: {exc}") from None
     ice_servers = ice.check_arguments(args, turn_secret=turn_secret)
     try:
-        spec = await sources.choose(args.source, width, height, args.fps, args.input_format)
+        spec = await sources.choose(
+            args.source, width, height, args.fps, args.input_format, args.rtsp_transport
+        )
     except (sources.SourceError, ValueError) as exc:
         raise CliError(str(exc)) from None
     config = SenderConfig(

@@ -2,7 +2,9 @@
 
 The source is opened when the first viewer subscribes, read by one capture task, and
 each frame is offered to every viewer's track. It is closed shortly after the last
-viewer leaves, so a viewer arriving right after another left does not reopen it.
+viewer leaves, so a viewer arriving right after another left does not reopen it. A
+network camera that drops reconnects inside its source (``sender.live``): ``read()`` just
+takes longer, and the viewers' encoders wait for the next frame, connected.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from . import live
 from .sources import Source, SourceError
 
 logger = logging.getLogger(__name__)
@@ -71,6 +74,25 @@ class SharedSource:
         self.opens = 0  # how many times the device was opened (tests and /healthz)
         self.is_open = False
         self.frames_captured = 0
+        self._source: Source | None = None
+        self._reconnects = 0  # by the sources opened before the current one
+
+    @property
+    def state(self) -> str:
+        """``closed`` (no viewer), else the open source's: ``live``, or a network camera's
+        ``connecting`` or ``reconnecting``."""
+        return self._source.state if self._source is not None else live.CLOSED
+
+    @property
+    def reconnects(self) -> int:
+        """Times a network camera came back after a drop, over every opening."""
+        current = self._source.reconnects if self._source is not None else 0
+        return self._reconnects + current
+
+    @property
+    def error(self) -> str | None:
+        """Why the open source is not live (a network camera's last failure)."""
+        return self._source.error if self._source is not None else None
 
     @property
     def viewers(self) -> int:
@@ -107,6 +129,7 @@ class SharedSource:
             return
         self.opens += 1
         self.is_open = True
+        self._source = source
         try:
             while True:
                 frame = await source.read()
@@ -118,6 +141,8 @@ class SharedSource:
             self._end_viewers()
         finally:
             self.is_open = False
+            self._source = None
+            self._reconnects += source.reconnects
             # Shielded so that a cancelled capture still releases the device.
             await asyncio.shield(source.close())
             logger.info("camera closed")

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import live
 from .fanout import SharedSource
 from .janus_publisher import FAILED, PUBLISHING, RETRYING, JanusPublication
 from .sessions import Session, Sessions
@@ -78,10 +79,23 @@ class SenderCollector(Collector):
         yield GaugeMetricFamily(
             "webcam_source_open", "1 while the camera is open", int(self._source.is_open)
         )
+        state = GaugeMetricFamily(
+            "webcam_source_state",
+            "1 for the state the source is in (a network camera reconnects)",
+            labels=["state"],
+        )
+        for name in live.STATES:
+            state.add_metric([name], int(self._source.state == name))
+        yield state
         counters = [
             ("webcam_sessions_started", "Viewer sessions answered", sessions.started),
             ("webcam_sessions_failed", "Offers refused or failed", sessions.failed),
             ("webcam_source_opens", "Times the camera was opened", self._source.opens),
+            (
+                "webcam_source_reconnects",
+                "Times a network camera came back after a drop",
+                self._source.reconnects,
+            ),
             ("webcam_frames_captured", "Frames read from the camera", self._source.frames_captured),
             ("webcam_frames_encoded", "Frames encoded (once per codec)", totals.frames_encoded),
             ("webcam_keyframes", "Keyframes encoded", totals.keyframes),

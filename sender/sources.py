@@ -1,4 +1,5 @@
-"""Video sources: the fake camera, capture devices and looped video files.
+"""Video sources: the fake camera, capture devices, looped video files and live network
+cameras (``sender.live``).
 
 Every source hands out ``yuv420p`` frames at the configured size, converted once
 here: several viewers' encoders share each frame, and concurrent ``reformat()`` calls
@@ -16,7 +17,7 @@ import platform
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -24,7 +25,7 @@ import numpy as np
 
 from common import stamp
 
-from . import cameras, ffmpeg_devices, formats, scene
+from . import cameras, ffmpeg_devices, formats, live, scene
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +46,27 @@ class SourceError(Exception):
 class SourceSpec:
     """What ``--source`` names, resolved: how to open it, not yet opened."""
 
-    kind: str  # "testsrc", "scene", "device" or "file"
-    url: str = ""
+    # "testsrc", "scene", "device", "file" or "network" (a camera on the network: live.py)
+    kind: str
+    url: str = field(default="", repr=False)  # may hold a password: describe() masks it
     format: str | None = None
     # A camera's format, size and rate, chosen once at start (``settle``); None: FFmpeg is
     # asked for the configured size and rate only.
     choice: formats.Choice | None = None
+    rtsp_transport: str = live.DEFAULT_TRANSPORT  # an RTSP camera's: "tcp" or "udp"
 
     def describe(self) -> str:
+        """For logs, messages and /healthz: never a password."""
         if self.kind in SYNTHETIC:
             return f"fake camera ({self.kind})"
-        return f"{self.kind} {self.url}"
+        if self.kind == NETWORK:
+            return f"network camera {live.redact(self.url)}"
+        return f"{self.kind} {live.redact(self.url)}"
 
 
 class Source(ABC):
-    """One opened capture. ``read()`` paces itself to the source's frame rate."""
+    """One opened capture. ``read()`` paces itself to the source's frame rate (a network
+    camera's, to its stream)."""
 
     def __init__(self, width: int, height: int, fps: float) -> None:
         self.width = width
@@ -75,6 +82,21 @@ class Source(ABC):
 
     async def close(self) -> None:
         """Release the device or file."""
+
+    @property
+    def state(self) -> str:
+        """``live`` while frames come; a network camera may be connecting or reconnecting."""
+        return live.LIVE
+
+    @property
+    def reconnects(self) -> int:
+        """Times the source came back after a drop (network cameras only)."""
+        return 0
+
+    @property
+    def error(self) -> str | None:
+        """Why the source is not live, when it is not (network cameras only)."""
+        return None
 
     async def __aenter__(self) -> Source:
         return self
@@ -117,6 +139,13 @@ class Synthetic(Source):
         self.render_into(sequence, *scene.planes(image, self.width, self.height))
         return image
 
+    def picture(self, sequence: int) -> np.ndarray:
+        """Frame ``sequence`` as one flat yuv420p buffer, stamped now: what the test RTSP
+        camera (``bench.rtsp_camera``) encodes, so the same stamp survives one more hop."""
+        image = self.render(sequence)
+        self._stamp_into(sequence, *scene.planes(image, self.width, self.height))
+        return image
+
     async def read(self) -> av.VideoFrame:
         due = self._started + self._sequence / self.fps
         delay = due - time.monotonic()
@@ -136,11 +165,15 @@ class Synthetic(Source):
             for p in frame.planes
         )
         self.render_into(sequence, luma, u, v)
+        self._stamp_into(sequence, luma, u, v)
+        return self._stamp_time(frame)
+
+    def _stamp_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        """Draw the stamp (captured now) over a rendered frame's planes."""
         # Neutral chroma under the stamp, so its cells are true white and black.
         s = stamp.cell_size(self.width)
         u[:s] = v[:s] = 128
         stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
-        return self._stamp_time(frame)
 
 
 class TestPattern(Synthetic):
@@ -195,6 +228,7 @@ class SceneCamera(Synthetic):
 
 # The fake cameras, by their ``--source`` names.
 SYNTHETIC: dict[str, type[Synthetic]] = dict(testsrc=TestPattern, scene=SceneCamera)
+NETWORK = "network"  # the kind of a network camera's spec
 
 
 class AvSource(Source):
@@ -272,6 +306,53 @@ class AvSource(Source):
             await asyncio.to_thread(container.close)
 
 
+class LiveSource(Source):
+    """A network camera (``sender.live``): frames as they come, scaled to the configured
+    size, across reconnections. ``patience``: see ``live.LiveReader``."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        width: int,
+        height: int,
+        fps: float,
+        patience: float | None = None,
+    ) -> None:
+        super().__init__(width, height, fps)
+        self._reader = live.LiveReader(
+            spec.url, live.options(spec.url, spec.rtsp_transport), self._convert, patience=patience
+        )
+
+    def _convert(self, frame: av.VideoFrame) -> av.VideoFrame:
+        """In the reader's thread: the frame at our size and format, timed as it arrives."""
+        converted = frame.reformat(width=self.width, height=self.height, format=PIXEL_FORMAT)
+        return self._stamp_time(converted)
+
+    async def open(self) -> None:
+        self._reader.start()
+
+    async def read(self) -> av.VideoFrame:
+        try:
+            return await self._reader.next_frame()
+        except live.LiveError as exc:
+            raise SourceError(str(exc)) from None
+
+    async def close(self) -> None:
+        await self._reader.close()
+
+    @property
+    def state(self) -> str:
+        return self._reader.state
+
+    @property
+    def reconnects(self) -> int:
+        return self._reader.reconnects
+
+    @property
+    def error(self) -> str | None:
+        return self._reader.error
+
+
 def device_options(demuxer: str | None, choice: formats.Choice) -> dict[str, str]:
     """FFmpeg's options for opening a camera in ``choice``: its size and rate, and its
     format in the option each demuxer takes it in (a codec for DirectShow's compressed
@@ -310,15 +391,19 @@ def default_camera() -> SourceSpec | None:
     return None
 
 
-def resolve(source: str) -> SourceSpec:
+def resolve(source: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> SourceSpec:
     """Turn ``--source`` into a spec, without opening anything.
 
     ``testsrc`` or ``scene`` (the fake cameras); ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
-    ``v4l2:PATH``; otherwise a video file path (or a URL PyAV can open). ``auto`` is not
-    resolved here: ``choose()`` tries the default camera and falls back to ``testsrc``.
+    ``v4l2:PATH``; ``rtsp://``, ``rtsps://`` or ``http(s)://`` (a network camera, see
+    ``live.is_live``; ``rtsp_transport`` for RTSP); otherwise a video file path (or a URL
+    PyAV can open). ``auto`` is not resolved here: ``choose()`` tries the default camera
+    and falls back to ``testsrc``.
     """
     if source in SYNTHETIC:
         return SourceSpec(source)
+    if live.is_live(source):
+        return SourceSpec(NETWORK, source, rtsp_transport=rtsp_transport)
     if source == "auto":
         raise ValueError("resolve 'auto' with choose() instead")
     prefix, sep, rest = source.partition(":")
@@ -335,16 +420,27 @@ def resolve(source: str) -> SourceSpec:
     return SourceSpec("file", source)
 
 
-def create(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
+def create(
+    spec: SourceSpec, width: int, height: int, fps: float, patience: float | None = None
+) -> Source:
+    """The source ``spec`` names, not opened; ``patience`` is for network cameras
+    (``live.LiveReader``)."""
     if spec.kind in SYNTHETIC:
         return SYNTHETIC[spec.kind](width, height, fps)
+    if spec.kind == NETWORK:
+        return LiveSource(spec, width, height, fps, patience)
     return AvSource(spec, width, height, fps)
 
 
-async def open_source(spec: SourceSpec, width: int, height: int, fps: float) -> Source:
-    source = create(spec, width, height, fps)
+async def open_source(
+    spec: SourceSpec, width: int, height: int, fps: float, patience: float | None = None
+) -> Source:
+    source = create(spec, width, height, fps, patience)
     await source.open()
-    logger.info("camera opened: %s", _opened(spec, width, height, fps))
+    if spec.kind == NETWORK:  # connecting in the background: it says when frames come
+        logger.info("camera opened: %s, connecting", spec.describe())
+    else:
+        logger.info("camera opened: %s", _opened(spec, width, height, fps))
     return source
 
 
@@ -358,8 +454,9 @@ def _opened(spec: SourceSpec, width: int, height: int, fps: float) -> str:
 
 
 async def probe(spec: SourceSpec, width: int, height: int, fps: float) -> None:
-    """Open and close a source once at start-up, so a missing or busy device fails early."""
-    source = await open_source(spec, width, height, fps)
+    """Open and close a source once at start-up, so a missing or busy device fails early
+    (a network camera: one that gives no frame within ``live.START_SECONDS``, or refuses)."""
+    source = await open_source(spec, width, height, fps, patience=live.START_SECONDS)
     try:
         await source.read()
     finally:
@@ -404,10 +501,16 @@ async def settle(
 
 
 async def choose(
-    name: str, width: int, height: int, fps: float, input_format: str | None = None
+    name: str,
+    width: int,
+    height: int,
+    fps: float,
+    input_format: str | None = None,
+    rtsp_transport: str | None = None,
 ) -> SourceSpec:
     """Resolve ``--source``, choose a camera's format (``settle``) and check that it opens;
-    ``auto`` falls back to the fake camera, though not from a format it was told to use."""
+    ``auto`` falls back to the fake camera, though not from a format it was told to use.
+    ``rtsp_transport``: an RTSP camera's (None: ``live.DEFAULT_TRANSPORT``)."""
     if name == "auto":
         camera = default_camera()
         if camera is not None:
@@ -421,9 +524,12 @@ async def choose(
             logger.warning("no camera found; using the fake camera (testsrc)")
         spec = SourceSpec("testsrc")
     else:
-        spec = await settle(resolve(name), width, height, fps, input_format)
+        transport = rtsp_transport or live.DEFAULT_TRANSPORT
+        spec = await settle(resolve(name, transport), width, height, fps, input_format)
     if input_format is not None and spec.kind != "device":
         logger.warning("--input-format is for cameras: ignored for %s", spec.describe())
+    if rtsp_transport is not None and not live.is_rtsp(spec.url):
+        logger.warning("--rtsp-transport is for RTSP cameras: ignored for %s", spec.describe())
     if spec.kind in SYNTHETIC:
         stamp.cell_size(width)  # the fake camera's stamp needs the width: refuse it now
         if spec.kind == "scene":  # made now, so that the first viewer does not wait for it
