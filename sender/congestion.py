@@ -9,7 +9,8 @@ lost since the previous report, and, through the sender report they echo, the ro
 time, which grows with the queue in front of the bottleneck. ``BandwidthEstimator``
 combines them the way GCC's sender side does (draft-ietf-rmcat-gcc-02, section 6):
 
-- loss above 10%: ``A = sent * (1 - 0.5 * loss)`` (at most once per RTT + 300 ms);
+- loss above 10%: ``A = sent * (1 - 0.5 * loss)`` (at most once per RTT + 300 ms), when
+  the report counts enough packets to tell (below);
 - loss below 2%: ``A = A * 1.08`` per second;
 - in between: hold;
 - the round-trip time more than ``QUEUE_DELAY`` (150 ms) above its minimum over the last
@@ -23,6 +24,16 @@ Behind a 400 kbit/s link with a 300 ms queue, when the link drops from 4 Mbit/s,
 queue is full at once and the first receiver report says 40-60% lost with a 300 ms round
 trip: the estimate is cut within about a second, while REMB takes longer to get there.
 
+A report covers about a second: at 300 kbit/s, some 35 packets. With 5% random loss
+(a lossy radio link, no congestion), one report in ten then says more than 10%, and
+each cut is never won back, since 2-10% loss holds the estimate: a viewer on such a link
+was cut step by step below its picture size's tier within seconds. So a report cuts the
+estimate only when its loss is above 10% by more than ``LOSS_SIGNIFICANCE`` (2) standard
+deviations of what 10% loss over that many packets would give (35 packets: 8 lost;
+100 packets: 17), the packet count taken from the report's highest sequence number.
+libwebrtc, for the same reason, waits for 20 packets before it reads a loss fraction;
+a queue that overflows loses far more (40-60% when a link drops) and is cut at once.
+
 ``sent`` is what this viewer was actually sent over the last second. The estimate stays
 within ``[minimum, maximum]``. Times come from the caller (monotonic seconds), so the rule
 can be tested packet by packet.
@@ -31,6 +42,7 @@ can be tested packet by packet.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 
@@ -38,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_HIGH = 0.10  # above: decrease
 LOSS_LOW = 0.02  # below: increase
+LOSS_SIGNIFICANCE = 2.0  # standard deviations above LOSS_HIGH a report's loss must be
 INCREASE_PER_SECOND = 1.08
 DECREASE_MIN_INTERVAL = 0.3  # plus one RTT between two loss-based decreases
 QUEUE_DELAY = 0.15  # seconds of round-trip time above the minimum that mean a queue
@@ -78,6 +91,17 @@ class RateMeter:
         while self._samples and self._samples[0][0] < now - self._window:
             _, size = self._samples.popleft()
             self._bytes -= size
+
+
+def significant_loss(fraction_lost: float, packets: int | None) -> bool:
+    """Whether ``fraction_lost`` of ``packets`` is clearly above ``LOSS_HIGH``, not
+    random loss below it that happened to come out high in a small sample."""
+    if fraction_lost <= LOSS_HIGH:
+        return False
+    if packets is None:
+        return True
+    spread = math.sqrt(LOSS_HIGH * (1 - LOSS_HIGH) * max(packets, 1))
+    return fraction_lost * packets > LOSS_HIGH * packets + LOSS_SIGNIFICANCE * spread
 
 
 class BandwidthEstimator:
@@ -128,10 +152,15 @@ class BandwidthEstimator:
         self.remb = bitrate
 
     def on_report(
-        self, fraction_lost: float, rtt: float | None = None, now: float | None = None
+        self,
+        fraction_lost: float,
+        rtt: float | None = None,
+        now: float | None = None,
+        packets: int | None = None,
     ) -> None:
-        """A receiver report: ``fraction_lost`` in [0, 1] since the previous report, and
-        the round-trip time it measured (None when it echoed no sender report we know)."""
+        """A receiver report: ``fraction_lost`` in [0, 1] of the ``packets`` expected
+        since the previous report (None: not known, taken as many), and the round-trip
+        time it measured (None when it echoed no sender report we know)."""
         now = time.monotonic() if now is None else now
         self.fraction_lost = fraction_lost
         if self._first_report is None:
@@ -150,7 +179,7 @@ class BandwidthEstimator:
             self.queue_delay = rtt - min(r for _, r in self._rtts)
             delayed = self.queue_delay > QUEUE_DELAY
         sent = self.sent.rate(now)
-        if fraction_lost > LOSS_HIGH:
+        if significant_loss(fraction_lost, packets):
             interval = DECREASE_MIN_INTERVAL + (self.rtt or 0.0)
             if now - self._last_loss_decrease >= interval:
                 self._decrease(sent * (1 - 0.5 * fraction_lost), now, "loss")

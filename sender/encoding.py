@@ -126,6 +126,7 @@ class EncodedTrack(MediaStreamTrack):
         self._sending: Queued | None = None  # the packet aiortc took last, being sent
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
+        self._highest_sequence: int | None = None  # in the last receiver report
         profile = encoder.profile
         self.estimator = BandwidthEstimator(
             tiers.START_BITRATE, tiers.REDUCED_MIN_BITRATE, profile.max_bitrate
@@ -213,7 +214,11 @@ class EncodedTrack(MediaStreamTrack):
     def receiver_report(self, report: RtcpReceiverInfo, rtt: float | None) -> None:
         """An RTCP receiver report block about this viewer's stream, and the round-trip
         time it measured (None when it echoes no sender report of ours)."""
-        self.estimator.on_report(report.fraction_lost / 256, rtt)
+        packets = None
+        if self._highest_sequence is not None:
+            packets = (report.highest_sequence - self._highest_sequence) % 2**32
+        self._highest_sequence = report.highest_sequence
+        self.estimator.on_report(report.fraction_lost / 256, rtt, packets=packets)
         self._encoder.update_bitrate()
 
     def stop(self) -> None:

@@ -47,7 +47,7 @@ SIZE = "1280x720"
 NARROW = "400kbit"
 WIDE = "4mbit"
 CLIMB_KBPS = 440  # in a second: 10% more than the 400 kbit/s link can carry
-CLIMB_FACTOR = 1.2  # 5-10 s after the rise, this much more than 5 s before it
+CLIMB_FACTOR = 1.2  # 5-10 s after the rise, this much more than on the narrow link
 RECOVERY = 5.0  # seconds after the drop by which the latency must be back
 WARM_UP = 5.0
 NARROW_SECONDS = 60.0
@@ -221,7 +221,9 @@ def test_a_narrow_link_keeps_latency_low(tmp_path: Path) -> None:
 def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     """4 Mbit/s, then 400 kbit/s for 20 s, then 4 Mbit/s: from 5 s after the drop the
     p95 latency is back under 150 ms (over the next 5 s), and within 10 s of the rise the
-    bitrate climbs (seconds 5-10 after it carry >= 1.2x the 5 s before it). How long it
+    bitrate climbs (seconds 5-10 after it carry >= 1.2x what the narrow link carried, from
+    5 s after the drop to the rise: the last seconds before the rise alone were a noisy
+    baseline, as the sender probes up in steps and one of them may just have failed). How long it
     takes to exceed what the narrow link could carry, and to get the full picture back,
     is printed: REMB caps the estimate, and aiortc's receiver raises it slowly."""
     require()
@@ -274,8 +276,8 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     assert back.p95_ms < 150, detail
     assert back.fps >= 25, detail
     # Climbing within 10 s: seconds 5-10 after the rise carry clearly more than the
-    # narrow link did just before it (not stuck at the narrow rate).
-    assert rising.kbps >= CLIMB_FACTOR * narrow_end.kbps, detail
+    # narrow link did (not stuck at the narrow rate).
+    assert rising.kbps >= CLIMB_FACTOR * narrow.kbps, detail
 
 
 async def watch(url: str, seconds: float) -> dict:

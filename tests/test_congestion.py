@@ -4,6 +4,7 @@ parsed back as aiortc's RTCP handler receives them, then through a live connecti
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
@@ -138,6 +139,31 @@ def test_moderate_loss_holds_and_little_loss_grows_eight_percent_a_second() -> N
     for second in range(5, 60):
         feed(estimator, report(0.0), None, now=float(second))
     assert estimator.estimate == MAX  # never above the maximum
+
+
+def test_random_loss_in_small_reports_does_not_ratchet_the_estimate_down() -> None:
+    """5% random loss, reports of 35 packets (300 kbit/s): one report in ten says more
+    than 10%, and each cut would stay (2-10% holds). Only loss clearly above 10% for the
+    report's packet count cuts; a full queue's 40% cuts at once, as does a report whose
+    packet count is not known."""
+    rng = random.Random(7)
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 300_000, 0.0, 121.0)
+    high = 0
+    for second in range(1, 121):
+        lost = sum(rng.random() < 0.05 for _ in range(35))
+        high += lost / 35 > congestion.LOSS_HIGH
+        estimator.on_report(lost / 35, 0.01, float(second), packets=35)
+    assert high >= 5  # the samples did come out above 10% often
+    assert estimator.estimate == MAX and estimator.congested_at is None  # never cut
+    assert not congestion.significant_loss(7 / 35, 35)
+    assert congestion.significant_loss(8 / 35, 35)
+    assert not congestion.significant_loss(16 / 100, 100)
+    assert congestion.significant_loss(17 / 100, 100)
+    estimator.on_report(0.4, 0.01, 122.0, packets=35)
+    assert estimator.estimate < 300_000 * 0.85
+    assert congestion.significant_loss(0.11, None)
 
 
 def test_a_growing_queue_cuts_the_estimate() -> None:
