@@ -24,12 +24,16 @@ import av
 import numpy as np
 
 from common import stamp
+from common.backoff import Backoff
 
 from . import cameras, ffmpeg_devices, formats, live, scene
 
 logger = logging.getLogger(__name__)
 
 PIXEL_FORMAT = "yuv420p"
+REOPEN_FIRST = 0.5  # seconds before a lost device is first reopened, doubling...
+REOPEN_CAP = 5.0  # ...up to this
+DEVICE_PREFIXES = ("avfoundation", "dshow", "v4l2", "lavfi")  # FFmpeg's input devices
 VIDEO_CLOCK_RATE = 90000
 TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 # Every frame's presentation time counts from this one monotonic instant, whichever source
@@ -232,7 +236,13 @@ NETWORK = "network"  # the kind of a network camera's spec
 
 
 class AvSource(Source):
-    """A capture device or a video file opened with PyAV; files loop at their own pace."""
+    """A capture device or a video file opened with PyAV; files loop at their own pace.
+
+    A device that fails or ends after it gave frames (a USB camera unplugged, a driver
+    reset) is reopened with backoff (``REOPEN_FIRST`` doubling to ``REOPEN_CAP`` seconds),
+    for as long as it takes: ``read()`` just takes longer, so viewers stay connected, see
+    a pause and get the picture back when the camera returns. One that fails before its
+    first frame is an error (the start-up check must not wait forever)."""
 
     def __init__(self, spec: SourceSpec, width: int, height: int, fps: float) -> None:
         super().__init__(width, height, fps)
@@ -241,6 +251,22 @@ class AvSource(Source):
         self._container: av.container.InputContainer | None = None
         self._frames: Iterator[av.VideoFrame] = iter(())
         self._file_clock: tuple[float, float] | None = None  # (wall start, first pts seconds)
+        self._delivered = False  # a frame came: from now on a failing device is reopened
+        self._state = live.LIVE
+        self._reconnects = 0
+        self._error: str | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnects
+
+    @property
+    def error(self) -> str | None:
+        return self._error
 
     def _options(self) -> dict[str, str]:
         if self._spec.kind != "device":
@@ -285,11 +311,39 @@ class AvSource(Source):
             return frame
 
     async def read(self) -> av.VideoFrame:
-        frame = await asyncio.to_thread(self._next)
+        while True:
+            try:
+                frame = await asyncio.to_thread(self._next)
+                break
+            except SourceError as exc:
+                if self._spec.kind != "device" or not self._delivered:
+                    raise
+                await self._reopen(str(exc))
+        self._delivered = True
         if self._loop and frame.pts is not None and frame.time_base is not None:
             await self._pace(float(frame.pts * frame.time_base))
         converted = frame.reformat(width=self.width, height=self.height, format=PIXEL_FORMAT)
         return self._stamp_time(converted)
+
+    async def _reopen(self, reason: str) -> None:
+        """The device failed mid-stream: reopen it until it comes back."""
+        lost = time.monotonic()
+        self._state, self._error = live.RECONNECTING, reason
+        logger.warning("%s; reopening it (viewers stay connected)", reason)
+        await self.close()
+        backoff = Backoff(REOPEN_FIRST, REOPEN_CAP)
+        while True:
+            await asyncio.sleep(backoff.failure())
+            try:
+                await asyncio.to_thread(self._open)
+            except SourceError as exc:
+                self._error = str(exc)
+                logger.debug("%s", exc)
+                continue
+            self._state, self._error = live.LIVE, None
+            self._reconnects += 1
+            logger.info("%s is back after %.1f s", self._spec.describe(), time.monotonic() - lost)
+            return
 
     async def _pace(self, media_seconds: float) -> None:
         """Files decode faster than real time: hold each frame until its presentation time."""
@@ -394,8 +448,9 @@ def default_camera() -> SourceSpec | None:
 def resolve(source: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> SourceSpec:
     """Turn ``--source`` into a spec, without opening anything.
 
-    ``testsrc`` or ``scene`` (the fake cameras); ``/dev/videoN`` (V4L2); ``avfoundation:NAME``, ``dshow:NAME`` or
-    ``v4l2:PATH``; ``rtsp://``, ``rtsps://`` or ``http(s)://`` (a network camera, see
+    ``testsrc`` or ``scene`` (the fake cameras); ``/dev/videoN`` (V4L2); ``avfoundation:NAME``,
+    ``dshow:NAME``, ``v4l2:PATH`` or ``lavfi:GRAPH`` (FFmpeg's virtual device: a filter
+    graph, e.g. ``testsrc2=size=1280x720:rate=30,realtime``); ``rtsp://``, ``rtsps://`` or ``http(s)://`` (a network camera, see
     ``live.is_live``; ``rtsp_transport`` for RTSP); otherwise a video file path (or a URL
     PyAV can open). ``auto`` is not resolved here: ``choose()`` tries the default camera
     and falls back to ``testsrc``.
@@ -407,7 +462,7 @@ def resolve(source: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> Source
     if source == "auto":
         raise ValueError("resolve 'auto' with choose() instead")
     prefix, sep, rest = source.partition(":")
-    if sep and prefix in ("avfoundation", "dshow", "v4l2") and rest:
+    if sep and prefix in DEVICE_PREFIXES and rest:
         if prefix == "dshow":  # FFmpeg opens "video=NAME"
             rest = ffmpeg_devices.dshow_url(rest)
         return SourceSpec("device", rest, prefix)
@@ -474,7 +529,7 @@ async def settle(
     Raises FormatError when ``forced`` is a format the camera does not offer, SourceError
     when it offers nothing FFmpeg can capture.
     """
-    if spec.kind != "device":
+    if spec.kind != "device" or spec.format == "lavfi":  # a filter graph has no modes
         return spec
     try:
         modes = await asyncio.to_thread(cameras.modes_of, spec.format, spec.url, [(width, height)])
