@@ -5,6 +5,7 @@ camera does not stop the others; the receiver records every camera with ``{name}
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 from collections.abc import Awaitable, Callable
@@ -154,9 +155,10 @@ async def test_each_camera_has_its_own_picture_viewers_and_lifetime(
 
     async with aiohttp.ClientSession() as http:
         # /whep is the first camera; its session URL is found across cameras.
-        async with Receiver(sender.url, connect_timeout=30) as first, Receiver(
-            sender.url + "/whep/b", connect_timeout=30
-        ) as second:
+        async with (
+            Receiver(sender.url, connect_timeout=30) as first,
+            Receiver(sender.url + "/whep/b", connect_timeout=30) as second,
+        ):
             health = await (await http.get(sender.url + "/healthz")).json()
             cameras = health["cameras"]
             assert list(cameras) == ["a", "b"]
@@ -290,7 +292,7 @@ def test_one_receiver_records_three_cameras_of_one_sender(
         assert len(frames) >= 8 * 10, f"{name}: only {len(frames)} frames in 8 s"
         assert {(w, h) for w, h, _ in frames} == {(WIDTH, HEIGHT)}
         sequences = [s for _, _, s in frames]
-        assert all(b > a for a, b in zip(sequences, sequences[1:], strict=False)), name
+        assert all(b > a for a, b in itertools.pairwise(sequences)), name
         assert summaries[name]["frames"] == len(frames)
     log = sender.stderr()
     for name in "abc":
