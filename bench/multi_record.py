@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import av
+
 from common.cli import positive, size
 
 from .senders import ROOT, SenderProcess, child_env, stop_process
@@ -39,13 +41,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
+def recorded_size(path: Path) -> str:
+    """The picture size of a recording's first frame (the sender may send a lower tier
+    than ``--size`` when its bandwidth estimate is low; a fixed --bitrate avoids that)."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            return f"{frame.width}x{frame.height}"
+    return "-"
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     width, height = args.size
     names = [f"cam{n + 1}" for n in range(args.cameras)]
     sources = [arg for name in names for arg in ("--source", f"{name}=testsrc")]
     sender = SenderProcess(
         [*sources, "--size", f"{width}x{height}", "--fps", f"{args.fps:g}",
-         "--codec", args.codec, "--encoder-speed", args.encoder_speed],
+         "--codec", args.codec, "--encoder-speed", args.encoder_speed,
+         *(["--bitrate", str(args.bitrate)] if args.bitrate else [])],
         workdir / "sender.log",
     )  # fmt: skip
     stats = workdir / "stats.json"
@@ -92,6 +104,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "fps": args.fps,
             "codec": args.codec,
             "encoder_speed": args.encoder_speed,
+            "bitrate": args.bitrate,
             "seconds": args.seconds,
         },
         "receiver_cpu_cores": round((rx1 - rx0) / elapsed, 3),
@@ -101,6 +114,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "fps": summaries[name]["fps"] if summaries.get(name) else 0.0,
                 "frames": summaries[name]["frames"] if summaries.get(name) else 0,
                 "source_state": health["cameras"][name]["source_state"],
+                "recorded_size": recorded_size(workdir / f"{name}.mkv"),
             }
             for name in names
         },
@@ -111,13 +125,17 @@ def report(result: dict[str, Any]) -> str:
     options = result["options"]
     lines = [
         f"{options['cameras']} cameras {options['size']}@{options['fps']:g} "
-        f"{options['codec']} ({options['encoder_speed']}), one receiver, --record-mode copy, "
+        f"{options['codec']} ({options['encoder_speed']}, "
+        f"{options['bitrate'] or 'adaptive'} bit/s), one receiver, --record-mode copy, "
         f"{options['seconds']:g} s on {result['machine']['cores']} cores:",
         f"  receiver CPU: {result['receiver_cpu_cores']:.3f} cores",
         f"  sender CPU:   {result['sender_cpu_cores']:.3f} cores",
     ]
     for name, camera in result["cameras"].items():
-        lines.append(f"  {name}: {camera['fps']:.1f} fps recorded ({camera['frames']} frames)")
+        lines.append(
+            f"  {name}: {camera['fps']:.1f} fps recorded at {camera['recorded_size']} "
+            f"({camera['frames']} frames)"
+        )
     return "\n".join(lines)
 
 
@@ -128,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=positive(float), default=30.0)
     parser.add_argument("--codec", choices=("vp8", "h264"), default="h264")
     parser.add_argument("--encoder-speed", choices=("fast", "balanced", "quality"), default="fast")
+    parser.add_argument(
+        "--bitrate",
+        type=int,
+        default=4_000_000,
+        help="each camera's fixed bitrate, so the full --size is sent (4000000; 0: adaptive)",
+    )
     parser.add_argument("--seconds", type=positive(float), default=20.0, help="measured (20)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before (5)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the result here")
