@@ -294,7 +294,9 @@ def test_one_receiver_records_three_cameras_of_one_sender(
         sequences = [s for _, _, s in frames]
         assert all(b > a for a, b in itertools.pairwise(sequences)), name
         assert summaries[name]["frames"] == len(frames)
+    assert sender.stop() == 0, "no clean exit on SIGTERM"
     log = sender.stderr()
+    assert "Traceback" not in log
     for name in "abc":
         assert f"viewer joined: camera {name}," in log and f"camera closed: {name}" in log
 
@@ -326,4 +328,5 @@ def test_a_dead_camera_does_not_stop_the_others(
     assert "camera b is not available" in errors[0]
     assert len(recorded(tmp_path / "a.mkv")) >= 4 * 10
     assert not (tmp_path / "b.mkv").exists()
-    assert "s3cret-pw" not in sender.stderr()
+    assert sender.stop() == 0, "no clean exit on SIGTERM while camera b is retried"
+    assert "s3cret-pw" not in sender.stderr() and "Traceback" not in sender.stderr()
