@@ -28,9 +28,10 @@ from typing import Any
 from aiohttp import web
 
 from sender.app import SOURCE, SenderConfig, create_app
+from sender.camera import Cameras
 from sender.fanout import SharedSource
 from sender.sessions import Sessions
-from sender.signalling import SESSIONS
+from sender.signalling import CAMERAS, SESSIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 30.0
@@ -52,6 +53,10 @@ class InProcessSender:
     @property
     def sessions(self) -> Sessions:
         return self.app[SESSIONS]
+
+    @property
+    def cameras(self) -> Cameras:
+        return self.app[CAMERAS]
 
     async def close(self) -> None:
         await self.runner.cleanup()

@@ -1,5 +1,7 @@
-"""``webcam-receiver URL``: receive the sender's video, decode it, and show, record,
-save or count the frames."""
+"""``webcam-receiver URL [URL ...]``: receive the sender's video, decode it, and show,
+record, save or count the frames. Several URLs (several cameras) are received at once in
+this one process, each reconnecting on its own; ``{name}`` in ``--record`` or
+``--snapshots`` is each camera's name (``camera_names``)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import contextlib
 import json
 import logging
 import os
+import re
 import ssl
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
 
 from common import ice
 from common.aiortc_ext.nack_retry import MAX_TRIES
@@ -43,7 +48,12 @@ TOKEN_ENV = "WEBCAM_RECEIVER_TOKEN"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument(
-        "url", help="the sender's URL (http://127.0.0.1:8080) or any WHEP endpoint URL"
+        "urls",
+        nargs="+",
+        metavar="URL",
+        help="the sender's URL (http://127.0.0.1:8080), any WHEP endpoint URL (a camera of "
+        "a sender with several: http://HOST:8080/whep/NAME), or a janus+http(s):// feed; "
+        "several: every one at once, recorded with {name} in --record",
     )
     parser.add_argument(
         "--signalling",
@@ -62,9 +72,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--display", action="store_true", help="show the picture in a window")
     parser.add_argument(
-        "--record", metavar="FILE", help="record to a video file (.mkv, .mp4, .webm)"
+        "--record",
+        metavar="FILE",
+        help="record to a video file (.mkv, .mp4, .webm); strftime fields (%%Y%%m%%d-%%H%%M%%S) "
+        "and {name} (the camera: the URL's last path segment after /whep/, else its host) "
+        "are filled in; needs {name} with several URLs",
     )
-    parser.add_argument("--snapshots", metavar="DIR", help="save image files into DIR")
+    parser.add_argument(
+        "--snapshots", metavar="DIR", help="save image files into DIR ({name} as for --record)"
+    )
     parser.add_argument(
         "--snapshot-every", type=positive(int), default=30, metavar="N", help="every Nth frame (30)"
     )
@@ -120,46 +136,111 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the status line also shows where the milliseconds go: p50/p95 of capture to "
         "first packet, first packet to complete frame, complete to decoded",
     )
-    parser.add_argument("--stats-json", metavar="FILE", help="write the final summary as JSON")
+    parser.add_argument(
+        "--stats-json",
+        metavar="FILE",
+        help="write the final summary as JSON (several URLs: an object keyed by camera name)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.url = args.urls[0]
+    return args
 
 
-def make_sinks(args: argparse.Namespace, request_keyframe: Callable[[], None]) -> list[Sink]:
+NAME_PLACEHOLDER = "{name}"
+
+
+def camera_name(url: str) -> str:
+    """A camera's name for ``{name}``: the URL's last path segment after ``/whep/``
+    (``http://host:8080/whep/front`` is ``front``), else its host; only letters, digits,
+    ``.``, ``_`` and ``-``, so that it is safe in a file name."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = None, ""
+    path = parts.path.rstrip("/") if parts is not None else ""
+    _, whep, tail = path.rpartition("/whep/")
+    name = tail if whep and tail and "/" not in tail else host
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "camera"
+
+
+def camera_names(urls: list[str]) -> list[str]:
+    """Each URL's ``camera_name``, made unique with -2, -3... in the order given."""
+    names: list[str] = []
+    for url in urls:
+        base = name = camera_name(url)
+        number = 1
+        while name in names:
+            number += 1
+            name = f"{base}-{number}"
+        names.append(name)
+    return names
+
+
+def check_several(args: argparse.Namespace) -> None:
+    """With several URLs, every file name must tell the cameras apart; one window only."""
+    if len(args.urls) < 2:
+        return
+    for option, value in (("--record", args.record), ("--snapshots", args.snapshots)):
+        if value and NAME_PLACEHOLDER not in value:
+            raise CliError(
+                f"{option} with several URLs needs {NAME_PLACEHOLDER} in it "
+                f"(e.g. --record '{{name}}-%Y%m%d-%H%M%S.mkv')"
+            )
+    if args.display:
+        raise CliError("--display shows one camera: give one URL")
+
+
+def make_sinks(
+    args: argparse.Namespace, request_keyframe: Callable[[], None], name: str = ""
+) -> list[Sink]:
     sinks: list[Sink] = []
     if args.display:
         sinks.append(DisplaySink())
     if args.record:
         sinks.append(
             record_sink(
-                args.record,
+                args.record.replace(NAME_PLACEHOLDER, name),
                 mode=args.record_mode,
                 segment_seconds=args.segment_seconds,
                 request_keyframe=request_keyframe,
             )
         )
     if args.snapshots:
-        sinks.append(SnapshotSink(args.snapshots, args.snapshot_every))
+        directory = args.snapshots.replace(NAME_PLACEHOLDER, name)
+        sinks.append(SnapshotSink(directory, args.snapshot_every))
     return sinks
 
 
-async def report_status(stats: FrameStats, breakdown: bool) -> None:
+async def report_status(stats: FrameStats, breakdown: bool, prefix: str = "") -> None:
     while True:
         await asyncio.sleep(1.0)
-        print(stats.status_line(breakdown), file=sys.stderr, flush=True)
+        print(prefix + stats.status_line(breakdown), file=sys.stderr, flush=True)
 
 
 class Run:
-    """One receiver (reconnecting as the options say) feeding the sinks."""
+    """One receiver (reconnecting as the options say) feeding the sinks. ``url`` and
+    ``name``: one of several cameras (default: the only URL)."""
 
-    def __init__(self, args: argparse.Namespace, tls: ssl.SSLContext | bool) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        tls: ssl.SSLContext | bool,
+        url: str | None = None,
+        name: str = "",
+        prefix: str = "",
+    ) -> None:
         self.args = args
-        self.sinks = make_sinks(args, self.request_keyframe)
+        self.name = name
+        self.prefix = prefix  # before its status lines, when there are several
+        url = url or args.url
+        self.sinks = make_sinks(args, self.request_keyframe, name or camera_name(url))
         self.encoded = [s for s in self.sinks if isinstance(s, EncodedSink)]
         self.decoded = [s for s in self.sinks if isinstance(s, FrameSink)]
         self.deadline = time.monotonic() + args.duration if args.duration else None
         self.receiver = Receiver(
-            args.url,
+            url,
             ice_servers=args.ice_server,
             ice_transport_policy=args.ice_transport_policy,
             connect_timeout=args.connect_timeout,
@@ -185,7 +266,9 @@ class Run:
         try:
             await rx.connect()
             if not self.args.quiet:
-                status = asyncio.create_task(report_status(self.stats, self.args.stats_breakdown))
+                status = asyncio.create_task(
+                    report_status(self.stats, self.args.stats_breakdown, self.prefix)
+                )
             async for item in rx.items():
                 if isinstance(item, Gap):
                     for sink in self.sinks:
@@ -217,37 +300,78 @@ class Run:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from_sender = args.signalling == "whep" and not args.url.startswith("janus+")
+    from_sender = args.signalling == "whep" and not any(u.startswith("janus+") for u in args.urls)
     ice.check_arguments(args, from_peer=from_sender)
+    check_several(args)
     try:
-        session = Run(args, tls_context(args.cafile, args.insecure))
+        tls = tls_context(args.cafile, args.insecure)
+    except SignallingError as exc:
+        raise CliError(str(exc)) from None
+    if len(args.urls) > 1:
+        return await run_several(args, tls)
+    try:
+        session = Run(args, tls)
     except (SignallingError, SinkError, ReceiverError) as exc:
         raise CliError(str(exc)) from None
-    sinks = session.sinks
     stop = asyncio.Event()
+    with stop_on_signals(stop):
+        failure = await run_one(session, stop)
+    write_summary(session.stats, args)
+    if failure is not None:
+        raise CliError(failure, code=1)
+    return 0
+
+
+async def run_one(session: Run, stop: asyncio.Event) -> str | None:
+    """Receive until done, failed or ``stop``; close the sinks. Why it failed, or None."""
     failure: BaseException | None = None
     try:
-        with stop_on_signals(stop):
-            work = asyncio.create_task(session())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not work.done():  # Ctrl-C / SIGTERM: stop at once, cleanly
-                work.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+        work = asyncio.create_task(session())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not work.done():  # Ctrl-C / SIGTERM: stop at once, cleanly
+            work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
     except (ReceiverError, SinkError) as exc:
         failure = exc
     finally:
-        for sink in sinks:
+        for sink in session.sinks:
             try:
                 await sink.close()
             except SinkError as exc:
                 failure = failure or exc
-        write_summary(session.stats, args)
-    if failure is not None:
-        raise CliError(str(failure), code=1)
-    return 0
+    return str(failure) if failure is not None else None
+
+
+async def run_several(args: argparse.Namespace, tls: ssl.SSLContext | bool) -> int:
+    """One ``Run`` per URL, side by side: a camera that fails says so in one line and
+    the others go on. Exit 1 when any failed."""
+    names = camera_names(args.urls)
+    width = max(len(n) for n in names)
+    sessions: list[Run] = []
+    try:
+        for url, name in zip(args.urls, names, strict=True):
+            sessions.append(Run(args, tls, url, name, prefix=f"{name:<{width}}  "))
+    except (SignallingError, SinkError, ReceiverError) as exc:
+        for started in sessions:
+            for sink in started.sinks:
+                with contextlib.suppress(SinkError):
+                    await sink.close()
+        raise CliError(f"{name}: {exc}") from None
+    stop = asyncio.Event()
+
+    async def one(session: Run) -> bool:
+        failure = await run_one(session, stop)
+        if failure is not None:
+            print(f"{PROG}: error: {session.name}: {failure}", file=sys.stderr, flush=True)
+        return failure is None
+
+    with stop_on_signals(stop):
+        results = await asyncio.gather(*(one(session) for session in sessions))
+    write_summaries({s.name: s.stats for s in sessions}, args)
+    return 0 if all(results) else 1
 
 
 def write_summary(stats: FrameStats, args: argparse.Namespace) -> None:
@@ -257,6 +381,18 @@ def write_summary(stats: FrameStats, args: argparse.Namespace) -> None:
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as out:
             json.dump(summary, out, indent=2)
+
+
+def write_summaries(stats: dict[str, FrameStats], args: argparse.Namespace) -> None:
+    """Several cameras' summaries: a line each, and one JSON object keyed by name."""
+    summaries: dict[str, Any] = {name: s.summary() for name, s in stats.items()}
+    if not args.quiet:
+        for name, each in stats.items():
+            if each.frames:
+                print(f"{PROG}: {name}: {json.dumps(summaries[name])}", file=sys.stderr)
+    if args.stats_json:
+        with open(args.stats_json, "w", encoding="utf-8") as out:
+            json.dump(summaries, out, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:

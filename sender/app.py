@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -16,10 +15,9 @@ from common.janus import JanusTarget
 
 from . import encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
+from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
 from .fanout import SharedSource
-from .janus_publisher import JanusPublication
-from .sessions import Sessions
-from .signalling import ICE_LINKS, SESSIONS
+from .signalling import CAMERAS, ICE_LINKS, SESSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +27,9 @@ MAX_BODY_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class SenderConfig:
     source: sources.SourceSpec = field(default_factory=lambda: sources.SourceSpec("testsrc"))
+    # Several cameras (``--source NAME=SPEC``, sender.camera); empty: ``source`` alone,
+    # the unnamed camera.
+    cameras: tuple[CameraConfig, ...] = ()
     width: int = 640
     height: int = 480
     fps: float = 30.0
@@ -55,56 +56,54 @@ class SenderConfig:
         default=None, repr=False
     )
 
+    def camera_configs(self) -> tuple[CameraConfig, ...]:
+        """The cameras to serve, the first being the default one."""
+        return self.cameras or (CameraConfig(DEFAULT_NAME, self.source, named=False),)
+
 
 CONFIG = web.AppKey("config", SenderConfig)
+# The first camera's source and publications (its sessions: signalling.SESSIONS), as a
+# single-camera sender has always had them; every camera: CAMERAS.
 SOURCE = web.AppKey("source", SharedSource)
 PUBLICATIONS = web.AppKey("publications", list)
 
 
 async def media(app: web.Application) -> AsyncIterator[None]:
-    """The shared source and the session registry: made at start-up, closed at shutdown.
-    Each codec's encoder is chosen (and hardware probed) first."""
+    """The cameras (each its shared source, sessions and publications): made at start-up,
+    closed at shutdown. Each codec's encoder is chosen (and hardware probed) first."""
     config = app[CONFIG]
     factories = await encoders.choose(
         config.encoder, config.encoder_speed, config.hardware_encoders
     )
-
-    async def open_camera() -> sources.Source:
-        return await sources.open_source(config.source, config.width, config.height, config.fps)
-
-    async with (
-        SharedSource(open_camera, idle_close=config.idle_close) as source,
-        Sessions(
-            source,
-            app[ICE_LINKS].configuration(),
-            config.codec,
-            config.max_viewers,
-            config.connect_timeout,
-            config.fps,
-            config.bitrate,
-            factories,
-        ) as sessions,
-    ):
-        app[SOURCE] = source
-        app[SESSIONS] = sessions
-        publications = [
-            JanusPublication(
-                target,
-                lambda: sessions.encoders.subscribe("vp8"),  # shares the local viewers' encoder
-                config.name,
-                app[ICE_LINKS].configuration(),
-            )
-            for target in config.publish
-        ]
-        app[PUBLICATIONS] = publications
-        metrics.install(app, source, sessions, publications)
-        for publication in publications:
-            await publication.start()
-        try:
-            yield
-        finally:
-            await asyncio.gather(*(p.close() for p in publications))
-    # Leaving the blocks closed every peer connection first, then the camera.
+    settings = CameraSettings(
+        width=config.width,
+        height=config.height,
+        fps=config.fps,
+        codec=config.codec,
+        max_viewers=config.max_viewers,
+        idle_close=config.idle_close,
+        connect_timeout=config.connect_timeout,
+        bitrate=config.bitrate,
+        publish=config.publish,
+        display_name=config.name,
+    )
+    configs = config.camera_configs()
+    labelled = len(configs) > 1 or configs[0].named
+    cameras = Cameras(
+        [Camera(c, settings, app[ICE_LINKS].configuration(), factories, labelled) for c in configs]
+    )
+    first = cameras.first
+    app[CAMERAS] = cameras
+    app[SOURCE] = first.source
+    app[SESSIONS] = first.sessions
+    app[PUBLICATIONS] = first.publications
+    metrics.install(app, cameras)
+    try:
+        await cameras.start()
+        yield
+    finally:
+        # Each camera closes its publications, then every peer connection, then itself.
+        await cameras.close()
 
 
 def _static(name: str, content_type: str) -> web.Response:
@@ -121,32 +120,22 @@ async def client_js(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    source = request.app[SOURCE]
+    """The first camera's fields at the top level (as a single-camera sender has always
+    answered), and every camera's under ``cameras``."""
+    cameras = request.app[CAMERAS]
+    each = {camera.name: await camera.health() for camera in cameras}
+    top = {key: value for key, value in each[cameras.first.name].items() if key != "url"}
+    return web.json_response({"status": "ok", **top, "cameras": each})
+
+
+async def list_cameras(request: web.Request) -> web.Response:
+    """``GET /cameras``: what the page offers to pick from, first the default."""
     return web.json_response(
         {
-            "status": "ok",
-            "viewers": len(request.app[SESSIONS]),
-            "source_open": source.is_open,
-            "source_opens": source.opens,
-            "source": request.app[CONFIG].source.describe(),
-            "source_state": source.state,  # live, connecting, reconnecting or closed
-            "source_reconnects": source.reconnects,
-            "source_error": source.error,  # a network camera's last failure, masked
-            "encoders": {
-                e.profile.name: e.viewers for e in request.app[SESSIONS].encoders.active()
-            },
-            "tiers": request.app[SESSIONS].encoders.describe(),
-            "video_encoders": request.app[SESSIONS].encoders.describe_encoders(),
-            "viewer_tiers": request.app[SESSIONS].viewer_tiers(),
-            "publications": [
-                {
-                    "target": p.target.describe(),
-                    "state": p.state,
-                    "error": p.last_error,
-                    "bitrate": round(await p.bitrate()),
-                }
-                for p in request.app[PUBLICATIONS]
-            ],
+            "cameras": [
+                {"name": c.name, "url": c.url, "state": c.state, "error": c.error}
+                for c in request.app[CAMERAS]
+            ]
         }
     )
 
@@ -163,5 +152,6 @@ def create_app(config: SenderConfig) -> web.Application:
     if config.local:
         app.router.add_get("/", index)
         app.router.add_get("/client.js", client_js)
+        app.router.add_get("/cameras", list_cameras)
         signalling.add_routes(app)
     return app

@@ -11,6 +11,7 @@ import os
 import socket
 import ssl
 import sys
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -22,6 +23,7 @@ from common.logs import setup_logging
 
 from . import cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
+from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
@@ -33,12 +35,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument(
         "--source",
-        default="auto",
+        action="append",
+        metavar="[NAME=]SPEC",
         help="auto (default camera, else the fake camera), testsrc (the fake camera's flat "
         "pattern), scene (a camera-like fake camera: landscape, pan, noise), /dev/videoN, "
         "avfoundation:NAME, dshow:NAME, a network camera (rtsp://[USER:PASSWORD@]HOST[:PORT]"
         "/PATH, rtsps://..., or an http(s):// MJPEG stream: live, reconnected when it "
-        "drops), or a video file (looped)",
+        "drops), or a video file (looped). Repeatable as NAME=SPEC (NAME: letters, digits, "
+        "_ and -): several cameras, each at /whep/NAME; a bare SPEC is named 'camera'",
     )
     parser.add_argument(
         "--rtsp-transport",
@@ -171,14 +175,22 @@ async def serve(args: argparse.Namespace) -> int:
     except encoders.EncoderChoiceError as exc:
         raise CliError(f"--encoder: {exc}") from None
     ice_servers = ice.check_arguments(args, turn_secret=turn_secret)
-    try:
-        spec = await sources.choose(
-            args.source, width, height, args.fps, args.input_format, args.rtsp_transport
-        )
-    except (sources.SourceError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    texts: list[str] = args.source or ["auto"]
+    named = camera_names(texts)
+    if len(named) == 1:  # one camera: one that does not open is an error
+        try:
+            spec = await choose_source(args, named[0][1])
+        except (sources.SourceError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        chosen: tuple[CameraConfig, ...] = ()
+        if texts[0] != named[0][1]:  # NAME=SPEC: a named camera
+            chosen = (CameraConfig(named[0][0], spec),)
+    else:
+        chosen = await choose_cameras(args, named)
+        spec = chosen[0].spec
     config = SenderConfig(
         source=spec,
+        cameras=chosen,
         width=width,
         height=height,
         fps=args.fps,
@@ -212,7 +224,8 @@ async def serve(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         port = runner.addresses[0][1] if args.port == 0 else args.port
         scheme = "https" if tls else "http"
-        print(f"{PROG}: serving {spec.describe()} on {scheme}://{shown}:{port}/", flush=True)
+        served = spec.describe() if len(named) == 1 else f"{len(named)} cameras"
+        print(f"{PROG}: serving {served} on {scheme}://{shown}:{port}/", flush=True)
         # In the background: a TURN server that refuses us is worth a warning at once.
         checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
         stop = asyncio.Event()
@@ -225,6 +238,66 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         await runner.cleanup()
     return 0
+
+
+def camera_names(texts: list[str]) -> list[tuple[str, str]]:
+    """Each ``--source`` as (name, spec): ``NAME=SPEC`` (``sender.camera.parse_source``)
+    or a bare SPEC, named ``camera``. Two cameras of one name are an error."""
+    named: list[tuple[str, str]] = []
+    for text in texts:
+        name, spec = parse_source(text)
+        name = name or DEFAULT_NAME
+        if any(name == other for other, _ in named):
+            hint = " (a bare --source SPEC is named 'camera')" if name == DEFAULT_NAME else ""
+            raise CliError(f"--source: two cameras named {name!r}{hint}")
+        named.append((name, spec))
+    return named
+
+
+async def choose_source(args: argparse.Namespace, text: str) -> sources.SourceSpec:
+    """``sources.choose`` with the command line's size, rate and formats."""
+    width, height = args.size
+    return await sources.choose(
+        text, width, height, args.fps, args.input_format, args.rtsp_transport
+    )
+
+
+async def choose_cameras(
+    args: argparse.Namespace, named: list[tuple[str, str]]
+) -> tuple[CameraConfig, ...]:
+    """Several cameras, checked at once: a spec that names nothing (a typo) is an error,
+    while a camera that does not open is a warning, and it is tried again in the
+    background (``sender.camera.Camera``), so that one dead camera does not stop the rest."""
+    specs = []
+    for name, text in named:
+        try:
+            specs.append(sources.resolve(text, args.rtsp_transport or live.DEFAULT_TRANSPORT))
+        except ValueError:  # "auto": resolved by choose()
+            specs.append(sources.SourceSpec("testsrc"))
+        except sources.SourceError as exc:
+            raise CliError(f"camera {name}: {exc}") from None
+    results = await asyncio.gather(
+        *(choose_source(args, text) for _, text in named), return_exceptions=True
+    )
+    chosen = []
+    for (name, text), spec, result in zip(named, specs, results, strict=True):
+        if isinstance(result, sources.SourceSpec):
+            chosen.append(CameraConfig(name, result, named=name != DEFAULT_NAME))
+            continue
+        if not isinstance(result, (sources.SourceError, ValueError)):
+            raise result
+        error = mask(str(result))
+        logger.warning(
+            "camera %s is not available: %s; trying again in the background", name, error
+        )
+
+        def reopen(text: str = text) -> Awaitable[sources.SourceSpec]:
+            return choose_source(args, text)
+
+        chosen.append(
+            CameraConfig(name, spec, named=name != DEFAULT_NAME, error=error, reopen=reopen)
+        )
+    return tuple(chosen)
 
 
 def list_sources(args: argparse.Namespace) -> int:

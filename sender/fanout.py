@@ -65,8 +65,10 @@ class SharedSource:
         self,
         opener: Callable[[], Awaitable[Source]],
         idle_close: float = IDLE_CLOSE_SECONDS,
+        name: str = "",
     ) -> None:
         self._opener = opener
+        self.name = name  # the camera's, for the logs of a sender with several
         self._idle_close = idle_close
         self._viewers: set[ViewerTrack] = set()
         self._capture: asyncio.Task[None] | None = None
@@ -105,7 +107,7 @@ class SharedSource:
             self._idle_timer.cancel()
             self._idle_timer = None
         if self._capture is None or self._capture.done():
-            self._capture = asyncio.create_task(self._run(), name="capture")
+            self._capture = asyncio.create_task(self._run(), name=f"capture {self.name}".strip())
         return track
 
     def unsubscribe(self, track: ViewerTrack) -> None:
@@ -145,7 +147,7 @@ class SharedSource:
             self._reconnects += source.reconnects
             # Shielded so that a cancelled capture still releases the device.
             await asyncio.shield(source.close())
-            logger.info("camera closed")
+            logger.info("camera closed%s", f": {self.name}" if self.name else "")
 
     def _end_viewers(self) -> None:
         for viewer in list(self._viewers):

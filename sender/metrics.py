@@ -1,5 +1,8 @@
 """Prometheus metrics at ``GET /metrics`` (prometheus-client), read at scrape time from
-the objects that own the numbers, plus per-viewer WebRTC stats."""
+the objects that own the numbers, plus per-viewer WebRTC stats.
+
+With several cameras (or one named with ``--source NAME=SPEC``), every series also
+carries a ``camera`` label; the single unnamed camera's series have none, as before."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from aiortc.stats import RTCOutboundRtpStreamStats, RTCRemoteInboundRtpStreamSta
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from . import live
+from .camera import UNAVAILABLE, Camera, Cameras
 from .fanout import SharedSource
 from .janus_publisher import FAILED, PUBLISHING, RETRYING, JanusPublication
 from .sessions import Session, Sessions
@@ -49,14 +54,19 @@ async def viewer_stats(session: Session, previous: ViewerStats | None) -> Viewer
     return stats
 
 
-class SenderCollector(Collector):
+class CameraCollector(Collector):
+    """One camera's series, unlabelled."""
+
     def __init__(
         self,
         source: SharedSource,
         sessions: Sessions,
         publications: Sequence[JanusPublication] = (),
+        camera: Camera | None = None,
     ) -> None:
         self._source = source
+        # One of several cameras: its state may also be "unavailable" (sender.camera).
+        self._camera = camera
         self._sessions = sessions
         self._publications = publications
         self.viewers: dict[str, ViewerStats] = {}
@@ -84,8 +94,12 @@ class SenderCollector(Collector):
             "1 for the state the source is in (a network camera reconnects)",
             labels=["state"],
         )
-        for name in live.STATES:
-            state.add_metric([name], int(self._source.state == name))
+        if self._camera is None:
+            for name in live.STATES:
+                state.add_metric([name], int(self._source.state == name))
+        else:
+            for name in (*live.STATES, UNAVAILABLE):
+                state.add_metric([name], int(self._camera.state == name))
         yield state
         counters = [
             ("webcam_sessions_started", "Viewer sessions answered", sessions.started),
@@ -180,18 +194,52 @@ class SenderCollector(Collector):
         yield from (tier, estimate, viewers, bitrate)
 
 
+class SenderCollector(Collector):
+    """Every camera's series: one camera's as they are, several merged into one family
+    per name, each sample labelled with its camera."""
+
+    def __init__(self, cameras: Cameras) -> None:
+        self._labelled = cameras.labelled
+        self.cameras = {
+            camera.name: CameraCollector(
+                camera.source,
+                camera.sessions,
+                camera.publications,
+                camera if cameras.labelled else None,
+            )
+            for camera in cameras
+        }
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(c.refresh() for c in self.cameras.values()))
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._labelled:
+            for collector in self.cameras.values():
+                yield from collector.collect()
+            return
+        merged: dict[str, Metric] = {}
+        for name, collector in self.cameras.items():
+            for family in collector.collect():
+                into = merged.get(family.name)
+                if into is None:
+                    into = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type, family.unit
+                    )
+                into.samples.extend(
+                    Sample(s.name, {"camera": name, **s.labels}, s.value, s.timestamp, s.exemplar)
+                    for s in family.samples
+                )
+        yield from merged.values()
+
+
 METRICS = web.AppKey("metrics", SenderCollector)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
-def install(
-    app: web.Application,
-    source: SharedSource,
-    sessions: Sessions,
-    publications: Sequence[JanusPublication] = (),
-) -> None:
+def install(app: web.Application, cameras: Cameras) -> None:
     """A registry per app, so that several senders in one process keep their own."""
-    collector = SenderCollector(source, sessions, publications)
+    collector = SenderCollector(cameras)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
     app[METRICS] = collector

@@ -141,7 +141,8 @@ class Session:
         if not self.joined:
             return
         logger.info(
-            "viewer left: session %s from %s after %.1f s (%s)",
+            "viewer left: %ssession %s from %s after %.1f s (%s)",
+            f"camera {self._registry.name}, " if self._registry.name else "",
             self.id,
             self.remote,
             time.monotonic() - self.started,
@@ -162,8 +163,10 @@ class Sessions:
         fps: float = 30.0,
         bitrate: int | None = None,
         factories: Mapping[str, EncoderFactory] | None = None,
+        name: str = "",
     ) -> None:
         self.encoders = Encoders(source, fps, bitrate, factories)
+        self.name = name  # the camera's, for the logs of a sender with several
         self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec
@@ -216,7 +219,13 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
-        logger.info("viewer joined: session %s from %s (%s)", session.id, remote, session.codec)
+        logger.info(
+            "viewer joined: %ssession %s from %s (%s)",
+            f"camera {self.name}, " if self.name else "",
+            session.id,
+            remote,
+            session.codec,
+        )
         return session, pc.localDescription
 
     def viewer_tiers(self) -> list[dict[str, object]]:

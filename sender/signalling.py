@@ -2,7 +2,9 @@
 
 WHEP: ``POST /whep`` (application/sdp offer) creates a session and answers 201 with the
 SDP answer and the session URL in ``Location``; ``PATCH`` on it trickles candidates;
-``DELETE`` ends it.
+``DELETE`` ends it. With several cameras (``sender.camera``), ``POST /whep/NAME`` watches
+camera NAME and ``/whep`` the first; ``/offer`` takes the camera in its ``camera`` field.
+Session URLs (``/whep/sessions/ID``) are unique across cameras.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ from aiortc.sdp import candidate_from_sdp
 from common.ice import IceServers
 
 from .access import ACCESS
+from .camera import Camera, Cameras, CameraUnavailable
 from .sessions import CapacityError, OfferError, Session, Sessions
 
 logger = logging.getLogger(__name__)
 
-SESSIONS = web.AppKey("sessions", Sessions)
+SESSIONS = web.AppKey("sessions", Sessions)  # the first camera's
+CAMERAS = web.AppKey("cameras", Cameras)
 # The ICE servers we use and advertise in Link headers (fresh TURN credentials each time)
 ICE_LINKS = web.AppKey("ice_links", IceServers)
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
 WHEP_PATH = "/whep"
+CAMERA_PATH = "/whep/{camera}"
 SESSION_PATH = "/whep/sessions/{session_id}"
 RETRY_AFTER_SECONDS = "5"
 
@@ -40,15 +45,21 @@ def remote_of(request: web.Request) -> str:
     return f"{peer[0]}:{peer[1]}" if peer else (request.remote or "unknown")
 
 
-async def open_session(request: web.Request, sdp: str) -> tuple[Session, str] | web.Response:
+async def open_session(
+    request: web.Request, sdp: str, camera: Camera
+) -> tuple[Session, str] | web.Response:
     """The one place both signalling flavours create a session; errors become responses."""
     try:
-        session, answer = await request.app[SESSIONS].open(sdp, remote_of(request))
+        session, answer = await camera.open_session(sdp, remote_of(request))
     except OfferError as exc:
         return json_error(400, str(exc))
-    except CapacityError as exc:
+    except (CapacityError, CameraUnavailable) as exc:
         return json_error(503, str(exc), **{"Retry-After": RETRY_AFTER_SECONDS})
     return session, answer.sdp
+
+
+def no_such_camera(cameras: Cameras, name: str) -> str:
+    return f"no such camera: {name!r} (cameras: {', '.join(cameras.names())})"
 
 
 # --- the tutorial's JSON endpoint -------------------------------------------------
@@ -56,6 +67,12 @@ async def open_session(request: web.Request, sdp: str) -> tuple[Session, str] | 
 
 def parse_json_offer(text: str) -> str:
     """The SDP of a ``{"sdp": ..., "type": "offer"}`` body; OfferError otherwise."""
+    return parse_json_request(text)[0]
+
+
+def parse_json_request(text: str) -> tuple[str, str | None]:
+    """The SDP and the camera (None: the first) of a ``{"sdp": ..., "type": "offer",
+    "camera": NAME}`` body; OfferError otherwise."""
     try:
         params = json.loads(text)
     except ValueError:
@@ -67,7 +84,10 @@ def parse_json_offer(text: str) -> str:
         raise OfferError('missing or non-string "sdp"')
     if params.get("type") != "offer":
         raise OfferError(f'"type" must be "offer", got {params.get("type")!r}')
-    return sdp
+    camera = params.get("camera")
+    if camera is not None and not isinstance(camera, str):
+        raise OfferError('"camera" must be a camera\'s name (a string)')
+    return sdp, camera
 
 
 async def read_text(request: web.Request) -> str:
@@ -79,10 +99,14 @@ async def read_text(request: web.Request) -> str:
 
 async def post_offer(request: web.Request) -> web.Response:
     try:
-        sdp = parse_json_offer(await read_text(request))
+        sdp, name = parse_json_request(await read_text(request))
     except OfferError as exc:
         return json_error(400, str(exc))
-    opened = await open_session(request, sdp)
+    cameras = request.app[CAMERAS]
+    camera = cameras.first if name is None else cameras.get(name)
+    if camera is None:
+        return json_error(400, no_such_camera(cameras, str(name)))
+    opened = await open_session(request, sdp, camera)
     if isinstance(opened, web.Response):
         return opened
     return web.json_response({"sdp": opened[1], "type": "answer"})
@@ -91,14 +115,28 @@ async def post_offer(request: web.Request) -> web.Response:
 # --- WHEP ----------------------------------------------------------------------------
 
 
+def whep_camera(request: web.Request) -> Camera:
+    """The camera a WHEP URL names: ``/whep/NAME``, or the first for ``/whep``."""
+    cameras = request.app[CAMERAS]
+    name = request.match_info.get("camera")
+    camera = cameras.first if name is None else cameras.get(name)
+    if camera is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": no_such_camera(cameras, str(name))}),
+            content_type="application/json",
+        )
+    return camera
+
+
 async def post_whep(request: web.Request) -> web.Response:
+    camera = whep_camera(request)
     if request.content_type != SDP:
         return json_error(415, f"Content-Type must be {SDP}", **{"Accept-Post": SDP})
     try:
         sdp = await read_text(request)
     except OfferError as exc:
         return json_error(400, str(exc))
-    opened = await open_session(request, sdp)
+    opened = await open_session(request, sdp, camera)
     if isinstance(opened, web.Response):
         return opened
     session, answer = opened
@@ -120,6 +158,7 @@ async def options_whep(request: web.Request) -> web.Response:
     """WHEP allows the ICE servers here too, for clients that gather before they offer
     (aiortc). They carry TURN credentials, so only for a request that may also POST
     (the bearer token when one is required); a CORS pre-flight never gets here."""
+    whep_camera(request)
     headers = {"Accept-Post": SDP, "Allow": "OPTIONS, POST"}
     response = web.Response(status=204, headers=headers)
     if request.app[ACCESS].authorized(request):
@@ -128,7 +167,7 @@ async def options_whep(request: web.Request) -> web.Response:
 
 
 def find_session(request: web.Request) -> Session:
-    session = request.app[SESSIONS].get(request.match_info["session_id"])
+    session = request.app[CAMERAS].find_session(request.match_info["session_id"])
     if session is None:
         raise web.HTTPNotFound(
             text=json.dumps({"error": "no such session"}), content_type="application/json"
@@ -213,3 +252,6 @@ def add_routes(app: web.Application) -> None:
     session = app.router.add_resource(SESSION_PATH, name="whep_session")
     session.add_route("DELETE", delete_session)
     session.add_route("PATCH", patch_session)
+    camera = app.router.add_resource(CAMERA_PATH, name="whep_camera")
+    camera.add_route("POST", post_whep)
+    camera.add_route("OPTIONS", options_whep)

@@ -267,6 +267,51 @@ async def test_refusal_is_shown_and_start_works_again(sender_factory, viewer: Vi
     assert len(sender.sessions) == 0
 
 
+async def test_the_camera_picked_is_the_one_shown(sender_factory, viewer: Viewer) -> None:
+    """Two cameras: the page lists them, watches the one picked (remembered in the URL),
+    and switching while running moves the viewer to the other camera."""
+    from sender.camera import CameraConfig
+    from sender.sources import SourceSpec
+
+    sender = await sender_factory(
+        cameras=(CameraConfig("a", SourceSpec("testsrc")), CameraConfig("b", SourceSpec("scene")))
+    )
+    a, b = sender.cameras.get("a"), sender.cameras.get("b")
+    assert a is not None and b is not None
+    await viewer.page.goto(sender.url + "/?camera=b")
+    assert await viewer.page.is_visible("#camera")
+    assert await viewer.page.input_value("#camera") == "b"
+    await viewer.page.click("#start")
+    await viewer.wait_frames(10)
+    assert len(b.sessions) == 1 and len(a.sessions) == 0 and not a.source.is_open
+    posted = [r.url for r in viewer.requests if r.method == "POST"]
+    assert posted[-1].endswith("/whep/b"), posted
+    shown = stamp.read(assert_not_blank(await viewer.page.locator("#video").screenshot())[:, :, 1])
+    assert shown.sequence > 0  # a camera's stamped picture, from camera b's own count
+
+    await viewer.page.select_option("#camera", "a")
+    assert viewer.page.url.endswith("?camera=a")
+    await wait_until(lambda: len(a.sessions) == 1 and len(b.sessions) == 0, what="the switch")
+    await viewer.wait_text("state", "^connected$")
+    frames = (await viewer.stats())["frames"]
+    await viewer.wait_frames(frames + 10)
+    await wait_until(lambda: not b.source.is_open, what="camera b to close")
+    await viewer.page.click("#stop")
+    await wait_until(lambda: len(a.sessions) == 0, what="the session to end")
+
+
+async def test_one_camera_has_no_picker(sender_factory, viewer: Viewer) -> None:
+    sender = await sender_factory()
+    await viewer.open(sender)
+    await viewer.page.wait_for_function("document.getElementById('camera').options.length > 0")
+    assert not await viewer.page.is_visible("#camera")
+    await viewer.page.click("#start")
+    await viewer.wait_frames(5)
+    posted = [r.url for r in viewer.requests if r.method == "POST"]
+    assert posted[-1].endswith("/whep"), posted
+    await stop_and_wait_closed(viewer, sender)
+
+
 async def test_first_frame_benchmark_runs(browser: Browser) -> None:
     results = await run_benchmark(1, browser=browser)
     summary = results.to_dict()

@@ -2,6 +2,9 @@
 // with application/trickle-ice-sdpfrag bodies), an optional bearer token, live stats.
 // Plain JS, no build step; relative URLs only.
 //
+// Several cameras: GET cameras lists them; the page offers a <select> (hidden with one
+// camera) and watches whep/NAME, the pick remembered in the URL as ?camera=NAME.
+//
 // ICE servers: the ones the sender advertises in the POST answer's Link headers
 // (rel="ice-server", with this viewer's own TURN credentials). The offer is posted at
 // once, but set as local description, which starts gathering, only after the answer:
@@ -39,6 +42,8 @@ const viewerStats = {
 window.viewerStats = viewerStats;
 
 let current = null; // the running attempt (see start())
+let cameras = []; // the sender's camera names (GET cameras), the first the default
+let camerasLoaded = Promise.resolve(); // the list, asked for once the page is loaded
 
 function $(id) { return document.getElementById(id); }
 
@@ -137,9 +142,10 @@ async function start(startedAt) {
   pc.addTransceiver("video", { direction: "recvonly" });
 
   try {
+    await camerasLoaded; // which endpoint: the picked camera's
     const offer = await pc.createOffer();
     // At once: candidates follow by PATCH as they are gathered (after the answer).
-    const response = await fetch("whep", {
+    const response = await fetch(whepEndpoint(), {
       method: "POST",
       headers: requestHeaders(attempt, { "Content-Type": SDP }),
       body: offer.sdp,
@@ -175,6 +181,40 @@ async function start(startedAt) {
       showError(String((err && err.message) || err));
     }
   }
+}
+
+// --- several cameras -------------------------------------------------------------------
+
+// "whep" for a sender with one camera (its only endpoint), else "whep/NAME" of the pick.
+function whepEndpoint() {
+  if (cameras.length < 2) return "whep";
+  return "whep/" + encodeURIComponent($("camera").value || cameras[0]);
+}
+
+// Fill the picker from GET cameras; the camera in ?camera=NAME is picked if it exists.
+async function loadCameras() {
+  let listed;
+  try {
+    const response = await fetch("cameras");
+    if (!response.ok) return;
+    listed = await response.json();
+  } catch (_) {
+    return; // an older sender: one camera at "whep"
+  }
+  cameras = (listed.cameras || []).map((camera) => camera.name);
+  const select = $("camera");
+  select.replaceChildren(...cameras.map((name) => new Option(name, name)));
+  const wanted = new URLSearchParams(window.location.search).get("camera");
+  if (wanted && cameras.includes(wanted)) select.value = wanted;
+  $("picker").hidden = cameras.length < 2;
+}
+
+// Another camera picked: remember it in the URL, and watch it at once if running.
+function pickCamera() {
+  const url = new URL(window.location.href);
+  url.searchParams.set("camera", $("camera").value);
+  window.history.replaceState(null, "", url.href);
+  if (current) start(performance.now());
 }
 
 // RFC 8288 Link header values (fetch joins several with ", ") to RTCIceServers: the
@@ -490,7 +530,9 @@ window.addEventListener("DOMContentLoaded", () => {
   $("stop").addEventListener("click", () => stop("closed"));
   $("auth").addEventListener("submit", connectWithToken);
   $("video").addEventListener("resize", render);
+  $("camera").addEventListener("change", pickCamera);
   setInterval(render, RENDER_INTERVAL_MS);
+  camerasLoaded = loadCameras();
 });
 
 window.addEventListener("pagehide", () => { if (current) teardown(current, true); });
