@@ -42,6 +42,7 @@ class SenderConfig:
     idle_close: float = 1.0
     connect_timeout: float = 30.0  # a viewer whose ICE has not connected by then is dropped
     bitrate: int | None = None  # fixed encoder bitrate; None follows the viewers' estimates
+    transcode: bool = False  # never send a camera's own H.264 (sender.passthrough)
     token: str | None = field(default=None, repr=False)  # never logged
     allowed_origins: tuple[str, ...] = ()
     publish: tuple[JanusTarget, ...] = field(default=(), repr=False)  # may hold secrets
@@ -83,6 +84,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
             config.fps,
             config.bitrate,
             factories,
+            passthrough=not config.transcode and sources.has_packets(config.source),
         ) as sessions,
     ):
         app[SOURCE] = source
@@ -138,6 +140,7 @@ async def healthz(request: web.Request) -> web.Response:
             "tiers": request.app[SESSIONS].encoders.describe(),
             "video_encoders": request.app[SESSIONS].encoders.describe_encoders(),
             "viewer_tiers": request.app[SESSIONS].viewer_tiers(),
+            "passthrough": request.app[SESSIONS].passthrough.describe(),
             "publications": [
                 {
                     "target": p.target.describe(),
