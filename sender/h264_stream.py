@@ -165,7 +165,12 @@ class AnnexB:
         """The packet ready to send (none while no SPS is known); ``changed`` says
         whether it brought new parameter sets (``info``)."""
         self.changed = False
-        packets = self._filter.filter(packet) if self._filter is not None else [packet]
+        packets = [packet]
+        if self._filter is not None:  # the filter takes the packet's data: give it a copy
+            copy = av.Packet(bytes(packet))
+            copy.pts, copy.dts, copy.time_base = packet.pts, packet.dts, packet.time_base
+            copy.is_keyframe = packet.is_keyframe
+            packets = self._filter.filter(copy)
         return [out for p in packets if (out := self._one(p, now)) is not None]
 
     def _one(self, packet: av.Packet[Any], now: float) -> av.Packet[Any] | None:

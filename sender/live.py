@@ -332,6 +332,8 @@ class LiveReader:
             stream.thread_type = "SLICE"  # frame threads would hold frames back
             stream.codec_context.flags |= Flags.low_delay  # each frame out as soon as it can
             return self._receive(container, stream)
+        except av.error.EOFError:  # a file's end, as a decoder reports it
+            return Failure(FILE_ENDED if self._paced else "the stream ended")
         except (av.FFmpegError, OSError) as exc:
             return failure(exc, self.url)
         finally:

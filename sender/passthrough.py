@@ -40,7 +40,7 @@ from common.aiortc_ext import h264_profiles
 from . import live
 from .encoding import PROFILES, EncodedTrack, Totals
 from .fanout import SharedSource
-from .h264_stream import StreamInfo
+from .h264_stream import CONSTRAINT_SET1, StreamInfo
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,16 @@ def profile_level_id(codec: RTCRtpCodecParameters) -> str:
 
 
 def choose(info: StreamInfo, offered: list[Offered]) -> Offered | None:
-    """The offered codec to send the stream as: its own profile (and constraints) first,
-    then its profile_idc; for a constrained baseline stream, any H.264."""
+    """The offered codec to send the stream as: its own profile (constrained or not)
+    first, then its profile_idc; for a constrained baseline stream, any H.264."""
     acceptable = [o for o in offered if info.accepts(profile_level_id(o[0]))]
-    own = f"{info.profile_idc:02x}{info.constraints:02x}"
+    constrained = info.constraints & CONSTRAINT_SET1
 
     def rank(item: Offered) -> int:
         plid = profile_level_id(item[0])
-        return 0 if plid[:4] == own else 1 if int(plid[:2], 16) == info.profile_idc else 2
+        if int(plid[:2], 16) != info.profile_idc:
+            return 2
+        return 0 if int(plid[2:4], 16) & CONSTRAINT_SET1 == constrained else 1
 
     return min(acceptable, key=rank) if acceptable else None
 
