@@ -25,7 +25,15 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from common import aiortc_ext
-from common.aiortc_ext import frame_timing, ice_rtt, jitterbuffer, passthrough, remb_rtt, streams
+from common.aiortc_ext import (
+    frame_timing,
+    h264_profiles,
+    ice_rtt,
+    jitterbuffer,
+    passthrough,
+    remb_rtt,
+    streams,
+)
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
 from common.turn_check import turn_failure
 
@@ -108,6 +116,9 @@ class Connection:
             return
         assert self._signalling is not None
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        # Main and High H.264 too (FFmpeg decodes them): a camera's own stream can then
+        # be passed through to us as it is (sender.passthrough).
+        h264_profiles.offer_profiles(transceiver)
         if self._codecs:
             capabilities = RTCRtpReceiver.getCapabilities("video")
             assert capabilities is not None

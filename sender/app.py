@@ -43,6 +43,7 @@ class SenderConfig:
     idle_close: float = 1.0
     connect_timeout: float = 30.0  # a viewer whose ICE has not connected by then is dropped
     bitrate: int | None = None  # fixed encoder bitrate; None follows the viewers' estimates
+    transcode: bool = False  # never send a camera's own H.264 (sender.passthrough)
     token: str | None = field(default=None, repr=False)  # never logged
     allowed_origins: tuple[str, ...] = ()
     publish: tuple[JanusTarget, ...] = field(default=(), repr=False)  # may hold secrets
@@ -86,6 +87,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
         bitrate=config.bitrate,
         publish=config.publish,
         display_name=config.name,
+        transcode=config.transcode,
     )
     configs = config.camera_configs()
     labelled = len(configs) > 1 or configs[0].named

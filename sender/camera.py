@@ -88,6 +88,7 @@ class CameraSettings:
     bitrate: int | None = None
     publish: tuple[JanusTarget, ...] = field(default=(), repr=False)
     display_name: str = ""  # --name: the Janus display name, or its prefix
+    transcode: bool = False  # never send a camera's own H.264 as it is (sender.passthrough)
 
 
 class CameraUnavailable(RuntimeError):
@@ -123,6 +124,7 @@ class Camera:
             settings.fps,
             settings.bitrate,
             factories,
+            passthrough=not settings.transcode and sources.has_packets(config.spec),
             name=tag,
         )
         display = f"{settings.display_name}-{self.name}" if labelled else settings.display_name
@@ -206,6 +208,7 @@ class Camera:
             "tiers": sessions.encoders.describe(),
             "video_encoders": sessions.encoders.describe_encoders(),
             "viewer_tiers": sessions.viewer_tiers(),
+            "passthrough": sessions.passthrough.describe(),
             "publications": [
                 {
                     "target": p.target.describe(),

@@ -97,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BPS",
         help="fixed video bitrate in bits/s (default: follow the weakest viewer's estimate)",
     )
+    parser.add_argument(
+        "--transcode",
+        action="store_true",
+        help="always decode and re-encode; by default a camera's (or file's) own H.264 is "
+        "sent as it is to viewers that accept its profile (H.264 passthrough)",
+    )
     parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
     parser.add_argument(
         "--token",
@@ -201,6 +207,7 @@ async def serve(args: argparse.Namespace) -> int:
         turn_ttl=args.turn_ttl,
         max_viewers=args.max_viewers,
         bitrate=args.bitrate,
+        transcode=args.transcode,
         token=args.token,
         allowed_origins=tuple(args.allow_origin),
         publish=publish,

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import av
 from aiortc.codecs import h264 as aiortc_h264
@@ -112,6 +112,20 @@ class Queued(NamedTuple):
     handed_at: float
 
 
+class PacketFeed(Protocol):
+    """What feeds an ``EncodedTrack``: a ``SharedEncoder``, or the camera's own H.264
+    (``sender.passthrough``)."""
+
+    profile: CodecProfile
+    totals: Totals
+
+    def request_keyframe(self, tier: str | None = None) -> None: ...
+
+    def update_bitrate(self, now: float | None = None) -> None: ...
+
+    def unsubscribe(self, track: EncodedTrack) -> None: ...
+
+
 class EncodedTrack(MediaStreamTrack):
     """One viewer's feed of encoded packets, from the tier its own bandwidth estimate
     puts it on. It starts at a keyframe, changes tier at a keyframe and, when it falls
@@ -119,7 +133,7 @@ class EncodedTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, encoder: SharedEncoder) -> None:
+    def __init__(self, encoder: PacketFeed) -> None:
         super().__init__()
         self._encoder = encoder
         self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)

@@ -5,6 +5,9 @@ each frame is offered to every viewer's track. It is closed shortly after the la
 viewer leaves, so a viewer arriving right after another left does not reopen it. A
 network camera that drops reconnects inside its source (``sender.live``): ``read()`` just
 takes longer, and the viewers' encoders wait for the next frame, connected.
+
+Besides frames, a source that receives H.264 hands its packets to ``listen()``ers (H.264
+passthrough, ``sender.passthrough``); it decodes only while a frame viewer subscribes.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from . import live
+from .h264_stream import PacketSink, StreamInfo
 from .sources import Source, SourceError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +83,7 @@ class SharedSource:
         self.frames_captured = 0
         self._source: Source | None = None
         self._reconnects = 0  # by the sources opened before the current one
+        self._listeners: set[PacketSink] = set()  # H.264 packets (sender.passthrough)
 
     @property
     def state(self) -> str:
@@ -100,27 +106,71 @@ class SharedSource:
     def viewers(self) -> int:
         return len(self._viewers)
 
+    @property
+    def stream_info(self) -> StreamInfo | None:
+        """What the open source receives (codec, H.264 profile), once known."""
+        return self._source.stream_info if self._source is not None else None
+
     def subscribe(self) -> ViewerTrack:
         track = ViewerTrack(self)
         self._viewers.add(track)
+        self._start()
+        self._demand()
+        return track
+
+    def unsubscribe(self, track: ViewerTrack) -> None:
+        self._viewers.discard(track)
+        self._demand()
+        self._idle()
+
+    def listen(self, listener: PacketSink) -> None:
+        """Packets for ``listener`` (opening the source if need be); its ``on_stream``
+        hears at once what the open source receives."""
+        self._listeners.add(listener)
+        self._start()
+        info = self.stream_info
+        if info is not None:
+            listener.on_stream(info)
+
+    def unlisten(self, listener: PacketSink) -> None:
+        self._listeners.discard(listener)
+        self._idle()
+
+    def _start(self) -> None:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
         if self._capture is None or self._capture.done():
             self._capture = asyncio.create_task(self._run(), name=f"capture {self.name}".strip())
-        return track
 
-    def unsubscribe(self, track: ViewerTrack) -> None:
-        self._viewers.discard(track)
-        if not self._viewers and self._capture is not None and self._idle_timer is None:
+    def _idle(self) -> None:
+        """Nobody left: close the source shortly."""
+        if self._viewers or self._listeners:
+            return
+        if self._capture is not None and self._idle_timer is None:
             self._idle_timer = asyncio.get_running_loop().call_later(
                 self._idle_close, self._stop_capture
             )
 
+    def _demand(self) -> None:
+        """Decode only while frames are wanted (a source with packets may not need to)."""
+        if self._source is not None:
+            self._source.set_decoding(bool(self._viewers))
+
     def _stop_capture(self) -> None:
         self._idle_timer = None
-        if not self._viewers and self._capture is not None:
+        if not self._viewers and not self._listeners and self._capture is not None:
             self._capture.cancel()
+
+    # -- PacketSink: the open source's packets, to every listener ------------------------
+
+    def on_stream(self, info: StreamInfo) -> None:
+        for listener in list(self._listeners):
+            listener.on_stream(info)
+
+    def on_packet(self, packet: av.Packet[Any]) -> None:
+        for listener in list(self._listeners):
+            listener.on_packet(packet)
 
     async def _run(self) -> None:
         try:
@@ -132,6 +182,8 @@ class SharedSource:
         self.opens += 1
         self.is_open = True
         self._source = source
+        source.feed(self)
+        self._demand()
         try:
             while True:
                 frame = await source.read()
@@ -144,6 +196,7 @@ class SharedSource:
         finally:
             self.is_open = False
             self._source = None
+            source.feed(None)
             self._reconnects += source.reconnects
             # Shielded so that a cancelled capture still releases the device.
             await asyncio.shield(source.close())

@@ -12,6 +12,11 @@ event loop, where only the newest one waits: a slow consumer gets the latest pic
 a backlog. If decoding itself falls behind an RTSP camera (``Lag``, from its RTP times),
 the packets up to a recent keyframe are skipped. User names and passwords in a URL never
 reach a log line or ``/healthz``: ``redact()`` shows ``user:***@``.
+
+An H.264 stream's packets also go, as they are, to a ``sink`` (``sender.h264_stream``: H.264
+passthrough), and decoding runs only while frames are wanted (``decode``): with only
+passthrough viewers nothing is decoded. The same reader plays an H.264 file (``paced``:
+held to its timestamps, looped without a word).
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import av
 from av.codec.context import Flags
 
 from common.backoff import Backoff
+
+from .h264_stream import AnnexB, PacketSink, StreamInfo, Timeline
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +54,7 @@ MAX_LAG_SECONDS = 0.5  # decoding this far behind the camera: skip to the next k
 LATE_PACKETS = 3  # ...for this many packets in a row (FFmpeg hands the last one out late)
 MAX_SKIP_SECONDS = 5.0  # then any keyframe ends the skip (a GOP that long, or odd times)
 DRIFT = 0.001  # clock drift allowed between camera and us (1 ms/s), see ``Lag``
+FILE_ENDED = "the file ended"  # a paced (file) reader's normal end: it starts over
 SECRET_KEYS = ("password", "passwd", "pass", "pwd", "token", "secret", "key", "auth")
 
 # States, as /healthz and /metrics show them.
@@ -199,7 +208,12 @@ class LiveReader:
     in the thread). ``patience``: seconds to wait for the first frame before giving up
     (``next_frame()`` then raises LiveError; a refusal gives up at once); None: never
     give up, as while viewers watch. ``state``, ``reconnects`` and ``error`` are for
-    /healthz and /metrics."""
+    /healthz and /metrics. ``paced``: a file, read at its own pace and looped; ``fmt``:
+    FFmpeg's demuxer (None: guessed from the URL); ``origin``: the capture clock's origin
+    (``sources.CLOCK_ORIGIN``) for the packets' times.
+
+    Set from the event loop: ``sink`` gets an H.264 stream's packets (``h264_stream``),
+    ``decode`` says whether frames are wanted (decoding restarts at a keyframe)."""
 
     def __init__(
         self,
@@ -209,6 +223,9 @@ class LiveReader:
         *,
         patience: float | None = None,
         backoff: Backoff | None = None,
+        paced: bool = False,
+        fmt: str | None = None,
+        origin: float = 0.0,
     ) -> None:
         self.url = url
         self.shown = redact(url)
@@ -228,6 +245,13 @@ class LiveReader:
         self._gave_up: str | None = None
         self._had_frames = False  # over every connection
         self._lost_at = 0.0  # when the stream last dropped
+        self._paced = paced
+        self._format = fmt
+        self._looping = False  # a file starting over: not a reconnection
+        self._timeline = Timeline(origin)
+        self.decode = True  # frames wanted (set from the loop)
+        self.sink: PacketSink | None = None  # H.264 packets wanted (set from the loop)
+        self.stream_info: StreamInfo | None = None  # the current connection's, on the loop
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -263,6 +287,9 @@ class LiveReader:
                 ended = self._connection()
                 if self._stopping.is_set():
                     return
+                if self._paced and ended.reason == FILE_ENDED:
+                    self._looping = True
+                    continue
                 self.error = ended.reason
                 out_of_time = deadline is not None and time.monotonic() >= deadline
                 if not self._had_frames and deadline is not None and (ended.refused or out_of_time):
@@ -291,7 +318,10 @@ class LiveReader:
         """One connection, until it ends: why it did."""
         try:
             container = av.open(
-                self.url, options=self._options, timeout=(OPEN_SECONDS, READ_SECONDS)
+                self.url,
+                format=self._format,
+                options=self._options,
+                timeout=(OPEN_SECONDS, READ_SECONDS),
             )
         except (av.FFmpegError, OSError) as exc:
             return failure(exc, self.url)
@@ -302,6 +332,8 @@ class LiveReader:
             stream.thread_type = "SLICE"  # frame threads would hold frames back
             stream.codec_context.flags |= Flags.low_delay  # each frame out as soon as it can
             return self._receive(container, stream)
+        except av.error.EOFError:  # a file's end, as a decoder reports it
+            return Failure(FILE_ENDED if self._paced else "the stream ended")
         except (av.FFmpegError, OSError) as exc:
             return failure(exc, self.url)
         finally:
@@ -313,9 +345,44 @@ class LiveReader:
         # MJPEG over HTTP counts frames at 25 fps), and then no lag can be measured.
         timed = container.format.name == "rtsp"
         received = False
+        context = stream.codec_context
+        h264 = AnnexB(stream, self._timeline) if context.name == "h264" else None
+        info = h264.info if h264 is not None else None
+        if h264 is None:
+            info = StreamInfo(context.name, context.width, context.height)
+        if info is not None:
+            self._post(self._stream, info)
+        decoding = False  # the decoder has had a keyframe since frames were wanted
+        clock: tuple[float, float] | None = None  # a file's pace: (wall, media seconds)
         for packet in container.demux(stream):
             if self._stopping.is_set():
                 return Failure("closed")
+            if self._paced and packet.dts is not None and packet.time_base is not None:
+                media_seconds = float(packet.dts * packet.time_base)
+                if clock is None:
+                    clock = (time.monotonic(), media_seconds)
+                delay = clock[0] + media_seconds - clock[1] - time.monotonic()
+                if delay > 0 and self._stopping.wait(delay):
+                    return Failure("closed")
+            keyframe = packet.is_keyframe
+            if h264 is not None and packet.size:
+                sent = h264.convert(packet, time.monotonic())
+                if h264.changed and h264.info is not None:
+                    self._post(self._stream, h264.info)
+                keyframe = keyframe or any(p.is_keyframe for p in sent)
+                if sent and not received:
+                    received = True
+                    self._live(stream)
+                if self.sink is not None:
+                    for out in sent:
+                        self._post(self._packet, out)
+            if not self.decode:
+                decoding = False
+                continue
+            if not decoding:
+                if not keyframe:
+                    continue  # a decoder starts at a keyframe
+                decoding = True
             if timed:
                 media = packet.dts if packet.dts is not None else packet.pts
                 seconds = None if media is None else float(media * packet.time_base)
@@ -338,10 +405,13 @@ class LiveReader:
                     received = True
                     self._live(stream)
                 self._post(self._hand_over, self._convert(frame))
-        return Failure("the stream ended")
+        return Failure(FILE_ENDED if self._paced else "the stream ended")
 
     def _live(self, stream: av.VideoStream) -> None:
-        """The first frame of a connection."""
+        """The first frame (or H.264 packet) of a connection."""
+        if self._looping:  # a file starting over
+            self._looping = False
+            return
         codec = stream.codec_context
         transport = self._options.get("rtsp_transport")
         how = f"{codec.name} {codec.width}x{codec.height}" + (
@@ -369,6 +439,15 @@ class LiveReader:
     def _hand_over(self, frame: av.VideoFrame) -> None:
         self._newest = frame  # one not taken yet is replaced: the newest only
         self._fresh.set()
+
+    def _stream(self, info: StreamInfo) -> None:
+        self.stream_info = info
+        if self.sink is not None:
+            self.sink.on_stream(info)
+
+    def _packet(self, packet: av.Packet[Any]) -> None:
+        if self.sink is not None:
+            self.sink.on_packet(packet)
 
     def _give_up(self, reason: str) -> None:
         self._gave_up = reason

@@ -121,6 +121,7 @@ class CameraCollector(Collector):
         for name, documentation, value in counters:
             yield CounterMetricFamily(name, documentation, value=value)
         yield from totals.stages.collect()  # where each frame's milliseconds go
+        yield from sessions.passthrough.collect()  # the camera's own H.264
         per_viewer = {
             "rtt": GaugeMetricFamily(
                 "webcam_viewer_rtt_seconds", "Round-trip time (RTCP)", labels=["session"]

@@ -23,6 +23,7 @@ from common.codecs import prefer_codec
 from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
+from .passthrough import Passthrough
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +164,12 @@ class Sessions:
         fps: float = 30.0,
         bitrate: int | None = None,
         factories: Mapping[str, EncoderFactory] | None = None,
+        passthrough: bool = False,
         name: str = "",
     ) -> None:
         self.encoders = Encoders(source, fps, bitrate, factories)
+        # The camera's own H.264 to the viewers that take it (sender.passthrough).
+        self.passthrough = Passthrough(source, self.encoders.totals, passthrough)
         self.name = name  # the camera's, for the logs of a sender with several
         self._connect_timeout = connect_timeout
         self._configuration = configuration
@@ -206,9 +210,13 @@ class Sessions:
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
             session.remote_ufrag = _ice_ufrag(offer_sdp)
+            passing = await self.passthrough.answer(transceiver, offer_sdp)
             await pc.setLocalDescription(await pc.createAnswer())
             session.codec = _sending_codec(pc.localDescription.sdp)
-            session.track = track = self.encoders.subscribe(session.codec)
+            track: EncodedTrack = (
+                self.passthrough.subscribe() if passing else self.encoders.subscribe(session.codec)
+            )
+            session.track = track
             track.name = session.id
             transceiver.sender.replaceTrack(track)
             rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
@@ -219,12 +227,13 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
+        how = f"{session.codec}{' passthrough' if passing else ''}"
         logger.info(
             "viewer joined: %ssession %s from %s (%s)",
             f"camera {self.name}, " if self.name else "",
             session.id,
             remote,
-            session.codec,
+            how,
         )
         return session, pc.localDescription
 
@@ -253,6 +262,7 @@ class Sessions:
         await asyncio.gather(
             *(s.close("server shutting down") for s in list(self._sessions.values()))
         )
+        await self.passthrough.close()
 
     async def __aenter__(self) -> Sessions:
         return self

@@ -27,6 +27,7 @@ from common import stamp
 from common.backoff import Backoff
 
 from . import cameras, ffmpeg_devices, formats, live, scene
+from .h264_stream import PacketSink, StreamInfo
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,19 @@ class Source(ABC):
     def error(self) -> str | None:
         """Why the source is not live, when it is not (network cameras only)."""
         return None
+
+    @property
+    def stream_info(self) -> StreamInfo | None:
+        """What its reader receives (H.264 profile, size), once known; None for sources
+        that only make frames (the fake cameras, files and devices decoded by PyAV)."""
+        return None
+
+    def feed(self, sink: PacketSink | None) -> None:
+        """Hand an H.264 stream's packets to ``sink`` as they come (H.264 passthrough);
+        sources without packets never call it."""
+
+    def set_decoding(self, wanted: bool) -> None:
+        """Whether anyone wants frames: a source with packets decodes only then."""
 
     async def __aenter__(self) -> Source:
         return self
@@ -362,7 +376,8 @@ class AvSource(Source):
 
 class LiveSource(Source):
     """A network camera (``sender.live``): frames as they come, scaled to the configured
-    size, across reconnections. ``patience``: see ``live.LiveReader``."""
+    size, across reconnections. ``patience``: see ``live.LiveReader``. An H.264 file is
+    read the same way (``paced``, looped), for its packets (``feed``)."""
 
     def __init__(
         self,
@@ -373,8 +388,10 @@ class LiveSource(Source):
         patience: float | None = None,
     ) -> None:
         super().__init__(width, height, fps)
+        paced = spec.kind == "file"
+        opts = {} if paced else live.options(spec.url, spec.rtsp_transport)
         self._reader = live.LiveReader(
-            spec.url, live.options(spec.url, spec.rtsp_transport), self._convert, patience=patience
+            spec.url, opts, self._convert, patience=patience, paced=paced, origin=CLOCK_ORIGIN
         )
 
     def _convert(self, frame: av.VideoFrame) -> av.VideoFrame:
@@ -405,6 +422,35 @@ class LiveSource(Source):
     @property
     def error(self) -> str | None:
         return self._reader.error
+
+    @property
+    def stream_info(self) -> StreamInfo | None:
+        return self._reader.stream_info
+
+    def feed(self, sink: PacketSink | None) -> None:
+        self._reader.sink = sink
+
+    def set_decoding(self, wanted: bool) -> None:
+        self._reader.decode = wanted
+
+
+def is_h264_file(path: str) -> bool:
+    """Whether a local file's first video stream is H.264 (read by ``LiveSource`` for
+    its packets); False for anything that does not open."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        with av.open(path) as container:
+            streams = container.streams.video
+            return bool(streams) and streams[0].codec_context.name == "h264"
+    except (av.FFmpegError, OSError):
+        return False
+
+
+def has_packets(spec: SourceSpec) -> bool:
+    """Whether the source may deliver H.264 packets (H.264 passthrough): a network
+    camera (which it is, is known once connected) or a local H.264 file."""
+    return spec.kind == NETWORK or (spec.kind == "file" and is_h264_file(spec.url))
 
 
 def device_options(demuxer: str | None, choice: formats.Choice) -> dict[str, str]:
@@ -482,7 +528,7 @@ def create(
     (``live.LiveReader``)."""
     if spec.kind in SYNTHETIC:
         return SYNTHETIC[spec.kind](width, height, fps)
-    if spec.kind == NETWORK:
+    if spec.kind == NETWORK or (spec.kind == "file" and is_h264_file(spec.url)):
         return LiveSource(spec, width, height, fps, patience)
     return AvSource(spec, width, height, fps)
 
