@@ -14,7 +14,7 @@ from aiohttp import web
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
-from . import encoders, metrics, signalling, sources
+from . import audio, encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .fanout import SharedSource
 from .janus_publisher import JanusPublication
@@ -29,6 +29,7 @@ MAX_BODY_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class SenderConfig:
     source: sources.SourceSpec = field(default_factory=lambda: sources.SourceSpec("testsrc"))
+    audio: audio.AudioSpec | None = None  # None: no audio (``--audio none``)
     width: int = 640
     height: int = 480
     fps: float = 30.0
@@ -72,7 +73,11 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     async def open_camera() -> sources.Source:
         return await sources.open_source(config.source, config.width, config.height, config.fps)
 
+    shared_audio = (
+        audio.SharedAudio(config.audio, idle_close=config.idle_close) if config.audio else None
+    )
     async with (
+        audio.closing(shared_audio),
         SharedSource(open_camera, idle_close=config.idle_close) as source,
         Sessions(
             source,
@@ -83,6 +88,7 @@ async def media(app: web.Application) -> AsyncIterator[None]:
             config.fps,
             config.bitrate,
             factories,
+            shared_audio,
         ) as sessions,
     ):
         app[SOURCE] = source

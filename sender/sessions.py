@@ -17,12 +17,14 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from common import aiortc_ext
-from common.aiortc_ext import rtcp_feedback
+from common.aiortc_ext import rtcp_feedback, sender_reports
 from common.codecs import prefer_codec
 
+from . import audio
 from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
+from .sources import CLOCK_ORIGIN, VIDEO_CLOCK_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Session:
         self.etag = secrets.token_hex(8)
         self.remote_ufrag: str | None = None
         self.track: EncodedTrack | None = None
+        self.audio_track: audio.AudioTrack | None = None
         self.codec = ""
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
@@ -137,6 +140,8 @@ class Session:
             # aiortc stops a sender's track only if RTP ever started (not so when ICE
             # never connected), and a live track keeps the camera open.
             self.track.stop()
+        if self.audio_track is not None:
+            self.audio_track.stop()
         self._registry._forget(self)
         if not self.joined:
             return
@@ -162,8 +167,10 @@ class Sessions:
         fps: float = 30.0,
         bitrate: int | None = None,
         factories: Mapping[str, EncoderFactory] | None = None,
+        shared_audio: audio.SharedAudio | None = None,
     ) -> None:
         self.encoders = Encoders(source, fps, bitrate, factories)
+        self.audio = shared_audio  # None: no audio (--audio none)
         self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec
@@ -199,6 +206,7 @@ class Sessions:
         try:
             transceiver = pc.addTransceiver("video", direction="sendonly")
             prefer_codec(transceiver, self._codec)
+            sound = audio.add_transceiver(pc, self.audio, offer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
@@ -209,6 +217,9 @@ class Sessions:
             track.name = session.id
             transceiver.sender.replaceTrack(track)
             rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
+            sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
+            if self.audio is not None:
+                session.audio_track = audio.attach(sound, self.audio, session.id)
         except Exception as exc:
             await session.close("offer refused")
             if isinstance(exc, OfferError):
@@ -216,7 +227,14 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
-        logger.info("viewer joined: session %s from %s (%s)", session.id, remote, session.codec)
+        with_audio = "" if session.audio_track is None else ", opus"
+        logger.info(
+            "viewer joined: session %s from %s (%s%s)",
+            session.id,
+            remote,
+            session.codec,
+            with_audio,
+        )
         return session, pc.localDescription
 
     def viewer_tiers(self) -> list[dict[str, object]]:
