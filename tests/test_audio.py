@@ -1,0 +1,69 @@
+"""Audio from the sender to the Python receiver: the fake audio arrives with its sound,
+one Opus encoder serves every listener, and a sender or viewer without audio behaves
+as before."""
+
+import numpy as np
+
+from receiver import Receiver
+from receiver.audio import rms
+from sender.audio import TONE_AMPLITUDE, AudioSpec
+
+from .helpers import wait_until
+
+TESTSRC = AudioSpec("testsrc")
+
+
+async def test_fake_audio_reaches_the_python_receiver(sender_factory) -> None:
+    sender = await sender_factory(audio=TESTSRC)
+    async with Receiver(sender.url) as rx:
+        assert rx.receives_audio
+        frames = []
+        async for frame in rx.audio_frames():
+            frames.append(frame)
+            if len(frames) == 100:  # two seconds
+                break
+    assert {f.sample_rate for f in frames} == {48000}
+    pts = [f.pts for f in frames]
+    assert pts == sorted(pts) and pts[-1] - pts[0] >= 90 * 960  # RTP-timed, in order
+    # The tone (0.1 of full scale, so an RMS of 0.07), and a click at each whole second.
+    levels = [rms(f) for f in frames]
+    assert abs(np.median(levels) - TONE_AMPLITUDE / 2**0.5) < 0.02, levels
+    assert max(levels) > 0.3, "no click in two seconds"
+
+
+async def test_one_opus_encoder_for_every_listener(sender_factory) -> None:
+    sender = await sender_factory(audio=TESTSRC)
+    shared = sender.sessions.audio
+    assert shared is not None and shared.opens == 0  # nothing opened before a listener
+    async with Receiver(sender.url) as first, Receiver(sender.url) as second:
+        for rx in (first, second):
+            async for _ in rx.audio_frames():
+                break
+        assert shared.listeners == 2 and shared.opens == 1
+        encoded = shared.packets_encoded
+        await wait_until(lambda: shared.packets_encoded >= encoded + 50, what="a second more")
+        # Each packet encoded once and sent to both (a few may still wait in a queue).
+        assert shared.packets_sent >= 2 * shared.packets_encoded - 60
+    await wait_until(lambda: not shared.is_open, what="the audio to close after the last one")
+    assert shared.opens == 1
+
+
+async def test_a_sender_without_audio_serves_video_as_before(sender) -> None:
+    async with Receiver(sender.url) as rx:  # it offers audio; the sender has none
+        assert not rx.receives_audio
+        async for _ in rx.frames():
+            if rx.stats.frames == 10:
+                break
+    assert sender.sessions.audio is None
+
+
+async def test_a_receiver_that_refuses_audio_gets_video_only(sender_factory) -> None:
+    sender = await sender_factory(audio=TESTSRC)
+    async with Receiver(sender.url, audio=False) as rx:
+        sdp = rx.connection.pc.localDescription.sdp
+        assert "m=audio" not in sdp
+        assert not rx.receives_audio
+        async for _ in rx.frames():
+            if rx.stats.frames == 10:
+                break
+    assert sender.sessions.audio.opens == 0
