@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
-from common.aiortc_ext import passthrough, sender_report_tap
+from common.aiortc_ext import passthrough, sender_report_tap, streams
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ class AudioStream:
         receiver: RTCRtpReceiver,
         track: MediaStreamTrack,
         sync: Lipsync | None,
+        stats: AudioStats,
         *,
-        decode: bool,
         on_packet: Callable[[AudioPacket], None] | None,
         on_frame: Callable[[av.AudioFrame], None] | None,
     ) -> None:
@@ -84,11 +86,11 @@ class AudioStream:
         self._pending: deque[tuple[bytes, int]] = deque(maxlen=PENDING_PACKETS)
         self._task: asyncio.Task[None] | None = None
         self.packets = 0
-        self.level = 0.0  # RMS of the last decoded frame, 0..1
+        self.stats = stats
+        # Always decoded (Opus is cheap): the status line shows the level.
         if on_packet is not None:
-            passthrough.tap(receiver, self._tapped, decode=decode)
-        if decode:
-            self._task = asyncio.create_task(self._read(track), name="decoded audio")
+            passthrough.tap(receiver, self._tapped, decode=True)
+        self._task = asyncio.create_task(self._read(track), name="decoded audio")
 
     def set_sync(self, sync: Lipsync) -> None:
         self.sync = sync
@@ -114,11 +116,14 @@ class AudioStream:
             while True:
                 frame = await track.recv()
                 assert isinstance(frame, av.AudioFrame)
-                self.level = rms(frame)
+                self.stats.heard(rms(frame))
                 if self._on_frame is not None:
                     self._on_frame(frame)
 
     async def close(self) -> None:
+        """Stop reading; the connection's loss and jitter go to the statistics."""
+        for stream in streams.media_streams(self.receiver).values():
+            self.stats.add_transport(stream.packets_received, stream.packets_lost, stream.jitter)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -141,3 +146,45 @@ def add_transceiver(pc: RTCPeerConnection) -> None:
     capabilities = RTCRtpReceiver.getCapabilities("audio")
     assert capabilities is not None
     transceiver.setCodecPreferences([c for c in capabilities.codecs if c.name.lower() == "opus"])
+
+
+@dataclass
+class AudioStats:
+    """The audio's share of the receiver's statistics (``FrameStats.audio``)."""
+
+    received: bool = False  # some connection carried audio
+    packets_received: int = 0  # summed over connections
+    packets_lost: int = 0
+    jitter_ms: float | None = None  # of the last connection
+    level: float = 0.0  # RMS of the last decoded frame
+    level_at: float = -1e9  # when it was decoded (monotonic)
+
+    def heard(self, level: float) -> None:
+        self.received = True
+        self.level, self.level_at = level, time.monotonic()
+
+    def add_transport(self, received: int, lost: int, jitter_rtp: int) -> None:
+        """One connection's audio RTP counters (jitter in 48 kHz RTP units)."""
+        self.received = self.received or received > 0
+        self.packets_received += received
+        self.packets_lost += max(0, lost)
+        self.jitter_ms = jitter_rtp * 1000 / SAMPLE_RATE
+
+    def status(self) -> str:
+        """The status line's part: the level in dBFS, or "no audio"."""
+        if time.monotonic() - self.level_at > 1.0:
+            return "no audio"
+        if self.level <= 1e-5:
+            return "audio silent"
+        return f"audio {20 * math.log10(self.level):.0f} dBFS"
+
+    def summary(self) -> dict[str, object] | None:
+        if not self.received:
+            return None
+        expected = self.packets_received + self.packets_lost
+        return {
+            "packets_received": self.packets_received,
+            "packets_lost": self.packets_lost,
+            "loss": round(self.packets_lost / expected, 4) if expected else None,
+            "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
+        }

@@ -123,7 +123,7 @@ class Connection:
             receiver,
             track,
             sync,
-            decode=self._decode and self._on_audio_frame is not None,
+            self.stats.audio,
             on_packet=self._on_audio_packet,
             on_frame=self._on_audio_frame,
         )

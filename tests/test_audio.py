@@ -2,6 +2,9 @@
 one Opus encoder serves every listener, and a sender or viewer without audio behaves
 as before."""
 
+import re
+
+import aiohttp
 import numpy as np
 
 from receiver import Receiver
@@ -67,3 +70,46 @@ async def test_a_receiver_that_refuses_audio_gets_video_only(sender_factory) -> 
             if rx.stats.frames == 10:
                 break
     assert sender.sessions.audio.opens == 0
+
+
+async def test_audio_in_metrics_stats_and_status_line(sender_factory) -> None:
+    sender = await sender_factory(audio=TESTSRC)
+    rx = Receiver(sender.url)
+    await rx.connect()
+    try:
+        count = 0
+        async for _ in rx.audio_frames():
+            count += 1
+            if count == 10:
+                break
+        # The tone is -23 dBFS (RMS); a click in the last frame makes it louder.
+        assert re.fullmatch(r"audio -(\d+) dBFS", rx.stats.audio.status())
+        assert 3 <= int(rx.stats.audio.status().split()[1][1:]) <= 30
+
+        async def scrape() -> str:
+            async with aiohttp.ClientSession() as http, http.get(sender.url + "/metrics") as resp:
+                return await resp.text()
+
+        async def reported() -> bool:  # the listener's first receiver report
+            return "webcam_viewer_audio_jitter_seconds{session=" in await scrape()
+
+        await wait_until(reported, what="the listener's loss and jitter")
+        text = await scrape()
+        assert "webcam_audio_listeners 1.0" in text
+        samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+        encoded = float(samples["webcam_audio_packets_encoded_total"])
+        assert encoded >= 25
+        assert "webcam_viewer_audio_packets_lost{session=" in text
+    finally:
+        await rx.close()
+    audio = rx.stats.summary()["audio"]
+    assert audio is not None and audio["packets_received"] >= 25, audio
+    assert audio["packets_lost"] == 0 and audio["jitter_ms"] is not None, audio
+
+
+async def test_no_audio_in_the_status_line_without_it(sender) -> None:
+    async with Receiver(sender.url) as rx:
+        async for _ in rx.frames():
+            break
+        assert rx.stats.status_line().endswith("no audio")
+    assert rx.stats.summary()["audio"] is None
