@@ -6,6 +6,7 @@ network namespaces, and across a sender restart (the next segment)."""
 
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import urllib.parse
@@ -19,6 +20,7 @@ from .helpers import ROOT, SenderProcess, child_env, run_receiver, wait_until
 from .netns import require, two_hosts
 
 TOLERANCE_MS = 20.0
+EXACT_MS = 3.0
 SECONDS = 60
 FAKE = ("--source", "testsrc", "--audio", "testsrc")
 
@@ -30,6 +32,11 @@ def check(sync: Sync, seconds: float, found: float = 0.9) -> None:
     assert sync.clicks >= found * (seconds - 2), detail
     assert len(sync.offsets_ms) == sync.clicks, detail
     assert max(map(abs, sync.offsets_ms)) <= TOLERANCE_MS, detail
+    # Both tracks are timed from one capture clock and the sender's reports, so the
+    # offset is a millisecond or less; timing each track from its own first packet is
+    # off by however far apart those were (6 ms on 127.0.0.1), and aiortc's own reports
+    # by the video's encode time (4-8 ms).
+    assert abs(statistics.median(sync.offsets_ms)) <= EXACT_MS, detail
 
 
 def test_sixty_seconds_in_sync(sender_process, tmp_path: Path) -> None:
@@ -58,7 +65,10 @@ def test_in_sync_with_five_percent_loss(tmp_path: Path) -> None:
         dropped = net.dropped_packets()
     assert result.returncode == 0, result.stderr
     assert dropped > 0
-    check(measure(clip), SECONDS, found=0.8)  # a lost packet can take a click with it
+    # A lost packet can take a click with it, and aiortc 1.16's audio jitter buffer drops
+    # the packets behind a lost one until 16 have piled up (here 20% of the audio, 46 of
+    # 60 clicks, at 5% loss); what arrives must be in sync.
+    check(measure(clip), SECONDS, found=0.5)
 
 
 def test_in_sync_across_a_sender_restart(tmp_path: Path) -> None:
