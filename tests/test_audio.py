@@ -11,7 +11,7 @@ from receiver import Receiver
 from receiver.audio import rms
 from sender.audio import TONE_AMPLITUDE, AudioSpec
 
-from .helpers import wait_until
+from .helpers import assert_one_line_error, run_sender, wait_until
 
 TESTSRC = AudioSpec("testsrc")
 
@@ -113,3 +113,10 @@ async def test_no_audio_in_the_status_line_without_it(sender) -> None:
             break
         assert rx.stats.status_line().endswith("no audio")
     assert rx.stats.summary()["audio"] is None
+
+
+def test_an_unknown_audio_source_is_one_line_and_exit_2() -> None:
+    result = run_sender("--audio", "bogus")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert "--audio: unknown audio source 'bogus'" in result.stderr
