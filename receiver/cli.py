@@ -19,17 +19,21 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import av
+
 from common import ice
 from common.aiortc_ext.nack_retry import MAX_TRIES
 from common.backoff import Backoff
 from common.cli import CliError, positive, run_main, stop_on_signals
 from common.logs import setup_logging
 
+from .audio import AudioPacket
 from .client import Gap, Receiver, ReceiverError
 from .encoded import EncodedFrame
 from .recorder import MODES
 from .signalling import SIGNALLING, SignallingError, tls_context
 from .sinks import (
+    AudioPacketSink,
     DisplaySink,
     EncodedSink,
     FrameSink,
@@ -128,6 +132,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=3.0,
         metavar="S",
         help="treat S seconds without video as a lost connection (3)",
+    )
+    parser.add_argument(
+        "--no-audio",
+        action="store_true",
+        help="do not ask for the sender's audio (by default it is received when the sender "
+        "has some, and recorded along)",
     )
     parser.add_argument("--quiet", action="store_true", help="no status line, warnings only")
     parser.add_argument(
@@ -238,6 +248,8 @@ class Run:
         self.sinks = make_sinks(args, self.request_keyframe, name or camera_name(url))
         self.encoded = [s for s in self.sinks if isinstance(s, EncodedSink)]
         self.decoded = [s for s in self.sinks if isinstance(s, FrameSink)]
+        self.audio_packets = [s for s in self.sinks if isinstance(s, AudioPacketSink)]
+        audio = not args.no_audio
         self.deadline = time.monotonic() + args.duration if args.duration else None
         self.receiver = Receiver(
             url,
@@ -248,12 +260,14 @@ class Run:
             token=args.token,
             tls=tls,
             stall_timeout=args.stall_timeout,
-            encoded=bool(self.encoded),
+            # audio packets come with the encoded frames: a recording copies them
+            encoded=bool(self.encoded) or (audio and bool(self.audio_packets)),
             # with no sink at all it decodes, to read the stamps for the statistics
             decode=bool(self.decoded) or not self.encoded,
             codecs=self.encoded[0].codecs() if self.encoded else None,
             retry=Backoff(max_tries=None if args.retry_forever else args.max_retries),
             nack_retries=args.nack_retries,
+            audio=audio,
         )
         self.stats = self.receiver.stats
 
@@ -274,6 +288,14 @@ class Run:
                     for sink in self.sinks:
                         await sink.gap()
                     continue
+                if isinstance(item, AudioPacket):
+                    for audio_sink in self.audio_packets:
+                        await audio_sink.write_audio(item)
+                    continue
+                if isinstance(item, av.AudioFrame):
+                    continue
+                for audio_sink in self.audio_packets:
+                    audio_sink.expect_audio(rx.receives_audio)
                 if isinstance(item, EncodedFrame):
                     for encoded in self.encoded:
                         await encoded.write(item)

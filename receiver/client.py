@@ -29,6 +29,7 @@ from common.ice import fetch_link_ice_servers, is_turn, rtc_configuration
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.turn_check import TurnError
 
+from .audio import AudioPacket
 from .connection import Connection
 from .encoded import EncodedFrame
 from .janus_subscriber import JanusSubscription
@@ -37,7 +38,9 @@ from .stats import FrameStats
 
 logger = logging.getLogger(__name__)
 
-QUEUE_ITEMS = 300  # ten seconds at 30 fps for a consumer that stalls, then the oldest go
+# Ten seconds for a consumer that stalls (30 video frames, 50 audio packets and 50 decoded
+# audio frames a second), then the oldest go.
+QUEUE_ITEMS = 1300
 
 
 class ReceiverError(Exception):
@@ -56,7 +59,7 @@ class Gap:
     reason: str
 
 
-Item = av.VideoFrame | EncodedFrame | Gap
+Item = av.VideoFrame | EncodedFrame | av.AudioFrame | AudioPacket | Gap
 
 
 class _End:
@@ -94,6 +97,7 @@ class Receiver:
         codecs: Sequence[str] | None = None,
         retry: Backoff | None = None,
         nack_retries: int = MAX_TRIES,
+        audio: bool = True,
     ) -> None:
         if not (encoded or decode):
             raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
@@ -107,6 +111,7 @@ class Receiver:
         self.codecs = [c.lower() for c in codecs] if codecs else None
         self.retry = retry
         self.nack_retries = nack_retries
+        self.audio = audio
         ice_servers = list(ice_servers)
         self._configuration = rtc_configuration(ice_servers, ice_transport_policy)
         self._ice_from_sender = not ice_servers and signalling == "whep"
@@ -204,6 +209,9 @@ class Receiver:
             on_frame=self._on_frame,
             on_encoded=self._on_encoded if self.encoded else None,
             nack_retries=self.nack_retries,
+            receive_audio=self.audio,
+            on_audio_packet=self._offer if self.encoded else None,
+            on_audio_frame=self._offer if self.decode else None,
         )
         self._connection = connection
         try:
@@ -333,6 +341,21 @@ class Receiver:
         async for item in self.items():
             if isinstance(item, av.VideoFrame):
                 yield item
+
+    async def audio_frames(self) -> AsyncIterator[av.AudioFrame]:
+        """Decoded audio (48 kHz, s16, stereo; ``pts`` counts samples from the stream's
+        first packet) when the sender sends audio. Video items are skipped: to get both,
+        iterate ``items()``."""
+        if not self.decode or not self.audio:
+            raise ReceiverError("decoded audio needs decode=True and audio=True")
+        async for item in self.items():
+            if isinstance(item, av.AudioFrame):
+                yield item
+
+    @property
+    def receives_audio(self) -> bool:
+        """Whether the current connection carries the sender's audio."""
+        return self._connection is not None and self._connection.audio is not None
 
     async def encoded_frames(self) -> AsyncIterator[EncodedFrame]:
         """Frames as received, before decoding (needs ``encoded=True``)."""

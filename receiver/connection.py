@@ -37,6 +37,7 @@ from common.aiortc_ext import (
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
 from common.turn_check import turn_failure
 
+from . import audio
 from .encoded import EncodedFrame
 from .janus_subscriber import JanusSubscription
 from .signalling import Signalling
@@ -62,6 +63,9 @@ class Connection:
         on_frame: Callable[[av.VideoFrame], None],
         on_encoded: Callable[[EncodedFrame], None] | None = None,
         nack_retries: int = MAX_TRIES,
+        receive_audio: bool = False,
+        on_audio_packet: Callable[[audio.AudioPacket], None] | None = None,
+        on_audio_frame: Callable[[av.AudioFrame], None] | None = None,
     ) -> None:
         self.pc: RTCPeerConnection = aiortc_ext.peer_connection(configuration)
         self._relay_only = configuration.iceTransportPolicy == RTCIceTransportPolicy.RELAY
@@ -81,13 +85,22 @@ class Connection:
         self._nack_retry: NackRetry | None = None
         self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
         self._closed = False
+        self._receive_audio = receive_audio
+        self._on_audio_packet = on_audio_packet
+        self._on_audio_frame = on_audio_frame
+        self.audio: audio.AudioStream | None = None  # when the sender sends audio
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._on_audio_track(track)
+            return
         if track.kind != "video" or self._receiver is not None:
             return
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         self._receiver = receiver
+        if self.audio is not None:
+            self.audio.set_sync(audio.Lipsync(receiver, self.audio.receiver))
         # Our changes to this receiver (common/aiortc_ext), before its first packet.
         jitterbuffer.apply(receiver)  # frames leave on their marker packet
         # NACKs repeated at the round-trip time; holes that will not be repaired skipped to
@@ -107,6 +120,21 @@ class Connection:
         self._tasks.append(asyncio.create_task(self._measure_rtt(), name="rtt"))
         if self._janus is not None:
             self._tasks.append(asyncio.create_task(self._watch_janus(), name="janus"))
+
+    def _on_audio_track(self, track: MediaStreamTrack) -> None:
+        """The sender's audio (``receiver.audio``), placed on the video's clock."""
+        if self.audio is not None or not self._receive_audio:
+            return
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        sync = audio.Lipsync(self._receiver, receiver) if self._receiver is not None else None
+        self.audio = audio.AudioStream(
+            receiver,
+            track,
+            sync,
+            self.stats.audio,
+            on_packet=self._on_audio_packet,
+            on_frame=self._on_audio_frame,
+        )
 
     async def negotiate(self) -> None:
         """Offer and answer; raises SignallingError, JanusError, ValueError or TurnError."""
@@ -129,6 +157,8 @@ class Connection:
                     if c.name.lower() in self._codecs or c.name.lower() == "rtx"
                 ]
             )
+        if self._receive_audio:
+            audio.add_transceiver(self.pc)
         started = time.monotonic()
         await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers
         await self._check_turn(time.monotonic() - started)
@@ -216,6 +246,8 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.audio is not None:
+            await self.audio.close()
         if self._nack_retry is not None:
             await self._nack_retry.close()
         self._read_transport_stats()

@@ -17,13 +17,15 @@ import av
 
 from common.h264 import parameter_sets
 
+from .audio import OPUS_HEAD, SAMPLE_RATE, AudioPacket
 from .encoded import EncodedFrame
 
 logger = logging.getLogger(__name__)
 
 TIME_BASE = fractions.Fraction(1, 90000)  # the RTP video clock
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 RTP_WRAP = 1 << 32
-QUEUE_FRAMES = 90
+QUEUE_FRAMES = 240  # three seconds of video frames and audio packets
 # Matroska: a cluster a second, flushed as written. MP4: fragmented, a fragment a second.
 CONTAINER_OPTIONS = {
     ".mkv": {"cluster_time_limit": "1000", "flush_packets": "1"},
@@ -77,6 +79,14 @@ class RtpClock:
         self._last = timestamp
         return timestamp + self._wraps * RTP_WRAP - self._first
 
+    def peek(self, timestamp: int) -> int | None:
+        """A timestamp near the last one on the same count, without moving the clock;
+        None before the first."""
+        if self._first is None:
+            return None
+        delta = (timestamp - self._last + RTP_WRAP // 2) % RTP_WRAP - RTP_WRAP // 2
+        return self._last + delta + self._wraps * RTP_WRAP - self._first
+
 
 def check_pattern(pattern: str) -> str:
     """Fail early, before connecting, on names we cannot write."""
@@ -97,6 +107,9 @@ class Segment:
     container: av.container.OutputContainer
     stream: av.VideoStream | None = None
     frames: int = 0
+    audio: av.AudioStream | None = None
+    audio_pts: int = -1  # the last audio packet's
+    audio_packets: int = 0
 
 
 class Recorder:
@@ -126,9 +139,11 @@ class Recorder:
         self._segment_start = 0
         self._last_pts = -1
         self._split = False
-        self._queue: asyncio.Queue[av.VideoFrame | EncodedFrame | Command] = asyncio.Queue(
-            QUEUE_FRAMES
+        self._queue: asyncio.Queue[av.VideoFrame | EncodedFrame | AudioPacket | Command] = (
+            asyncio.Queue(QUEUE_FRAMES)
         )
+        # Whether the next segment gets an audio track (the connection carries audio).
+        self.audio = False
         self._worker: asyncio.Task[None] | None = None
         self.files: list[str] = []
         self.frames = 0
@@ -137,7 +152,7 @@ class Recorder:
         """Whether frames of ``codec`` can be copied into this container as they are."""
         return codec in COPY_CODECS[self._extension]
 
-    async def write(self, frame: av.VideoFrame | EncodedFrame) -> None:
+    async def write(self, frame: av.VideoFrame | EncodedFrame | AudioPacket) -> None:
         """A decoded frame (mode encode) or a frame as received (mode copy)."""
         if self._worker is None:
             self._loop = asyncio.get_running_loop()
@@ -160,6 +175,8 @@ class Recorder:
                     self._last_pts = -1
                 elif isinstance(item, EncodedFrame):
                     await asyncio.to_thread(self._copy, item)
+                elif isinstance(item, AudioPacket):
+                    await asyncio.to_thread(self._copy_audio, item)
                 else:
                     await asyncio.to_thread(self._encode, item)
             await asyncio.to_thread(self._finish_segment)
@@ -181,6 +198,7 @@ class Recorder:
         segment = self._segment
         if segment.stream is None:
             segment.stream = self._add_stream(segment.container, frame)
+            segment.audio = self._add_audio_stream(segment.container)
         stream = segment.stream
         if (frame.width, frame.height) != (stream.width, stream.height):
             frame = frame.reformat(width=stream.width, height=stream.height)
@@ -211,6 +229,7 @@ class Recorder:
         segment = self._segment
         if segment.stream is None:
             segment.stream = self._add_copy_stream(segment.container, frame)
+            segment.audio = self._add_audio_stream(segment.container)
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = pts - self._segment_start
         packet.time_base = TIME_BASE
@@ -219,6 +238,37 @@ class Recorder:
         self._mux(segment, [packet])
         segment.frames += 1
         self.frames += 1
+
+    def _copy_audio(self, packet: AudioPacket) -> None:
+        """Write an Opus packet as received, timed on the video's clock (the sender
+        reports put it there), into the open segment; none is open before the first
+        video keyframe."""
+        segment = self._segment
+        if segment is None or segment.audio is None:
+            return
+        position = self._clock.peek(packet.video_timestamp)
+        if position is None:
+            return
+        pts = round((position - self._segment_start) * SAMPLE_RATE / 90000)
+        if pts < 0 or pts <= segment.audio_pts:
+            return  # before the segment's first picture, or a repeat
+        segment.audio_pts = pts
+        av_packet = av.Packet(packet.data)
+        av_packet.pts = av_packet.dts = pts
+        av_packet.time_base = AUDIO_TIME_BASE
+        av_packet.stream = segment.audio
+        self._mux(segment, [av_packet])
+        segment.audio_packets += 1
+
+    def _add_audio_stream(self, container: av.container.OutputContainer) -> av.AudioStream | None:
+        """An Opus track for the connection's audio, copied as received."""
+        if not self.audio:
+            return None
+        stream = container.add_stream("libopus", rate=SAMPLE_RATE)
+        stream.codec_context.layout = "stereo"
+        stream.time_base = AUDIO_TIME_BASE
+        stream.codec_context.extradata = OPUS_HEAD
+        return stream
 
     def _ask_for_keyframe(self) -> None:
         """From the worker thread: the request goes out on the event loop."""
@@ -300,7 +350,12 @@ class Recorder:
                 segment.container.close()
             except (av.FFmpegError, OSError) as exc:
                 logger.warning("closing %s: %s", segment.path, _reason(exc))
-            logger.info("recording closed: %s (%d frames)", segment.path, segment.frames)
+            logger.info(
+                "recording closed: %s (%d frames, %d audio packets)",
+                segment.path,
+                segment.frames,
+                segment.audio_packets,
+            )
 
     async def close(self) -> None:
         """Flush the encoder and finish the file; raises the error that stopped it, if any."""

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import av
 import cv2
 
+from .audio import AudioPacket
 from .encoded import EncodedFrame
 from .recorder import COPY_CODECS, Recorder, RecorderError
 
@@ -129,8 +130,19 @@ class SnapshotSink(FrameSink):
             logger.info("wrote %d snapshots to %s", len(self.written), self.directory)
 
 
-class _Recording:
-    """A Recorder whose errors become SinkErrors."""
+class AudioPacketSink(Sink, abc.ABC):
+    """Takes the sender's audio as received (Opus packets on the video's clock)."""
+
+    @abc.abstractmethod
+    async def write_audio(self, packet: AudioPacket) -> None: ...
+
+    @abc.abstractmethod
+    def expect_audio(self, audio: bool) -> None:
+        """Whether the connection the next frames come from carries audio."""
+
+
+class _Recording(AudioPacketSink):
+    """A Recorder whose errors become SinkErrors; it records the audio too."""
 
     def __init__(
         self,
@@ -145,11 +157,17 @@ class _Recording:
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
 
-    async def _write(self, frame: av.VideoFrame | EncodedFrame) -> None:
+    async def _write(self, frame: av.VideoFrame | EncodedFrame | AudioPacket) -> None:
         try:
             await self.recorder.write(frame)
         except RecorderError as exc:
             raise SinkError(f"recording stopped: {exc}") from None
+
+    async def write_audio(self, packet: AudioPacket) -> None:
+        await self._write(packet)
+
+    def expect_audio(self, audio: bool) -> None:
+        self.recorder.audio = audio
 
     async def gap(self) -> None:
         await self.recorder.split()

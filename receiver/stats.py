@@ -15,6 +15,8 @@ import numpy as np
 from common import stamp
 from common.aiortc_ext.frame_timing import FrameTimes
 
+from .audio import AudioStats
+
 # A decoded stamp cell is near black or near white. A picture with more cells in
 # between than an encoder's smoothing explains carries no stamp. (VP8 can blur a
 # cell that straddles a 16x16 macroblock edge when the cell size is not a multiple of 16.)
@@ -137,6 +139,7 @@ class FrameStats:
     max_gap: float = 0.0  # seconds between two consecutive frames, at most
     freezes: int = 0  # gaps over FREEZE_SECONDS
     breakdown: Breakdown = field(default_factory=Breakdown)  # filled as frames are decoded
+    audio: AudioStats = field(default_factory=AudioStats)  # the sender's audio, if any
     _window: deque[float] = field(default_factory=deque)  # arrival times, last second
 
     def _count(self) -> None:
@@ -212,6 +215,7 @@ class FrameStats:
             parts.append(f"dropped {self.dropped}")
         if breakdown and (stages := self.breakdown.status()):
             parts.append(stages)
+        parts.append(self.audio.status())
         return "  ".join(parts)
 
     def summary(self) -> dict[str, object]:
@@ -233,6 +237,7 @@ class FrameStats:
             "max_gap_ms": round(self.max_gap * 1000, 1),
             "freezes": self.freezes,
             "breakdown_ms": self.breakdown.summary(),
+            "audio": self.audio.summary(),  # packets, loss, jitter; null without audio
         }
         if self.rtt_ms:
             result["rtt_ms"] = {

@@ -13,7 +13,7 @@ from aiohttp import web
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
-from . import encoders, metrics, signalling, sources
+from . import audio, encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
 from .fanout import SharedSource
@@ -30,6 +30,7 @@ class SenderConfig:
     # Several cameras (``--source NAME=SPEC``, sender.camera); empty: ``source`` alone,
     # the unnamed camera.
     cameras: tuple[CameraConfig, ...] = ()
+    audio: audio.AudioSpec | None = None  # None: no audio (``--audio none``)
     width: int = 640
     height: int = 480
     fps: float = 30.0
@@ -91,8 +92,15 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     )
     configs = config.camera_configs()
     labelled = len(configs) > 1 or configs[0].named
+    # One microphone for the whole sender: every camera's viewers share its encoder.
+    shared_audio = (
+        audio.SharedAudio(config.audio, idle_close=config.idle_close) if config.audio else None
+    )
     cameras = Cameras(
-        [Camera(c, settings, app[ICE_LINKS].configuration(), factories, labelled) for c in configs]
+        [
+            Camera(c, settings, app[ICE_LINKS].configuration(), factories, labelled, shared_audio)
+            for c in configs
+        ]
     )
     first = cameras.first
     app[CAMERAS] = cameras
@@ -100,12 +108,13 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     app[SESSIONS] = first.sessions
     app[PUBLICATIONS] = first.publications
     metrics.install(app, cameras)
-    try:
-        await cameras.start()
-        yield
-    finally:
-        # Each camera closes its publications, then every peer connection, then itself.
-        await cameras.close()
+    async with audio.closing(shared_audio):
+        try:
+            await cameras.start()
+            yield
+        finally:
+            # Each camera closes its publications, then every peer connection, then itself.
+            await cameras.close()
 
 
 def _static(name: str, content_type: str) -> web.Response:

@@ -25,6 +25,7 @@ from common.backoff import Backoff
 from common.janus import JanusTarget
 
 from . import live, sources
+from .audio import SharedAudio
 from .encoders import EncoderFactory
 from .fanout import IDLE_CLOSE_SECONDS, SharedSource
 from .janus_publisher import JanusPublication
@@ -105,6 +106,7 @@ class Camera:
         configuration: RTCConfiguration,
         factories: Mapping[str, EncoderFactory],
         labelled: bool,
+        shared_audio: SharedAudio | None = None,
     ) -> None:
         self.name = config.name
         self.labelled = labelled  # its metrics and logs carry its name
@@ -126,6 +128,7 @@ class Camera:
             factories,
             passthrough=not settings.transcode and sources.has_packets(config.spec),
             name=tag,
+            shared_audio=shared_audio,
         )
         display = f"{settings.display_name}-{self.name}" if labelled else settings.display_name
         self.publications = [

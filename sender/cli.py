@@ -21,7 +21,7 @@ from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 
-from . import cameras, encoders, formats, live, sources
+from . import audio, cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
 from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 
@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how an RTSP camera sends its stream: tcp (default: inside the RTSP "
         "connection, through NAT and firewalls, no picture broken by lost packets) or udp "
         "(RTP over UDP: no retransmission delay on a clean LAN)",
+    )
+    parser.add_argument(
+        "--audio",
+        default=audio.AUTO,
+        metavar="auto|none|testsrc",
+        help="audio to send along: auto (default: the default microphone if there is one, "
+        "else none), none, or testsrc (a tone with a click at every whole second)",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
@@ -194,9 +201,14 @@ async def serve(args: argparse.Namespace) -> int:
     else:
         chosen = await choose_cameras(args, named)
         spec = chosen[0].spec
+    try:
+        audio_spec = audio.resolve(args.audio)
+    except audio.AudioSourceError as exc:
+        raise CliError(f"--audio: {exc}") from None
     config = SenderConfig(
         source=spec,
         cameras=chosen,
+        audio=audio_spec,
         width=width,
         height=height,
         fps=args.fps,

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from . import live
+from .audio_metrics import AudioCollector
 from .camera import UNAVAILABLE, Camera, Cameras
 from .fanout import SharedSource
 from .janus_publisher import FAILED, PUBLISHING, RETRYING, JanusPublication
@@ -42,6 +43,8 @@ async def viewer_stats(session: Session, previous: ViewerStats | None) -> Viewer
     stats = ViewerStats(at=time.monotonic())
     report = await session.pc.getStats()
     for item in report.values():
+        if getattr(item, "kind", "video") != "video":
+            continue  # the audio's: sender.audio_metrics
         if isinstance(item, RTCOutboundRtpStreamStats):
             stats.bytes_sent = item.bytesSent
         elif isinstance(item, RTCRemoteInboundRtpStreamStats):
@@ -71,6 +74,7 @@ class CameraCollector(Collector):
         self._publications = publications
         self.viewers: dict[str, ViewerStats] = {}
         self.publication_bitrates: list[float] = []
+        self.audio = AudioCollector(sessions)
 
     async def refresh(self) -> None:
         """WebRTC stats are async in aiortc; gather them before the (sync) collection."""
@@ -82,6 +86,7 @@ class CameraCollector(Collector):
             s.id: r for s, r in zip(live, results, strict=True) if isinstance(r, ViewerStats)
         }
         self.publication_bitrates = [await p.bitrate() for p in self._publications]
+        await self.audio.refresh()
 
     def collect(self) -> Iterator[Metric]:
         sessions, totals = self._sessions, self._sessions.encoders.totals
@@ -159,6 +164,7 @@ class CameraCollector(Collector):
             bitrate.add_metric([target], bps)
         yield state
         yield bitrate
+        yield from self.audio.collect()
 
     def _tiers(self) -> Iterator[Metric]:
         """Each viewer's tier and estimate, and each tier's encoder (``sender.tiers``)."""

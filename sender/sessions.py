@@ -17,13 +17,15 @@ from aiortc import (
 from aiortc.sdp import SessionDescription
 
 from common import aiortc_ext
-from common.aiortc_ext import rtcp_feedback
+from common.aiortc_ext import rtcp_feedback, sender_reports
 from common.codecs import prefer_codec
 
+from . import audio
 from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
 from .passthrough import Passthrough
+from .sources import CLOCK_ORIGIN, VIDEO_CLOCK_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class Session:
         self.etag = secrets.token_hex(8)
         self.remote_ufrag: str | None = None
         self.track: EncodedTrack | None = None
+        self.audio_track: audio.AudioTrack | None = None
         self.codec = ""
         self._registry = registry
         self._closing: asyncio.Task[None] | None = None
@@ -138,6 +141,8 @@ class Session:
             # aiortc stops a sender's track only if RTP ever started (not so when ICE
             # never connected), and a live track keeps the camera open.
             self.track.stop()
+        if self.audio_track is not None:
+            self.audio_track.stop()
         self._registry._forget(self)
         if not self.joined:
             return
@@ -166,11 +171,13 @@ class Sessions:
         factories: Mapping[str, EncoderFactory] | None = None,
         passthrough: bool = False,
         name: str = "",
+        shared_audio: audio.SharedAudio | None = None,
     ) -> None:
         self.encoders = Encoders(source, fps, bitrate, factories)
         # The camera's own H.264 to the viewers that take it (sender.passthrough).
         self.passthrough = Passthrough(source, self.encoders.totals, passthrough)
         self.name = name  # the camera's, for the logs of a sender with several
+        self.audio = shared_audio  # None: no audio (--audio none); shared by every camera
         self._connect_timeout = connect_timeout
         self._configuration = configuration
         self._codec = codec
@@ -206,6 +213,7 @@ class Sessions:
         try:
             transceiver = pc.addTransceiver("video", direction="sendonly")
             prefer_codec(transceiver, self._codec)
+            sound = audio.add_transceiver(pc, self.audio, offer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             if transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
@@ -220,6 +228,9 @@ class Sessions:
             track.name = session.id
             transceiver.sender.replaceTrack(track)
             rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
+            sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
+            if self.audio is not None:
+                session.audio_track = audio.attach(sound, self.audio, session.id)
         except Exception as exc:
             await session.close("offer refused")
             if isinstance(exc, OfferError):
@@ -228,12 +239,14 @@ class Sessions:
         self.started += 1
         session.joined = True
         how = f"{session.codec}{' passthrough' if passing else ''}"
+        with_audio = "" if session.audio_track is None else ", opus"
         logger.info(
-            "viewer joined: %ssession %s from %s (%s)",
+            "viewer joined: %ssession %s from %s (%s%s)",
             f"camera {self.name}, " if self.name else "",
             session.id,
             remote,
             how,
+            with_audio,
         )
         return session, pc.localDescription
 

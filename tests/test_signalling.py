@@ -209,5 +209,5 @@ async def test_page_uses_relative_urls(sender) -> None:
     assert 'id="start"' in page and 'id="stop"' in page and "client.js" in page
     assert "0.0.0.0" not in script and "http://" not in script
     # Relative to the page: WHEP at "whep" (or "whep/NAME" with several cameras).
-    assert 'return "whep";' in script and 'fetch(whepEndpoint()' in script
+    assert 'return "whep";' in script and "fetch(whepEndpoint()" in script
     assert 'fetch("cameras")' in script

@@ -1,0 +1,372 @@
+"""Audio: a microphone (or the fake tone), encoded once to Opus for every viewer.
+
+As for video (``sender.encoding``), stock aiortc would give each viewer its own encoder;
+here one Opus encoder runs while anyone listens, and its packets are fanned out to every
+viewer's ``AudioTrack`` (aiortc 1.16's ``RTCRtpSender`` packetizes an ``av.Packet`` a
+track returns). The source is opened with the first listener and closed about a second
+after the last one, like the camera.
+
+Every packet's ``pts`` counts 48 kHz samples from ``sender.sources.CLOCK_ORIGIN`` on
+``time.monotonic()``: the clock video frames are timed on. The sender reports both
+streams on that clock (``common.aiortc_ext.sender_reports``), which is how receivers line
+audio up with video.
+
+The fake audio (``--audio testsrc``): 48 kHz mono, a 440 Hz tone at -20 dBFS, and at the
+exact wall-clock instant of every whole second (``time.time()``, the frame stamp's clock)
+a click: ``CLICK_SECONDS`` of a 2 kHz square wave at 0.8 of full scale. Its onset in a
+recording, against the video frame whose stamp marks that second, is the audio-to-video
+offset (``bench.av_sync``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from common.aiortc_ext import sender_reports
+
+from .sources import CLOCK_ORIGIN
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms: Opus's usual frame, one RTP packet each
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+BITRATE = 48000
+IDLE_CLOSE_SECONDS = 1.0
+VIEWER_QUEUE_PACKETS = 25  # half a second; a listener further behind loses the oldest
+
+TONE_HZ = 440.0
+TONE_AMPLITUDE = 0.1  # -20 dBFS
+CLICK_SECONDS = 0.005
+CLICK_HZ = 2000.0
+CLICK_AMPLITUDE = 0.8
+
+NONE = "none"
+AUTO = "auto"
+TESTSRC = "testsrc"
+
+
+class AudioSourceError(Exception):
+    """An audio source that cannot be opened or read; one line for the user."""
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """What ``--audio`` names, resolved: ``testsrc`` (the fake tone)."""
+
+    kind: str
+
+    def describe(self) -> str:
+        return "fake audio (testsrc)" if self.kind == TESTSRC else self.kind
+
+
+def resolve(name: str) -> AudioSpec | None:
+    """``--audio``: None for ``none`` (and for ``auto`` on a machine without a
+    microphone, with one INFO line)."""
+    if name == NONE:
+        return None
+    if name == TESTSRC:
+        return AudioSpec(TESTSRC)
+    if name == AUTO:
+        logger.info("no microphone found: sending no audio")
+        return None
+    raise AudioSourceError(f"unknown audio source {name!r}: use auto, none or testsrc")
+
+
+def capture_pts(monotonic: float) -> int:
+    """A monotonic instant as a 48 kHz pts on the capture clock."""
+    return round((monotonic - CLOCK_ORIGIN) * SAMPLE_RATE)
+
+
+class AudioSource(ABC):
+    """One opened audio capture: ``read()`` paces itself and returns 48 kHz frames whose
+    ``pts`` are on the capture clock (``capture_pts``)."""
+
+    async def open(self) -> None:
+        """Acquire the device."""
+
+    @abstractmethod
+    async def read(self) -> av.AudioFrame: ...
+
+    async def close(self) -> None:
+        """Release the device."""
+
+
+def tone(first_sample: int, count: int, wall_offset: float) -> np.ndarray:
+    """Samples ``first_sample`` onwards (capture clock) of the fake audio, as int16:
+    the tone, with a click wherever the wall clock is within ``CLICK_SECONDS`` after a
+    whole second. ``wall_offset``: wall clock minus monotonic clock, now."""
+    n = np.arange(first_sample, first_sample + count, dtype=np.int64)
+    seconds = n / SAMPLE_RATE  # since CLOCK_ORIGIN
+    signal = TONE_AMPLITUDE * np.sin(2 * math.pi * TONE_HZ * seconds)
+    wall_start = CLOCK_ORIGIN + wall_offset  # the wall time of sample 0
+    whole = math.floor(wall_start + seconds[0])
+    # Time since the last whole wall-clock second, computed from a small base (precision).
+    since = (wall_start - whole) + seconds
+    since = since - np.floor(since)
+    click = since < CLICK_SECONDS
+    square = np.sign(np.sin(2 * math.pi * CLICK_HZ * since)) * CLICK_AMPLITUDE
+    signal = np.where(click, square, signal)
+    return np.round(signal * 32767).astype(np.int16)
+
+
+class ToneSource(AudioSource):
+    """The fake audio (see the module's docstring), 20 ms frames paced to the clock."""
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+
+    async def read(self) -> av.AudioFrame:
+        if self._next is None:
+            self._next = capture_pts(time.monotonic())
+        due = CLOCK_ORIGIN + (self._next + FRAME_SAMPLES) / SAMPLE_RATE  # its last sample
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -1.0:  # fell far behind (suspended): skip ahead rather than burst
+            self._next = capture_pts(time.monotonic()) - FRAME_SAMPLES
+        first = self._next
+        self._next += FRAME_SAMPLES
+        samples = tone(first, FRAME_SAMPLES, time.time() - time.monotonic())
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = first
+        frame.time_base = TIME_BASE
+        return frame
+
+
+def create(spec: AudioSpec) -> AudioSource:
+    return ToneSource()
+
+
+class OpusEncoder:
+    """libopus at 48 kHz mono, 20 ms frames; the packets keep the capture clock's pts
+    (libopus's 312-sample look-ahead shows as packets timed that much earlier, so a
+    decoded sample lands where it was captured)."""
+
+    def __init__(self, bitrate: int = BITRATE) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.sample_rate = SAMPLE_RATE
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.bit_rate = bitrate
+        codec.time_base = TIME_BASE
+        codec.options = {"application": "audio", "frame_duration": "20"}
+        self._codec = codec
+        self._resampler = av.AudioResampler(
+            format="s16", layout="mono", rate=SAMPLE_RATE, frame_size=FRAME_SAMPLES
+        )
+        self._next: int | None = None  # the pts of the next sample into the resampler
+
+    def encode(self, frame: av.AudioFrame) -> list[av.Packet[Any]]:
+        """Packets for ``frame`` (some frames only fill libopus's look-ahead)."""
+        assert frame.pts is not None
+        pts = frame.pts if frame.time_base == TIME_BASE else capture_pts_of(frame)
+        if self._next is None or abs(pts - self._next) > FRAME_SAMPLES:
+            self._next = pts  # the first frame, or after a gap: follow the capture clock
+        frame.pts = None  # the resampler's FIFO wants contiguous pts: we count them here
+        packets: list[av.Packet[Any]] = []
+        for chunk in self._resampler.resample(frame):
+            chunk.pts = self._next
+            chunk.time_base = TIME_BASE
+            self._next += chunk.samples
+            for packet in self._codec.encode(chunk):
+                packet.time_base = TIME_BASE
+                packets.append(packet)
+        return packets
+
+
+def capture_pts_of(frame: av.AudioFrame) -> int:
+    assert frame.pts is not None and frame.time_base is not None
+    return round(frame.pts * frame.time_base * SAMPLE_RATE)
+
+
+class AudioTrack(MediaStreamTrack):
+    """A listener's feed of the shared encoder's Opus packets."""
+
+    kind = "audio"
+
+    def __init__(self, owner: SharedAudio) -> None:
+        super().__init__()
+        self._owner = owner
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
+        self.packets_sent = 0
+        self.packets_dropped = 0
+        self.name = ""  # for the logs: the session id
+
+    def offer(self, packet: av.Packet[Any] | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.packets_dropped += 1
+        self._queue.put_nowait(packet)
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        self.packets_sent += 1
+        self._owner.packets_sent += 1
+        return packet
+
+    def stop(self) -> None:
+        if self.readyState == "live":
+            self._owner.unsubscribe(self)
+        super().stop()
+
+
+class SharedAudio:
+    """Owns the audio capture and its Opus encoder: open for the first listener, closed
+    after the last."""
+
+    def __init__(
+        self,
+        spec: AudioSpec,
+        opener: Callable[[], Awaitable[AudioSource]] | None = None,
+        idle_close: float = IDLE_CLOSE_SECONDS,
+    ) -> None:
+        self.spec = spec
+        self._opener = opener or self._open_spec
+        self._idle_close = idle_close
+        self._listeners: set[AudioTrack] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.opens = 0
+        self.is_open = False
+        self.packets_encoded = 0
+        self.packets_sent = 0
+
+    async def _open_spec(self) -> AudioSource:
+        source = create(self.spec)
+        await source.open()
+        return source
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    def subscribe(self) -> AudioTrack:
+        track = AudioTrack(self)
+        self._listeners.add(track)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="audio")
+        return track
+
+    def unsubscribe(self, track: AudioTrack) -> None:
+        self._listeners.discard(track)
+        if not self._listeners and self._task is not None and self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(self._idle_close, self._stop)
+
+    def _stop(self) -> None:
+        self._idle_timer = None
+        if not self._listeners and self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        try:
+            source = await self._opener()
+        except AudioSourceError as exc:
+            logger.error("%s", exc)
+            self._end_listeners()
+            return
+        self.opens += 1
+        self.is_open = True
+        logger.info("audio opened: %s", self.spec.describe())
+        encoder = OpusEncoder()
+        try:
+            while True:
+                frame = await source.read()
+                for packet in encoder.encode(frame):
+                    self.packets_encoded += 1
+                    logger.debug("opus packet pts %s, %d bytes", packet.pts, packet.size)
+                    for listener in list(self._listeners):
+                        listener.offer(packet)
+        except AudioSourceError as exc:
+            logger.error("%s", exc)
+            self._end_listeners()
+        finally:
+            self.is_open = False
+            await asyncio.shield(source.close())
+            logger.info("audio closed: %s", self.spec.describe())
+
+    def _end_listeners(self) -> None:
+        for listener in list(self._listeners):
+            listener.offer(None)
+
+    async def close(self) -> None:
+        """Stop now, whoever still listens."""
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._end_listeners()
+        self._listeners.clear()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+def offer_wants_audio(sdp: str) -> bool:
+    """Whether an offer asks to receive audio (the viewer has an audio section)."""
+    from aiortc.sdp import SessionDescription
+
+    try:
+        media = SessionDescription.parse(sdp).media
+    except Exception:  # check_offer refuses it with the parser's reason
+        return False
+    return any(m.kind == "audio" and m.direction in ("recvonly", "sendrecv") for m in media)
+
+
+def add_transceiver(pc: RTCPeerConnection, shared: SharedAudio | None, offer: str) -> Any:
+    """Before the offer is applied: a send-only audio transceiver when we have audio and
+    the viewer asks for it; else None (aiortc then answers its audio as inactive)."""
+    if shared is None or not offer_wants_audio(offer):
+        return None
+    transceiver = pc.addTransceiver("audio", direction="sendonly")
+    capabilities = RTCRtpSender.getCapabilities("audio")
+    assert capabilities is not None
+    transceiver.setCodecPreferences([c for c in capabilities.codecs if c.name.lower() == "opus"])
+    return transceiver
+
+
+def attach(transceiver: Any, shared: SharedAudio, name: str) -> AudioTrack | None:
+    """After the answer: the listener's track on the shared encoder, its sender reporting
+    the capture clock. None when the audio section could not be answered."""
+    if transceiver is None or transceiver.mid is None:
+        return None
+    track = shared.subscribe()
+    track.name = name
+    transceiver.sender.replaceTrack(track)
+    sender_reports.apply(transceiver.sender, SAMPLE_RATE, CLOCK_ORIGIN)
+    return track
+
+
+@contextlib.asynccontextmanager
+async def closing(shared: SharedAudio | None) -> AsyncIterator[None]:
+    """The app's audio, closed after its sessions (which are closed first)."""
+    try:
+        yield
+    finally:
+        if shared is not None:
+            await shared.close()

@@ -1,0 +1,49 @@
+"""``common.aiortc_ext.sender_reports`` and ``sender_report_tap`` (aiortc 1.16.0): the
+sender's RTCP reports speak of the capture clock, and the receiver reads them. Fails if
+an aiortc upgrade renames what they rely on or stops honouring it."""
+
+import statistics
+
+from aiortc import RTCPeerConnection
+
+from common import stamp
+from common.aiortc_ext import sender_reports
+from receiver import Receiver
+from receiver.stats import read_stamp
+from sender.audio import AudioSpec
+
+
+async def test_reports_put_each_frame_at_its_capture_time(sender_factory) -> None:
+    sender = await sender_factory(audio=AudioSpec("testsrc"))
+    errors_ms = []
+    async with Receiver(sender.url) as rx:
+        session = sender.sessions.live()[0]
+        senders = [t.sender for t in session.pc.getTransceivers()]
+        assert len(senders) == 2 and all(map(sender_reports.applied, senders))
+        assert rx.connection is not None and rx.connection.audio is not None
+        sync = rx.connection.audio.sync
+        async for frame in rx.frames():
+            found = read_stamp(frame)
+            wall = sync.video.wall_time(frame.pts) if sync is not None else None
+            if found is None or wall is None:
+                continue  # before the first report
+            reported_us = round(wall * 1e6) % stamp.MODULUS
+            errors_ms.append(((reported_us - found.capture_us) % stamp.MODULUS) / 1000)
+            if len(errors_ms) == 60:
+                break
+    errors_ms = [e - stamp.MODULUS / 1000 if e > stamp.MODULUS / 2000 else e for e in errors_ms]
+    # aiortc's own reports pair an RTP time with the moment its packet was *sent*: every
+    # frame would look captured later by its encode and send time (several ms).
+    assert abs(statistics.median(errors_ms)) < 1.0, errors_ms
+
+
+async def test_other_peer_connections_keep_stock_reports(sender_factory) -> None:
+    sender = await sender_factory(audio=AudioSpec("testsrc"))
+    plain = RTCPeerConnection()
+    try:
+        transceiver = plain.addTransceiver("audio", direction="sendonly")
+        assert not sender_reports.applied(transceiver.sender)
+        async with Receiver(sender.url):
+            assert not sender_reports.applied(transceiver.sender)
+    finally:
+        await plain.close()
