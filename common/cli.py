@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TypeVar
 
+from . import logs
+
 N = TypeVar("N", int, float)
 
 
@@ -35,6 +37,19 @@ def run_main(prog: str, main: Coroutine[object, object, int]) -> int:
         return fail(prog, exc)
     except KeyboardInterrupt:
         return 0
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--log-format``, the same on both tools."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default=logs.TEXT,
+        help="text (default) or json: one JSON object per line, for journald and log shippers",
+    )
 
 
 def size(text: str) -> tuple[int, int]:

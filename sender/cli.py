@@ -15,10 +15,11 @@ import sys
 from aiohttp import web
 
 from common import ice, turn_check
-from common.cli import CliError, positive, run_main, size, stop_on_signals
+from common.cli import CliError, add_logging_options, positive, run_main, size, stop_on_signals
 from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
+from common.sdnotify import Notifier
 
 from . import cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
@@ -125,9 +126,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only publish: serve no viewers here (no page, /whep or /offer)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
-    )
+    add_logging_options(parser)
     return parser.parse_args(argv)
 
 
@@ -201,6 +200,7 @@ async def serve(args: argparse.Namespace) -> int:
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0
     )
     await runner.setup()
+    notifier = Notifier()
     try:
         site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
         try:
@@ -212,7 +212,11 @@ async def serve(args: argparse.Namespace) -> int:
         shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         port = runner.addresses[0][1] if args.port == 0 else args.port
         scheme = "https" if tls else "http"
-        print(f"{PROG}: serving {spec.describe()} on {scheme}://{shown}:{port}/", flush=True)
+        serving = f"serving {spec.describe()} on {scheme}://{shown}:{port}/"
+        print(f"{PROG}: {serving}", flush=True)
+        # Listening, and the source was checked before the app was made: ready.
+        notifier.ready(serving)
+        notifier.start_watchdog()
         # In the background: a TURN server that refuses us is worth a warning at once.
         checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
         stop = asyncio.Event()
@@ -222,7 +226,9 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await checking
         logger.info("shutting down")
+        notifier.stopping()
     finally:
+        await notifier.close()
         await runner.cleanup()
     return 0
 
@@ -237,7 +243,7 @@ def list_sources(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, log_format=args.log_format)
     if args.list_sources:
         return list_sources(args)
     return run_main(PROG, serve(args))

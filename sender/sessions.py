@@ -102,6 +102,10 @@ class Session:
             elif state in ("failed", "closed"):
                 self.close_soon("connection " + state)
 
+    def log_fields(self) -> dict[str, str]:
+        """For ``--log-format json``: who this viewer is, as fields."""
+        return {"session": self.id, "remote": self.remote, "codec": self.codec or ""}
+
     def add_candidates(self, candidates: list[RTCIceCandidate], end: bool) -> None:
         """Add trickled candidates in order, behind any still being added."""
         previous = self._trickle
@@ -146,6 +150,7 @@ class Session:
             self.remote,
             time.monotonic() - self.started,
             reason,
+            extra=self.log_fields(),
         )
 
 
@@ -216,7 +221,13 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
-        logger.info("viewer joined: session %s from %s (%s)", session.id, remote, session.codec)
+        logger.info(
+            "viewer joined: session %s from %s (%s)",
+            session.id,
+            remote,
+            session.codec,
+            extra=session.log_fields(),
+        )
         return session, pc.localDescription
 
     def viewer_tiers(self) -> list[dict[str, object]]:
