@@ -14,8 +14,16 @@ import sys
 
 from aiohttp import web
 
-from common import ice, turn_check
-from common.cli import CliError, add_logging_options, positive, run_main, size, stop_on_signals
+from common import config, ice, turn_check
+from common.cli import (
+    CliError,
+    add_logging_options,
+    fail,
+    positive,
+    run_main,
+    size,
+    stop_on_signals,
+)
 from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
@@ -31,7 +39,10 @@ TURN_SECRET_ENV = "WEBCAM_SENDER_TURN_SECRET"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, from the command line and ``--config``'s file (the command line wins).
+    Raises ConfigError for a file that cannot be used."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    config.add_argument(parser, "contrib/sender.toml")
     parser.add_argument(
         "--source",
         default="auto",
@@ -127,7 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only publish: serve no viewers here (no page, /whep or /offer)",
     )
     add_logging_options(parser)
-    return parser.parse_args(argv)
+    merged, _ = config.merge(parser, sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(merged)
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -242,7 +254,10 @@ def list_sources(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except CliError as exc:
+        return fail(PROG, exc)
     setup_logging(args.verbose, log_format=args.log_format)
     if args.list_sources:
         return list_sources(args)
