@@ -47,7 +47,11 @@ def config_path(argv: Sequence[str]) -> Path | None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument(CONFIG_OPTION)
     known, _ = pre.parse_known_args(list(argv))
-    return Path(known.config) if known.config else None
+    if known.config is None:
+        return None
+    if not known.config.strip():
+        raise ConfigError(f"{CONFIG_OPTION}: cannot read '': no file named")
+    return Path(known.config)
 
 
 def load(path: Path) -> dict[str, Any]:

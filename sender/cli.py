@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -19,6 +20,8 @@ from common.cli import (
     CliError,
     add_logging_options,
     fail,
+    not_empty,
+    port,
     positive,
     run_main,
     size,
@@ -35,6 +38,9 @@ from .app import SenderConfig, create_app
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
 TOKEN_ENV = "WEBCAM_SENDER_TOKEN"
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MIN_BITRATE, MAX_BITRATE = 10_000, 100_000_000  # bit/s
+MAX_VIEWERS = 10_000
 TURN_SECRET_ENV = "WEBCAM_SENDER_TURN_SECRET"
 
 
@@ -61,7 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(RTP over UDP: no retransmission delay on a clean LAN)",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
-    parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
+    parser.add_argument(
+        "--fps",
+        type=positive(float, MAX_FPS, MIN_FPS),
+        default=30.0,
+        help=f"frames per second ({MIN_FPS:g}-{MAX_FPS:g}; 30)",
+    )
     parser.add_argument(
         "--input-format",
         type=formats.input_format,
@@ -96,18 +107,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ice.add_arguments(parser, sender=True)
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
+        "--host",
+        type=not_empty,
+        default="127.0.0.1",
+        help="address to serve on (0.0.0.0 for a LAN)",
     )
-    parser.add_argument("--port", type=int, default=8080, help="port to serve on (8080)")
+    parser.add_argument("--port", type=port, default=8080, help="port to serve on (8080)")
     parser.add_argument(
         "--bitrate",
-        type=positive(int),
+        type=positive(int, MAX_BITRATE, MIN_BITRATE),
         metavar="BPS",
         help="fixed video bitrate in bits/s (default: follow the weakest viewer's estimate)",
     )
-    parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
+    parser.add_argument(
+        "--max-viewers", type=positive(int, MAX_VIEWERS), default=16, help="viewer limit (16)"
+    )
     parser.add_argument(
         "--token",
+        type=not_empty,
         default=os.environ.get(TOKEN_ENV) or None,
         help=f"require 'Authorization: Bearer TOKEN' for signalling (or set {TOKEN_ENV})",
     )
@@ -116,6 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-origin",
         action="append",
+        type=origin,
         default=[],
         metavar="ORIGIN",
         help="let pages from ORIGIN (e.g. https://example.org) call the sender (repeatable)",
@@ -128,9 +146,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also publish into a Janus VideoRoom: janus+http://HOST:PORT/janus?room=ROOM "
         "(repeatable)",
     )
-    parser.add_argument("--publish-token", help="Janus token for --publish URLs without one")
     parser.add_argument(
-        "--name", default=socket.gethostname(), help="display name in the room (host name)"
+        "--publish-token", type=not_empty, help="Janus token for --publish URLs without one"
+    )
+    parser.add_argument(
+        "--name",
+        type=not_empty,
+        default=socket.gethostname(),
+        help="display name in the room (host name)",
     )
     parser.add_argument(
         "--no-local",
@@ -140,6 +163,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_logging_options(parser)
     merged, _ = config.merge(parser, sys.argv[1:] if argv is None else argv)
     return parser.parse_args(merged)
+
+
+def origin(text: str) -> str:
+    """A browser origin as the Origin header carries it: scheme://host[:port]."""
+    if not re.fullmatch(r"https?://[^/\s?#]+", text):
+        raise argparse.ArgumentTypeError(f"not an origin (https://HOST[:PORT]): {text!r}")
+    return text
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -65,7 +65,7 @@ def test_the_command_line_wins_and_replaces_repeated_options(tmp_path: Path) -> 
         ('no_local = "yes"', "no_local: expected true or false"),
         ("verbose = -1", "verbose: expected a whole number >= 0"),
         ("max-viewers = 0", "max-viewers: must be positive: '0'"),
-        ("port = 80.5", "port: invalid literal for int()"),
+        ("port = 80.5", "port: not a port number: '80.5'"),
         ("allow_origin = [{ a = 1 }]", "allow_origin: expected a string or a number, not dict"),
         ("fps = ", "not valid TOML"),
     ],
