@@ -11,7 +11,7 @@ APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus
 	chromium janus coturn iproute2 nftables \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-bad-1.0 \
-	python3-gi gir1.2-gst-rtsp-server-1.0
+	python3-gi gir1.2-gst-rtsp-server-1.0 systemd
 
 .PHONY: setup system-deps demo test bench bench-net lint format clean
 

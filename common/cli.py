@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TypeVar
 
+from . import logs
+
 N = TypeVar("N", int, float)
+MAX_SIDE = 8192  # pixels: 8K is 7680x4320; more is a typo, and memory the first frame lacks
 
 
 class CliError(Exception):
@@ -37,6 +41,19 @@ def run_main(prog: str, main: Coroutine[object, object, int]) -> int:
         return 0
 
 
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``-v`` and ``--log-format``, the same on both tools."""
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default=logs.TEXT,
+        help="text (default) or json: one JSON object per line, for journald and log shippers",
+    )
+
+
 def size(text: str) -> tuple[int, int]:
     """Parse ``WxH`` for argparse."""
     match = re.fullmatch(r"(\d+)[xX](\d+)", text)
@@ -45,6 +62,8 @@ def size(text: str) -> tuple[int, int]:
     width, height = int(match[1]), int(match[2])
     if width % 2 or height % 2 or not width or not height:
         raise argparse.ArgumentTypeError(f"width and height must be even and positive: {text!r}")
+    if max(width, height) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SIDE} pixels a side: {text!r}")
     return width, height
 
 
@@ -53,19 +72,46 @@ def sizes(text: str) -> list[tuple[int, int]]:
     return [size(part) for part in text.split(",")]
 
 
-def positive(kind: Callable[[str], N]) -> Callable[[str], N]:
-    """An argparse type for positive numbers of ``kind`` (int or float)."""
+def positive(
+    kind: Callable[[str], N], maximum: N | None = None, minimum: N | None = None
+) -> Callable[[str], N]:
+    """An argparse type for positive, finite numbers of ``kind`` (int or float), at
+    least ``minimum`` and at most ``maximum`` when given."""
 
     def parse(text: str) -> N:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}: {text!r}")
         return value
 
     return parse
+
+
+def port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535: {text!r}")
+    return value
+
+
+def not_empty(text: str) -> str:
+    """A string option that means nothing when empty (a name, a token)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from .cli import CliError, positive
+from .cli import CliError, not_empty, positive
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +362,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, sender: bool) -> None:
     if sender:
         parser.add_argument(
             "--turn-secret",
+            type=not_empty,
             metavar="SECRET",
             help="TURN REST API secret (coturn's static-auth-secret): each viewer gets its "
             "own short-lived credentials for every turn: URL given without USER:PASS@ "

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import ssl
 import sys
@@ -15,11 +16,22 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from common import ice, turn_check
-from common.cli import CliError, positive, run_main, size, stop_on_signals
+from common import config, ice, turn_check
+from common.cli import (
+    CliError,
+    add_logging_options,
+    fail,
+    not_empty,
+    port,
+    positive,
+    run_main,
+    size,
+    stop_on_signals,
+)
 from common.codecs import CODECS
 from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
+from common.sdnotify import Notifier
 
 from . import audio, cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
@@ -28,11 +40,17 @@ from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
 TOKEN_ENV = "WEBCAM_SENDER_TOKEN"
+MIN_FPS, MAX_FPS = 1.0, 240.0
+MIN_BITRATE, MAX_BITRATE = 10_000, 100_000_000  # bit/s
+MAX_VIEWERS = 10_000
 TURN_SECRET_ENV = "WEBCAM_SENDER_TURN_SECRET"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, from the command line and ``--config``'s file (the command line wins).
+    Raises ConfigError for a file that cannot be used."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    config.add_argument(parser, "contrib/sender.toml")
     parser.add_argument(
         "--source",
         action="append",
@@ -60,7 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "else none), none, or testsrc (a tone with a click at every whole second)",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
-    parser.add_argument("--fps", type=positive(float), default=30.0, help="frames per second (30)")
+    parser.add_argument(
+        "--fps",
+        type=positive(float, MAX_FPS, MIN_FPS),
+        default=30.0,
+        help=f"frames per second ({MIN_FPS:g}-{MAX_FPS:g}; 30)",
+    )
     parser.add_argument(
         "--input-format",
         type=formats.input_format,
@@ -95,12 +118,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ice.add_arguments(parser, sender=True)
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a LAN)"
+        "--host",
+        type=not_empty,
+        default="127.0.0.1",
+        help="address to serve on (0.0.0.0 for a LAN)",
     )
-    parser.add_argument("--port", type=int, default=8080, help="port to serve on (8080)")
+    parser.add_argument("--port", type=port, default=8080, help="port to serve on (8080)")
     parser.add_argument(
         "--bitrate",
-        type=positive(int),
+        type=positive(int, MAX_BITRATE, MIN_BITRATE),
         metavar="BPS",
         help="fixed video bitrate in bits/s (default: follow the weakest viewer's estimate)",
     )
@@ -110,9 +136,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="always decode and re-encode; by default a camera's (or file's) own H.264 is "
         "sent as it is to viewers that accept its profile (H.264 passthrough)",
     )
-    parser.add_argument("--max-viewers", type=positive(int), default=16, help="viewer limit (16)")
+    parser.add_argument(
+        "--max-viewers", type=positive(int, MAX_VIEWERS), default=16, help="viewer limit (16)"
+    )
     parser.add_argument(
         "--token",
+        type=not_empty,
         default=os.environ.get(TOKEN_ENV) or None,
         help=f"require 'Authorization: Bearer TOKEN' for signalling (or set {TOKEN_ENV})",
     )
@@ -121,6 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--allow-origin",
         action="append",
+        type=origin,
         default=[],
         metavar="ORIGIN",
         help="let pages from ORIGIN (e.g. https://example.org) call the sender (repeatable)",
@@ -133,19 +163,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also publish into a Janus VideoRoom: janus+http://HOST:PORT/janus?room=ROOM "
         "(repeatable)",
     )
-    parser.add_argument("--publish-token", help="Janus token for --publish URLs without one")
     parser.add_argument(
-        "--name", default=socket.gethostname(), help="display name in the room (host name)"
+        "--publish-token", type=not_empty, help="Janus token for --publish URLs without one"
+    )
+    parser.add_argument(
+        "--name",
+        type=not_empty,
+        default=socket.gethostname(),
+        help="display name in the room (host name)",
     )
     parser.add_argument(
         "--no-local",
         action="store_true",
         help="only publish: serve no viewers here (no page, /whep or /offer)",
     )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
-    )
-    return parser.parse_args(argv)
+    add_logging_options(parser)
+    merged, _ = config.merge(parser, sys.argv[1:] if argv is None else argv)
+    return parser.parse_args(merged)
+
+
+def origin(text: str) -> str:
+    """A browser origin as the Origin header carries it: scheme://host[:port]."""
+    if not re.fullmatch(r"https?://[^/\s?#]+", text):
+        raise argparse.ArgumentTypeError(f"not an origin (https://HOST[:PORT]): {text!r}")
+    return text
 
 
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -232,6 +273,7 @@ async def serve(args: argparse.Namespace) -> int:
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0
     )
     await runner.setup()
+    notifier = Notifier()
     try:
         site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
         try:
@@ -244,7 +286,11 @@ async def serve(args: argparse.Namespace) -> int:
         port = runner.addresses[0][1] if args.port == 0 else args.port
         scheme = "https" if tls else "http"
         served = spec.describe() if len(named) == 1 else f"{len(named)} cameras"
-        print(f"{PROG}: serving {served} on {scheme}://{shown}:{port}/", flush=True)
+        serving = f"serving {served} on {scheme}://{shown}:{port}/"
+        print(f"{PROG}: {serving}", flush=True)
+        # Listening, and every camera was checked before the app was made: ready.
+        notifier.ready(serving)
+        notifier.start_watchdog()
         # In the background: a TURN server that refuses us is worth a warning at once.
         checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
         stop = asyncio.Event()
@@ -254,7 +300,9 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await checking
         logger.info("shutting down")
+        notifier.stopping()
     finally:
+        await notifier.close()
         await runner.cleanup()
     return 0
 
@@ -328,8 +376,11 @@ def list_sources(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose)
+    try:
+        args = parse_args(argv)
+    except CliError as exc:
+        return fail(PROG, exc)
+    setup_logging(args.verbose, log_format=args.log_format)
     if args.list_sources:
         return list_sources(args)
     return run_main(PROG, serve(args))

@@ -106,6 +106,13 @@ class Session:
             elif state in ("failed", "closed"):
                 self.close_soon("connection " + state)
 
+    def log_fields(self) -> dict[str, str]:
+        """For ``--log-format json``: who this viewer is, as fields."""
+        fields = {"session": self.id, "remote": self.remote, "codec": self.codec or ""}
+        if self._registry.name:
+            fields["camera"] = self._registry.name
+        return fields
+
     def add_candidates(self, candidates: list[RTCIceCandidate], end: bool) -> None:
         """Add trickled candidates in order, behind any still being added."""
         previous = self._trickle
@@ -153,6 +160,7 @@ class Session:
             self.remote,
             time.monotonic() - self.started,
             reason,
+            extra=self.log_fields(),
         )
 
 
@@ -247,6 +255,7 @@ class Sessions:
             remote,
             how,
             with_audio,
+            extra=session.log_fields(),
         )
         return session, pc.localDescription
 

@@ -1,0 +1,85 @@
+"""Every option with a wrong, an empty and an extreme value: one line naming the problem,
+exit code 2, before anything starts (never a traceback, never a daemon that starts and
+fails at its first viewer). The table runs each case as a real process, four at a time."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from .helpers import assert_one_line_error, run_sender
+
+# (arguments after --source testsrc, what the error line says)
+SENDER_CASES: list[tuple[list[str], str]] = [
+    (["--size", "320x"], "expected WIDTHxHEIGHT"),
+    (["--size", ""], "expected WIDTHxHEIGHT"),
+    (["--size", "641x480"], "must be even and positive"),
+    (["--size", "0x0"], "must be even and positive"),
+    (["--size", "100000x100000"], "at most 8192 pixels a side"),
+    (["--size", "10x10"], "the stamp needs a width of at least 320 pixels"),
+    (["--fps", ""], "not a number"),
+    (["--fps", "0"], "must be positive"),
+    (["--fps", "0.5"], "must be at least 1.0"),
+    (["--fps", "100000"], "must be at most 240.0"),
+    (["--fps", "nan"], "not a finite number"),
+    (["--fps", "inf"], "not a finite number"),
+    (["--port", "70000"], "a port is 0-65535"),
+    (["--port", "-1"], "a port is 0-65535"),
+    (["--port", "http"], "not a port number"),
+    (["--host", "999.1.1.1"], "cannot serve on 999.1.1.1"),
+    (["--host", ""], "--host: must not be empty"),
+    (["--bitrate", "1"], "must be at least 10000"),
+    (["--bitrate", "1e12"], "not a number"),
+    (["--bitrate", "999999999999"], "must be at most 100000000"),
+    (["--max-viewers", "0"], "must be positive"),
+    (["--max-viewers", "100000000"], "must be at most 10000"),
+    (["--codec", ""], "invalid choice"),
+    (["--codec", "av1"], "invalid choice"),
+    (["--encoder", ""], "--encoder: no vp8 encoder ''"),
+    (["--encoder-speed", "ludicrous"], "invalid choice"),
+    (["--input-format", ""], "unknown format ''"),
+    (["--rtsp-transport", "sctp"], "invalid choice"),
+    (["--token", ""], "--token: must not be empty"),
+    (["--name", " "], "--name: must not be empty"),
+    (["--allow-origin", ""], "not an origin"),
+    (["--allow-origin", "https://a.example/page"], "not an origin"),
+    (["--cert", "/nonexistent.pem"], "--cert and --key go together"),
+    (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "cannot load --cert/--key"),
+    (["--publish", ""], "not a Janus URL"),
+    (["--publish-token", ""], "--publish-token: must not be empty"),
+    (["--ice-server", ""], "not an ICE server URL"),
+    (["--ice-server", "turn:u:p@host:99999"], "bad port"),
+    (["--ice-transport-policy", "relay"], "relay"),
+    (["--turn-secret", ""], "--turn-secret: must not be empty"),
+    (["--turn-ttl", "0"], "must be positive"),
+    (["--log-format", "xml"], "invalid choice"),
+    (["--config", ""], "cannot read"),
+]
+
+
+def check(result: subprocess.CompletedProcess[str], expected: str) -> str | None:
+    """What is wrong with how the tool refused (None: refused as it should)."""
+    if result.returncode != 2:
+        return f"exit code {result.returncode}: {result.stderr[-500:]}"
+    try:
+        assert_one_line_error(result.stderr)
+    except AssertionError as exc:
+        return f"not one error line: {exc}"
+    if expected not in result.stderr:
+        return f"{expected!r} not said: {result.stderr.splitlines()[-1]}"
+    return None
+
+
+def test_every_sender_option_refuses_bad_values_in_one_line() -> None:
+    def run(case: tuple[list[str], str]) -> str | None:
+        args, expected = case
+        try:
+            result = run_sender("--source", "testsrc", *args, timeout=60)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(args)!r}: started and kept running"
+        problem = check(result, expected)
+        return None if problem is None else f"{' '.join(args)!r}: {problem}"
+
+    with ThreadPoolExecutor(4) as pool:
+        problems = [p for p in pool.map(run, SENDER_CASES) if p]
+    assert not problems, "\n".join(problems)
