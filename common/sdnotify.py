@@ -48,6 +48,7 @@ class Notifier:
             return False
         message = "\n".join(fields).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # never hold up the event loop: a full queue drops it
             try:
                 sock.sendto(message, self._address)
             except OSError as exc:

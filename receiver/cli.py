@@ -21,11 +21,20 @@ from urllib.parse import urlsplit
 
 import av
 
-from common import ice
+from common import config, ice
 from common.aiortc_ext.nack_retry import MAX_TRIES
 from common.backoff import Backoff
-from common.cli import CliError, positive, run_main, stop_on_signals
+from common.cli import (
+    CliError,
+    add_logging_options,
+    fail,
+    not_empty,
+    positive,
+    run_main,
+    stop_on_signals,
+)
 from common.logs import setup_logging
+from common.sdnotify import Notifier
 
 from .audio import AudioPacket
 from .client import Gap, Receiver, ReceiverError
@@ -47,13 +56,19 @@ from .stats import FrameStats
 logger = logging.getLogger(__name__)
 PROG = "webcam-receiver"
 TOKEN_ENV = "WEBCAM_RECEIVER_TOKEN"
+STREAMS = "streams"  # --config's key for the URLs
+MAX_COUNT = 1000  # retries: more is a typo (--retry-forever says forever)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, from the command line and ``--config``'s file (the command line wins;
+    its ``streams`` are the URLs when the command line gives none). Raises ConfigError
+    for a file that cannot be used."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    config.add_argument(parser, "contrib/receiver.toml")
     parser.add_argument(
         "urls",
-        nargs="+",
+        nargs="*",
         metavar="URL",
         help="the sender's URL (http://127.0.0.1:8080), any WHEP endpoint URL (a camera of "
         "a sender with several: http://HOST:8080/whep/NAME), or a janus+http(s):// feed; "
@@ -67,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--token",
+        type=not_empty,
         default=os.environ.get(TOKEN_ENV) or None,
         help=f"bearer token the sender requires (or set {TOKEN_ENV})",
     )
@@ -111,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-retries",
-        type=int,
+        type=at_least_zero,
         default=3,
         metavar="N",
         help="reconnect up to N times in a row when the sender is away (3)",
@@ -119,7 +135,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-forever", action="store_true", help="never give up reconnecting")
     parser.add_argument(
         "--nack-retries",
-        type=int,
+        type=at_least_zero,
         default=MAX_TRIES,
         metavar="N",
         help=f"ask again for a lost packet up to N times, at the round-trip time (40 ms on a "
@@ -151,10 +167,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="FILE",
         help="write the final summary as JSON (several URLs: an object keyed by camera name)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
+    add_logging_options(parser)
+    merged, streams = config.merge(
+        parser, sys.argv[1:] if argv is None else argv, positional=STREAMS
+    )
+    args = parser.parse_args(merged)
+    if not args.urls:
+        args.urls = streams
+    if not args.urls:
+        parser.error(f"give the sender's URL (or several), or {STREAMS} in --config's file")
     args.url = args.urls[0]
     return args
+
+
+def at_least_zero(text: str) -> int:
+    """A count that may be 0, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be 0-{MAX_COUNT}: {text!r}")
+    return value
 
 
 NAME_PLACEHOLDER = "{name}"
@@ -329,19 +363,29 @@ async def run(args: argparse.Namespace) -> int:
         tls = tls_context(args.cafile, args.insecure)
     except SignallingError as exc:
         raise CliError(str(exc)) from None
-    if len(args.urls) > 1:
-        return await run_several(args, tls)
-    try:
-        session = Run(args, tls)
-    except (SignallingError, SinkError, ReceiverError) as exc:
-        raise CliError(str(exc)) from None
-    stop = asyncio.Event()
-    with stop_on_signals(stop):
-        failure = await run_one(session, stop)
+    async with Notifier() as notifier:
+        if len(args.urls) > 1:
+            return await run_several(args, tls, notifier)
+        try:
+            session = Run(args, tls)
+        except (SignallingError, SinkError, ReceiverError) as exc:
+            raise CliError(str(exc)) from None
+        announce_ready(notifier, args.urls)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            failure = await run_one(session, stop)
+        notifier.stopping()
     write_summary(session.stats, args)
     if failure is not None:
         raise CliError(failure, code=1)
     return 0
+
+
+def announce_ready(notifier: Notifier, urls: list[str]) -> None:
+    """Under systemd: ready once every stream is set up (each then connects, and
+    reconnects, on its own); the watchdog pinged from the event loop."""
+    notifier.ready(f"receiving {len(urls)} streams" if len(urls) > 1 else f"receiving {urls[0]}")
+    notifier.start_watchdog()
 
 
 async def run_one(session: Run, stop: asyncio.Event) -> str | None:
@@ -367,7 +411,9 @@ async def run_one(session: Run, stop: asyncio.Event) -> str | None:
     return str(failure) if failure is not None else None
 
 
-async def run_several(args: argparse.Namespace, tls: ssl.SSLContext | bool) -> int:
+async def run_several(
+    args: argparse.Namespace, tls: ssl.SSLContext | bool, notifier: Notifier
+) -> int:
     """One ``Run`` per URL, side by side: a camera that fails says so in one line and
     the others go on. Exit 1 when any failed."""
     names = camera_names(args.urls)
@@ -390,8 +436,10 @@ async def run_several(args: argparse.Namespace, tls: ssl.SSLContext | bool) -> i
             print(f"{PROG}: error: {session.name}: {failure}", file=sys.stderr, flush=True)
         return failure is None
 
+    announce_ready(notifier, args.urls)
     with stop_on_signals(stop):
         results = await asyncio.gather(*(one(session) for session in sessions))
+    notifier.stopping()
     write_summaries({s.name: s.stats for s in sessions}, args)
     return 0 if all(results) else 1
 
@@ -418,8 +466,11 @@ def write_summaries(stats: dict[str, FrameStats], args: argparse.Namespace) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_logging(args.verbose, quiet=args.quiet)
+    try:
+        args = parse_args(argv)
+    except CliError as exc:
+        return fail(PROG, exc)
+    setup_logging(args.verbose, quiet=args.quiet, log_format=args.log_format)
     return run_main(PROG, run(args))
 
 

@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Awaitable
+from pathlib import Path
 
 from aiohttp import web
 
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
 TOKEN_ENV = "WEBCAM_SENDER_TOKEN"
 MIN_FPS, MAX_FPS = 1.0, 240.0
+CAMERAS_KEY = "cameras"  # --config's table of named cameras
 MIN_BITRATE, MAX_BITRATE = 10_000, 100_000_000  # bit/s
 MAX_VIEWERS = 10_000
 TURN_SECRET_ENV = "WEBCAM_SENDER_TURN_SECRET"
@@ -178,8 +180,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only publish: serve no viewers here (no page, /whep or /offer)",
     )
     add_logging_options(parser)
-    merged, _ = config.merge(parser, sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    merged, _ = config.merge(parser, argv, extra={CAMERAS_KEY: cameras_from_file})
     return parser.parse_args(merged)
+
+
+def cameras_from_file(key: str, value: object, path: Path) -> list[str]:
+    """``[cameras]`` in ``--config``'s file: ``NAME = "SPEC"`` for each camera, as
+    ``--source NAME=SPEC`` (the command line's ``--source`` replaces them)."""
+    if not isinstance(value, dict) or not value:
+        raise config.ConfigError(f'{path}: {key}: expected a table of NAME = "SPEC"')
+    options = []
+    for name, spec in value.items():
+        if not isinstance(spec, str) or not spec:
+            raise config.ConfigError(f"{path}: {key}.{name}: expected the camera's SPEC (text)")
+        options += ["--source", f"{name}={spec}"]
+    return options
 
 
 def origin(text: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from .helpers import assert_one_line_error, run_sender
+from .helpers import assert_one_line_error, run_receiver, run_sender
 
 # (arguments after --source testsrc, what the error line says)
 SENDER_CASES: list[tuple[list[str], str]] = [
@@ -55,6 +55,49 @@ SENDER_CASES: list[tuple[list[str], str]] = [
     (["--log-format", "xml"], "invalid choice"),
     (["--config", ""], "cannot read"),
 ]
+
+
+# (arguments after a sender URL nobody serves, what the error line says)
+RECEIVER_CASES: list[tuple[list[str], str]] = [
+    (["--signalling", "xml"], "invalid choice"),
+    (["--token", ""], "--token: must not be empty"),
+    (["--cafile", "/nonexistent.pem"], "/nonexistent.pem"),
+    (["--record", "/nonexistent-dir/x.mkv"], "/nonexistent-dir"),
+    (["--record", "out.avi_nope"], "out.avi_nope"),
+    (["--snapshot-every", "0"], "must be positive"),
+    (["--frames", "-3"], "must be positive"),
+    (["--frames", "many"], "not a number"),
+    (["--duration", "nan"], "not a finite number"),
+    (["--duration", "0"], "must be positive"),
+    (["--connect-timeout", "inf"], "not a finite number"),
+    (["--record-mode", "zip"], "invalid choice"),
+    (["--segment-seconds", "0"], "must be positive"),
+    (["--max-retries", "-1"], "must be 0-1000"),
+    (["--max-retries", "1e9"], "not a whole number"),
+    (["--nack-retries", "100000"], "must be 0-1000"),
+    (["--stall-timeout", "-1"], "must be positive"),
+    (["--ice-server", "stun:"], "--ice-server"),
+    (["--log-format", ""], "invalid choice"),
+    (["--config", "/nonexistent.toml"], "cannot read /nonexistent.toml"),
+]
+
+
+def test_every_receiver_option_refuses_bad_values_in_one_line() -> None:
+    def run(case: tuple[list[str], str]) -> str | None:
+        args, expected = case
+        try:
+            result = run_receiver("http://127.0.0.1:9/whep", *args, timeout=60)
+        except subprocess.TimeoutExpired:
+            return f"{' '.join(args)!r}: started and kept running"
+        problem = check(result, expected)
+        return None if problem is None else f"{' '.join(args)!r}: {problem}"
+
+    with ThreadPoolExecutor(4) as pool:
+        problems = [p for p in pool.map(run, RECEIVER_CASES) if p]
+    assert not problems, "\n".join(problems)
+
+    result = run_receiver(timeout=60)  # no URL at all
+    assert check(result, "give the sender's URL") is None, result.stderr
 
 
 def check(result: subprocess.CompletedProcess[str], expected: str) -> str | None:

@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import pytest
 from receiver import Receiver
 
 from .ci import require_or_skip
-from .helpers import ROOT, SenderProcess
+from .helpers import ROOT, SenderProcess, run_receiver
 
 UNITS = ("webcam-sender.service", "webcam-receiver.service")
 
@@ -46,32 +46,49 @@ def test_units_pass_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
 
 
 class NotifySocket:
-    """What systemd listens on: a datagram socket; each message a set of KEY=VALUE."""
+    """What systemd listens on: a datagram socket, read all along (as systemd does) by a
+    thread; each message a set of KEY=VALUE."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.messages: list[tuple[float, dict[str, str]]] = []
+        self.sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def until(self, key: str, within: float = 60.0, count: int = 1) -> dict[str, str]:
-        """Wait for the ``count``-th message carrying ``key``; return it."""
-        deadline = time.monotonic() + within
-        while True:
-            found = [m for _, m in self.messages if key in m]
-            if len(found) >= count:
-                return found[count - 1]
-            left = deadline - time.monotonic()
-            assert left > 0, f"no {key} ({count}) within {within} s: {self.messages}"
-            self.sock.settimeout(left)
+    def _read(self) -> None:
+        while not self._stop.is_set():
             try:
                 data = self.sock.recv(4096)
             except TimeoutError:
                 continue
+            except OSError:
+                return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if line)
-            self.messages.append((time.monotonic(), fields))
+            with self._changed:
+                self.messages.append(fields)
+                self._changed.notify_all()
+
+    def until(self, key: str, within: float = 60.0, count: int = 1) -> dict[str, str]:
+        """Wait for the ``count``-th message carrying ``key``; return it."""
+        with self._changed:
+            found: list[dict[str, str]] = []
+
+            def enough() -> bool:
+                found[:] = [m for m in self.messages if key in m]
+                return len(found) >= count
+
+            if not self._changed.wait_for(enough, timeout=within):
+                raise AssertionError(f"no {key} ({count}) within {within} s: {self.messages}")
+            return found[count - 1]
 
     def close(self) -> None:
+        self._stop.set()
+        self._reader.join(timeout=5)
         self.sock.close()
 
 
@@ -101,6 +118,23 @@ def test_sender_reports_ready_pings_the_watchdog_and_says_it_stops(
         code = sender.stop()
     assert code == 0, sender.stderr()
     notify_socket.until("STOPPING", within=10)
+
+
+def test_receiver_reports_ready_pings_the_watchdog_and_says_it_stops(
+    notify_socket: NotifySocket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as outside_systemd:  # only the receiver talks to it
+        outside_systemd.delenv("NOTIFY_SOCKET")
+        sender = SenderProcess(["--source", "testsrc"], tmp_path / "sender.log")
+    try:
+        result = run_receiver(sender.url, "--duration", "3", "--quiet")
+    finally:
+        sender.stop()
+    assert result.returncode == 0, result.stderr
+    ready = notify_socket.until("READY", within=5)
+    assert ready["STATUS"] == f"receiving {sender.url}"
+    notify_socket.until("WATCHDOG", within=5, count=3)
+    notify_socket.until("STOPPING", within=5)
 
 
 def test_without_notify_socket_nothing_is_sent(tmp_path: Path) -> None:
