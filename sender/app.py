@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import web
+from aiortc import RTCConfiguration
 
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
@@ -16,6 +17,7 @@ from common.janus import JanusTarget
 from . import audio, encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
+from .encoders import EncoderFactory
 from .fanout import SharedSource
 from .signalling import CAMERAS, ICE_LINKS, SESSIONS
 
@@ -63,7 +65,29 @@ class SenderConfig:
         return self.cameras or (CameraConfig(DEFAULT_NAME, self.source, named=False),)
 
 
+@dataclass(frozen=True)
+class CameraMaker:
+    """Makes a camera as the app's were made (also for cameras a reload adds)."""
+
+    settings: CameraSettings
+    configuration: RTCConfiguration
+    factories: Mapping[str, EncoderFactory]
+    labelled: bool
+    shared_audio: audio.SharedAudio | None
+
+    def __call__(self, config: CameraConfig) -> Camera:
+        return Camera(
+            config,
+            self.settings,
+            self.configuration,
+            self.factories,
+            self.labelled,
+            self.shared_audio,
+        )
+
+
 CONFIG = web.AppKey("config", SenderConfig)
+MAKE_CAMERA = web.AppKey("make_camera", CameraMaker)
 # The first camera's source and publications (its sessions: signalling.SESSIONS), as a
 # single-camera sender has always had them; every camera: CAMERAS.
 SOURCE = web.AppKey("source", SharedSource)
@@ -96,17 +120,11 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     shared_audio = (
         audio.SharedAudio(config.audio, idle_close=config.idle_close) if config.audio else None
     )
-    cameras = Cameras(
-        [
-            Camera(c, settings, app[ICE_LINKS].configuration(), factories, labelled, shared_audio)
-            for c in configs
-        ]
-    )
-    first = cameras.first
+    make = CameraMaker(settings, app[ICE_LINKS].configuration(), factories, labelled, shared_audio)
+    app[MAKE_CAMERA] = make
+    cameras = Cameras([make(c) for c in configs])
     app[CAMERAS] = cameras
-    app[SOURCE] = first.source
-    app[SESSIONS] = first.sessions
-    app[PUBLICATIONS] = first.publications
+    point_at_first(app)
     metrics.install(app, cameras)
     async with audio.closing(shared_audio):
         try:
@@ -115,6 +133,14 @@ async def media(app: web.Application) -> AsyncIterator[None]:
         finally:
             # Each camera closes its publications, then every peer connection, then itself.
             await cameras.close()
+
+
+def point_at_first(app: web.Application) -> None:
+    """The single-camera keys follow the first camera (also after a reload)."""
+    first = app[CAMERAS].first
+    app[SOURCE] = first.source
+    app[SESSIONS] = first.sessions
+    app[PUBLICATIONS] = first.publications
 
 
 def _static(name: str, content_type: str) -> web.Response:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiortc import RTCConfiguration, RTCSessionDescription
@@ -274,6 +274,24 @@ class Cameras:
     async def start(self) -> None:
         for camera in self:
             await camera.start()
+
+    async def reconfigure(
+        self, order: Sequence[str], new: Mapping[str, Camera]
+    ) -> tuple[list[str], list[str]]:
+        """Serve the cameras named in ``order`` from now: those in ``new`` are started
+        (replacing a camera of that name, which is closed: its viewers' connections end),
+        the others named go on untouched, and cameras not named are closed. Returns the
+        names (closed, started)."""
+        missing = [n for n in order if n not in new and n not in self._cameras]
+        if missing or not order:
+            raise ValueError(f"reconfigure: no camera for {missing or 'nothing'}")
+        closing = [c for name, c in self._cameras.items() if name not in order or name in new]
+        await asyncio.gather(*(camera.close() for camera in closing))
+        self._cameras = {name: new.get(name) or self._cameras[name] for name in order}
+        for name in order:
+            if name in new:
+                await new[name].start()
+        return [c.name for c in closing], [n for n in order if n in new]
 
     async def close(self) -> None:
         await asyncio.gather(*(camera.close() for camera in self))

@@ -9,10 +9,11 @@ import dataclasses
 import logging
 import os
 import re
+import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -37,6 +38,7 @@ from common.sdnotify import Notifier
 from . import audio, cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
 from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
+from .reload import Reloader
 
 logger = logging.getLogger(__name__)
 PROG = "webcam-sender"
@@ -235,7 +237,23 @@ def publish_targets(args: argparse.Namespace) -> tuple[JanusTarget, ...]:
     return tuple(targets)
 
 
-async def serve(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def reload_on_sighup(reload: Callable[[], None]) -> Iterator[None]:
+    """SIGHUP (``systemctl reload``) re-reads the configuration (``sender.reload``)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (AttributeError, NotImplementedError, RuntimeError):  # Windows: no SIGHUP
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
+    """Serve until SIGINT/SIGTERM; ``argv``: the command line, read again on SIGHUP."""
     width, height = args.size
     tls = tls_context(args)
     publish = publish_targets(args)
@@ -290,36 +308,49 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await runner.setup()
     notifier = Notifier()
-    try:
-        site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
+    reloader = Reloader(
+        runner.app,
+        argv,
+        args,
+        named,
+        parse_args,
+        camera_names,
+        choose_cameras,
+        choose_source,
+        notifier,
+    )
+    stop = asyncio.Event()
+    # The handlers first: a SIGHUP or SIGTERM right after "serving" must not kill us.
+    with stop_on_signals(stop), reload_on_sighup(reloader.request):
         try:
-            await site.start()
-        except OSError as exc:
-            raise CliError(
-                f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}"
-            ) from None
-        shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-        port = runner.addresses[0][1] if args.port == 0 else args.port
-        scheme = "https" if tls else "http"
-        served = spec.describe() if len(named) == 1 else f"{len(named)} cameras"
-        serving = f"serving {served} on {scheme}://{shown}:{port}/"
-        print(f"{PROG}: {serving}", flush=True)
-        # Listening, and every camera was checked before the app was made: ready.
-        notifier.ready(serving)
-        notifier.start_watchdog()
-        # In the background: a TURN server that refuses us is worth a warning at once.
-        checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
+            site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise CliError(
+                    f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}"
+                ) from None
+            shown = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+            port = runner.addresses[0][1] if args.port == 0 else args.port
+            scheme = "https" if tls else "http"
+            served = spec.describe() if len(named) == 1 else f"{len(named)} cameras"
+            serving = f"serving {served} on {scheme}://{shown}:{port}/"
+            print(f"{PROG}: {serving}", flush=True)
+            # Listening, and every camera was checked before the app was made: ready.
+            notifier.ready(serving)
+            notifier.start_watchdog()
+            # In the background: a TURN server that refuses us is worth a warning at once.
+            checking = asyncio.create_task(turn_check.check_turn_servers(ice_servers))
             await stop.wait()
-        checking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await checking
-        logger.info("shutting down")
-        notifier.stopping()
-    finally:
-        await notifier.close()
-        await runner.cleanup()
+            checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checking
+            logger.info("shutting down")
+            notifier.stopping()
+        finally:
+            await reloader.close()
+            await notifier.close()
+            await runner.cleanup()
     return 0
 
 
@@ -399,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, log_format=args.log_format)
     if args.list_sources:
         return list_sources(args)
-    return run_main(PROG, serve(args))
+    return run_main(PROG, serve(args, sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -207,17 +207,30 @@ class SenderCollector(Collector):
 
     def __init__(self, cameras: Cameras) -> None:
         self._labelled = cameras.labelled
-        self.cameras = {
-            camera.name: CameraCollector(
-                camera.source,
-                camera.sessions,
-                camera.publications,
-                camera if cameras.labelled else None,
-            )
-            for camera in cameras
-        }
+        self._cameras = cameras
+        self._made: dict[str, tuple[Camera, CameraCollector]] = {}
+        self.cameras: dict[str, CameraCollector] = {}
+        self._follow()
+
+    def _follow(self) -> None:
+        """One collector per camera served now (a reload adds, replaces and removes)."""
+        made = {}
+        for camera in self._cameras:
+            known = self._made.get(camera.name)
+            if known is None or known[0] is not camera:
+                collector = CameraCollector(
+                    camera.source,
+                    camera.sessions,
+                    camera.publications,
+                    camera if self._labelled else None,
+                )
+                known = (camera, collector)
+            made[camera.name] = known
+        self._made = made
+        self.cameras = {name: collector for name, (_, collector) in made.items()}
 
     async def refresh(self) -> None:
+        self._follow()
         await asyncio.gather(*(c.refresh() for c in self.cameras.values()))
 
     def collect(self) -> Iterator[Metric]:
