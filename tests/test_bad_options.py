@@ -98,6 +98,21 @@ def test_every_receiver_option_refuses_bad_values_in_one_line() -> None:
 
     result = run_receiver(timeout=60)  # no URL at all
     assert check(result, "give the sender's URL") is None, result.stderr
+    result = run_receiver("notaurl", timeout=60)  # exited 1 once
+    assert check(result, "not an http(s) URL: 'notaurl'") is None, result.stderr
+
+
+def test_the_cases_the_issue_found() -> None:
+    """``--size 10x10`` with the default ``--source auto`` (no camera here: the fake
+    camera) once started and failed at its first viewer; a receiver that got nothing once
+    printed an all-zero summary before its error line."""
+    result = run_sender("--size", "10x10", timeout=60)
+    assert check(result, "the stamp needs a width of at least 320 pixels") is None, result.stderr
+    result = run_receiver("http://127.0.0.1:9/whep", "--max-retries", "0", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "{" not in result.stderr, "a summary of nothing"
+    assert result.stderr.strip().splitlines()[-1].startswith("webcam-receiver: error: ")
 
 
 def check(result: subprocess.CompletedProcess[str], expected: str) -> str | None:
