@@ -103,7 +103,7 @@ class _MoreProfiles(RTCRtpTransceiver):
 
     @property
     def _codecs(self) -> list[RTCRtpCodecParameters]:
-        return self.__dict__["_more_profiles_codecs"]  # type: ignore[no-any-return]
+        return self.__dict__["_more_profiles_codecs"]  # type: ignore[no-any-return]  # __dict__ holds Any
 
     @_codecs.setter
     def _codecs(self, codecs: list[RTCRtpCodecParameters]) -> None:
