@@ -33,13 +33,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.rtsp_camera import RtspCamera, problem
 from bench.senders import ROOT, SenderProcess, child_env
-from bench.viewers import cpu_seconds
+from bench.viewers import load_figures, measured
 from common import cli, stamp
 from receiver import Receiver
 from receiver.stats import read_stamp
@@ -104,25 +103,13 @@ async def load(url: str, viewers: int, seconds: float, warmup: float, pid: int) 
         await asyncio.wait_for(
             asyncio.gather(*(event.wait() for event in receiving)), VIEWER_TIMEOUT
         )
-        await asyncio.sleep(warmup)
-        cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
-        measuring.set()
-        await asyncio.sleep(seconds)
-        measuring.clear()
-        cpu_end, wall_end = cpu_seconds(pid), time.monotonic()
+        cpu, wall = await measured(pid, seconds, warmup, measuring)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(rx.__aexit__(None, None, None) for rx in receivers))
-    wall = wall_end - wall_start
-    fps = [count / wall for count in counts]
-    return {
-        "viewers": viewers,
-        "sender_cpu": round((cpu_end - cpu_start) / wall, 3),
-        "fps_min": round(min(fps), 1),
-        "fps_mean": round(statistics.mean(fps), 1),
-    }
+    return load_figures(viewers, cpu, wall, counts)
 
 
 def in_child(*args: str) -> dict[str, Any]:

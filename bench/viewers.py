@@ -263,6 +263,31 @@ async def settle_load(url: str, viewers: int, limit: float) -> tuple[float, bool
         await asyncio.sleep(0.5)
 
 
+async def measured(
+    pid: int, seconds: float, warmup: float, measuring: asyncio.Event
+) -> tuple[float, float]:
+    """After ``warmup`` s, measure for ``seconds`` (``measuring`` set meanwhile, for the
+    viewers to count their frames): process ``pid``'s CPU seconds, and the wall seconds."""
+    await asyncio.sleep(warmup)
+    cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
+    measuring.set()
+    await asyncio.sleep(seconds)
+    measuring.clear()
+    return cpu_seconds(pid) - cpu_start, time.monotonic() - wall_start
+
+
+def load_figures(viewers: int, cpu: float, wall: float, counts: list[int]) -> dict[str, Any]:
+    """A load measurement's figures: the sender's cores (``cpu`` seconds over ``wall``)
+    and each viewer's frames a second, the slowest and on average."""
+    fps = [count / wall for count in counts]
+    return {
+        "viewers": viewers,
+        "sender_cpu": round(cpu / wall, 3),
+        "fps_min": round(min(fps), 1),
+        "fps_mean": round(statistics.mean(fps), 1),
+    }
+
+
 async def load(
     url: str, viewers: int, seconds: float, warmup: float, pid: int, settle: float = 60.0
 ) -> dict[str, Any]:
@@ -285,25 +310,15 @@ async def load(
         tracks = await asyncio.gather(*(p.connect() for p in peers))
         tasks = [asyncio.create_task(watch(i, t)) for i, t in enumerate(tracks)]
         settle_s, settled = await settle_load(url, viewers, settle)
-        await asyncio.sleep(warmup)
-        cpu_start, wall_start = cpu_seconds(pid), time.monotonic()
-        measuring.set()
-        await asyncio.sleep(seconds)
-        measuring.clear()
-        cpu_end, wall_end = cpu_seconds(pid), time.monotonic()
+        cpu, wall = await measured(pid, seconds, warmup, measuring)
         after = await health(url)  # what the sender was encoding at the end
         done.set()
         for task in tasks:
             task.cancel()
     finally:
         await asyncio.gather(*(p.close() for p in peers))
-    wall = wall_end - wall_start
-    fps = [c / wall for c in counts]
     return {
-        "viewers": viewers,
-        "sender_cpu": round((cpu_end - cpu_start) / wall, 3),
-        "fps_min": round(min(fps), 1),
-        "fps_mean": round(statistics.mean(fps), 1),
+        **load_figures(viewers, cpu, wall, counts),
         "settle_s": round(settle_s, 1),
         "settled": settled and on_full_tier(after, viewers),
         "encoding": encoding(after),

@@ -79,10 +79,7 @@ def positive(
     least ``minimum`` and at most ``maximum`` when given."""
 
     def parse(text: str) -> N:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        value = _number(kind, text, "not a number")
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         if value <= 0:
@@ -96,15 +93,31 @@ def positive(
     return parse
 
 
+def _number(kind: Callable[[str], N], text: str, problem: str) -> N:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{problem}: {text!r}") from None
+
+
 def port(text: str) -> int:
     """A TCP port for argparse: 0 (any free one) to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    value = _number(int, text, "not a port number")
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0-65535: {text!r}")
     return value
+
+
+def count(maximum: int) -> Callable[[str], int]:
+    """An argparse type for a whole number from 0 to ``maximum`` (retries, say)."""
+
+    def parse(text: str) -> int:
+        value = _number(int, text, "not a whole number")
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be 0-{maximum}: {text!r}")
+        return value
+
+    return parse
 
 
 def not_empty(text: str) -> str:

@@ -14,12 +14,13 @@ that is what the watchdog is for.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Mapping
+
+from .tasks import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +86,8 @@ class Notifier:
             self._task = asyncio.create_task(self._ping(self.watchdog / 2), name="watchdog")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def __aenter__(self) -> Notifier:
         return self

@@ -28,6 +28,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamError
 
 from common.aiortc_ext import passthrough, sender_report_tap, streams
+from common.tasks import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,8 @@ class AudioStream:
         """Stop reading; the connection's loss and jitter go to the statistics."""
         for stream in streams.media_streams(self.receiver).values():
             self.stats.add_transport(stream.packets_received, stream.packets_lost, stream.jitter)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
 
 def rms(frame: av.AudioFrame) -> float:

@@ -27,6 +27,7 @@ from common.backoff import Backoff
 from common.cli import (
     CliError,
     add_logging_options,
+    count,
     fail,
     not_empty,
     positive,
@@ -127,7 +128,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-retries",
-        type=at_least_zero,
+        type=count(MAX_COUNT),
         default=3,
         metavar="N",
         help="reconnect up to N times in a row when the sender is away (3)",
@@ -135,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--retry-forever", action="store_true", help="never give up reconnecting")
     parser.add_argument(
         "--nack-retries",
-        type=at_least_zero,
+        type=count(MAX_COUNT),
         default=MAX_TRIES,
         metavar="N",
         help=f"ask again for a lost packet up to N times, at the round-trip time (40 ms on a "
@@ -178,17 +179,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"give the sender's URL (or several), or {STREAMS} in --config's file")
     args.url = args.urls[0]
     return args
-
-
-def at_least_zero(text: str) -> int:
-    """A count that may be 0, for argparse."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"must be 0-{MAX_COUNT}: {text!r}")
-    return value
 
 
 NAME_PLACEHOLDER = "{name}"

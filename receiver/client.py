@@ -27,6 +27,7 @@ from common.aiortc_ext.nack_retry import MAX_TRIES
 from common.backoff import Backoff
 from common.ice import fetch_link_ice_servers, is_turn, rtc_configuration
 from common.janus import JanusError, JanusTarget, parse_janus_url
+from common.tasks import cancel
 from common.turn_check import TurnError
 
 from .audio import AudioPacket
@@ -381,10 +382,7 @@ class Receiver:
 
     async def close(self) -> None:
         """End the connection (WHEP DELETE, peer connection closed) and stop reconnecting."""
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+        await cancel(self._supervisor)
         if self._connection is not None:  # cancelled while opening
             await self._connection.close()
             self._connection = None

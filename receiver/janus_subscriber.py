@@ -30,6 +30,7 @@ from common.janus import (
     JanusTarget,
     classify,
 )
+from common.tasks import cancel
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +164,8 @@ class JanusSubscription:
 
     async def close(self) -> None:
         """Leave the room and destroy the session (best effort: Janus may be gone)."""
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        await cancel(self._watch)
+        self._watch = None
         session, self._session = self._session, None
         if session is None:
             return

@@ -37,6 +37,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from common.aiortc_ext import sender_reports
+from common.tasks import cancel
 
 from .sources import CLOCK_ORIGIN
 
@@ -320,11 +321,8 @@ class SharedAudio:
             self._idle_timer = None
         self._end_listeners()
         self._listeners.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
 
 def offer_wants_audio(sdp: str) -> bool:

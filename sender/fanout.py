@@ -13,13 +13,14 @@ passthrough, ``sender.passthrough``); it decodes only while a frame viewer subsc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from common.tasks import cancel
 
 from . import live
 from .h264_stream import PacketSink, StreamInfo
@@ -213,11 +214,8 @@ class SharedSource:
             self._idle_timer = None
         self._end_viewers()
         self._viewers.clear()
-        if self._capture is not None:
-            self._capture.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._capture
-            self._capture = None
+        await cancel(self._capture)
+        self._capture = None
 
     async def __aenter__(self) -> SharedSource:
         return self

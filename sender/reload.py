@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -27,6 +26,7 @@ from aiohttp import web
 
 from common.cli import CliError
 from common.sdnotify import Notifier
+from common.tasks import cancel
 
 from . import sources
 from .app import MAKE_CAMERA, point_at_first
@@ -152,8 +152,5 @@ class Reloader:
                 )
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None

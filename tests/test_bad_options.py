@@ -5,6 +5,7 @@ fails at its first viewer). The table runs each case as a real process, four at 
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .helpers import assert_one_line_error, run_receiver, run_sender
@@ -83,19 +84,7 @@ RECEIVER_CASES: list[tuple[list[str], str]] = [
 
 
 def test_every_receiver_option_refuses_bad_values_in_one_line() -> None:
-    def run(case: tuple[list[str], str]) -> str | None:
-        args, expected = case
-        try:
-            result = run_receiver("http://127.0.0.1:9/whep", *args, timeout=60)
-        except subprocess.TimeoutExpired:
-            return f"{' '.join(args)!r}: started and kept running"
-        problem = check(result, expected)
-        return None if problem is None else f"{' '.join(args)!r}: {problem}"
-
-    with ThreadPoolExecutor(4) as pool:
-        problems = [p for p in pool.map(run, RECEIVER_CASES) if p]
-    assert not problems, "\n".join(problems)
-
+    refused_alike(RECEIVER_CASES, lambda args: run_receiver("http://127.0.0.1:9/whep", *args))
     result = run_receiver(timeout=60)  # no URL at all
     assert check(result, "give the sender's URL") is None, result.stderr
     result = run_receiver("notaurl", timeout=60)  # exited 1 once
@@ -129,15 +118,23 @@ def check(result: subprocess.CompletedProcess[str], expected: str) -> str | None
 
 
 def test_every_sender_option_refuses_bad_values_in_one_line() -> None:
-    def run(case: tuple[list[str], str]) -> str | None:
+    refused_alike(SENDER_CASES, lambda args: run_sender("--source", "testsrc", *args))
+
+
+def refused_alike(
+    cases: list[tuple[list[str], str]],
+    run: Callable[[list[str]], subprocess.CompletedProcess[str]],
+) -> None:
+    """Every case as a real process, four at a time; all the problems in one failure."""
+
+    def one(case: tuple[list[str], str]) -> str | None:
         args, expected = case
         try:
-            result = run_sender("--source", "testsrc", *args, timeout=60)
+            problem = check(run(args), expected)
         except subprocess.TimeoutExpired:
-            return f"{' '.join(args)!r}: started and kept running"
-        problem = check(result, expected)
+            problem = "started and kept running"
         return None if problem is None else f"{' '.join(args)!r}: {problem}"
 
     with ThreadPoolExecutor(4) as pool:
-        problems = [p for p in pool.map(run, SENDER_CASES) if p]
+        problems = [p for p in pool.map(one, cases) if p]
     assert not problems, "\n".join(problems)

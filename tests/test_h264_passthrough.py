@@ -5,7 +5,6 @@ receiver take Main and High streams (``common.aiortc_ext.h264_profiles``)."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import statistics
 from collections.abc import Callable, Iterator
@@ -27,9 +26,9 @@ from sender.h264_stream import StreamInfo
 from sender.passthrough import choose, offered_h264
 from sender.sources import TestPattern
 
-from .helpers import SenderProcess, wait_until
+from .helpers import SenderProcess
 from .rtsp_camera import rtsp_camera
-from .test_rtsp import Watch, metrics, rising, watch
+from .test_rtsp import Watch, metrics, restart_under, rising, watch
 
 SIZE = "640x480"
 
@@ -145,15 +144,7 @@ async def test_camera_restart_under_a_passthrough_viewer(
 ) -> None:
     sender = sender_process("--source", camera.url(), "--size", SIZE)
     async with watch(sender.url) as seen:
-        await seen.until(30)
-        await asyncio.to_thread(camera.stop)
-        await wait_until(
-            lambda: sender.health()["source_state"] == "reconnecting", 30, "reconnecting"
-        )
-        before = len(seen.frames)
-        last = seen.frames[-1][1]
-        await asyncio.to_thread(camera.start)
-        await seen.until(before + 30, within=60)
+        before, last = await restart_under(camera, sender, seen)
         state = sender.health()
         assert_nothing_decoded_or_encoded(sender)
         assert seen.rx.stats.reconnects == 0, "the viewer had to reconnect"

@@ -94,6 +94,19 @@ async def watch(url: str) -> AsyncIterator[Watch]:
             await watcher.close()
 
 
+async def restart_under(camera: RtspCamera, sender: SenderProcess, seen: Watch) -> tuple[int, int]:
+    """Stop the camera under a watching viewer, wait until the sender sees it gone, start
+    it again and wait for 30 frames more: (frames seen before, the last one's sequence)."""
+    await seen.until(30)
+    await asyncio.to_thread(camera.stop)
+    await wait_until(lambda: sender.health()["source_state"] == "reconnecting", 30, "reconnecting")
+    before = len(seen.frames)
+    last_sequence = seen.frames[-1][1]
+    await asyncio.to_thread(camera.start)
+    await seen.until(before + 30, within=60)
+    return before, last_sequence
+
+
 def rising(frames: list[tuple[float, int, float]]) -> bool:
     sequences = [sequence for _, sequence, _ in frames]
     return all(b > a for a, b in itertools.pairwise(sequences))
@@ -126,15 +139,7 @@ async def test_camera_restart_is_a_pause_for_a_connected_viewer(
     camera = private_camera
     sender = sender_process("--source", camera.url(), "--size", SIZE)
     async with watch(sender.url) as seen:
-        await seen.until(30)
-        await asyncio.to_thread(camera.stop)
-        await wait_until(
-            lambda: sender.health()["source_state"] == "reconnecting", 30, "reconnecting"
-        )
-        before = len(seen.frames)
-        last_sequence = seen.frames[-1][1]
-        await asyncio.to_thread(camera.start)
-        await seen.until(before + 30, within=60)
+        before, last_sequence = await restart_under(camera, sender, seen)
         state = sender.health()
         counters = metrics(sender)
         assert seen.rx.stats.reconnects == 0, "the viewer had to reconnect"

@@ -33,7 +33,6 @@ It reads the receiver's private NACK generator and stream table and needs the bu
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from dataclasses import dataclass
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpreceiver import NackGenerator
 
+from ..tasks import cancel
 from . import check, jitterbuffer, private
 from .streams import media_ssrc
 
@@ -209,11 +209,8 @@ class NackRetry:
         return gave_up
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
 
     async def __aenter__(self) -> NackRetry:
         self.start()
