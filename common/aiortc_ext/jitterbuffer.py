@@ -37,8 +37,10 @@ reset paths wait for a keyframe the same way.
 
 ``apply(receiver)`` gives one video ``RTCRtpReceiver`` of ours this buffer in place of the
 one aiortc made for it (a private attribute, before any packet arrives); every other
-receiver in the process, and audio, keep stock aiortc's. ``tests/test_jitterbuffer.py``
-fails if an aiortc upgrade renames the attribute or changes what ``add()`` relies on.
+receiver in the process keeps stock aiortc's (our audio receivers get ``audio_jitter``'s,
+which hands frames over through ``drain_after_each_packet`` too).
+``tests/test_jitterbuffer.py`` fails if an aiortc upgrade renames the attribute or changes
+what ``add()`` relies on.
 """
 
 from __future__ import annotations
