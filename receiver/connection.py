@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from common import aiortc_ext
 from common.aiortc_ext import (
+    audio_jitter,
     frame_timing,
     h264_profiles,
     ice_rtt,
@@ -126,6 +127,7 @@ class Connection:
         if self.audio is not None or not self._receive_audio:
             return
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+        audio_jitter.apply(receiver)  # a lost packet holds the rest back 60 ms, not 300
         sync = audio.Lipsync(self._receiver, receiver) if self._receiver is not None else None
         self.audio = audio.AudioStream(
             receiver,

@@ -6,21 +6,28 @@ project's venv: PyGObject and GStreamer come from apt. It is a second, independe
 stack (libnice, GStreamer's DTLS/SRTP on the system OpenSSL, an RSA certificate in 1.22),
 so it catches what an aiortc-to-aiortc test cannot.
 
-    gst_viewer.py URL --signalling json|whep --frames N --timeout S
+    gst_viewer.py URL --signalling json|whep --frames N --timeout S [--audio SECONDS]
 
 Offers a recvonly video transceiver (VP8 and H.264, the sender picks), sends the offer
 with every candidate in it (no trickle), decodes what arrives and reads the frame stamp
 (README, "The frame stamp") from the first frames. Success: one JSON line on stdout,
 ``{"frames", "width", "height", "codec", "sequences"}``, exit 0. Failure or timeout: one
 line on stderr, exit 1.
+
+With ``--audio SECONDS`` it also offers a recvonly Opus transceiver and, when the answer
+accepts it, waits for that much decoded audio too; the line then also has
+``"audio": {"codec", "packets", "rate", "channels", "seconds", "rms_median", "rms_max"}``
+(RTP packets counted as they leave webrtcbin; RMS of each decoded buffer, 0 to 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import itertools
 import json
+import math
 import os
 import sys
 import threading
@@ -50,6 +57,10 @@ OFFER_CAPS = (
     "packetization-mode=(string)1,profile-level-id=(string)42e01f,"
     "level-asymmetry-allowed=(string)1"
 )
+AUDIO_CAPS = (
+    "application/x-rtp,media=audio,encoding-name=OPUS,payload=111,clock-rate=48000,"
+    "encoding-params=(string)2"
+)
 DECODERS = {
     "VP8": ["rtpvp8depay", "vp8dec"],
     "H264": ["rtph264depay", "h264parse", "avdec_h264"],
@@ -74,9 +85,44 @@ def read_stamp_row(plane: bytes, stride: int, width: int, row: int) -> int | Non
     return value
 
 
+class Audio:
+    """What the audio branch received and decoded."""
+
+    def __init__(self, seconds: float) -> None:
+        self.wanted_seconds = seconds
+        self.expected = True  # until the answer refuses the audio section
+        self.codec = ""
+        self.packets = 0
+        self.rate = 0
+        self.channels = 0
+        self.samples = 0  # per channel
+        self.levels: list[float] = []  # RMS of each decoded buffer
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate if self.rate else 0.0
+
+    @property
+    def enough(self) -> bool:
+        return not self.expected or self.seconds >= self.wanted_seconds
+
+    def summary(self) -> dict[str, object]:
+        levels = sorted(self.levels)
+        return {
+            "codec": self.codec,
+            "packets": self.packets,
+            "rate": self.rate,
+            "channels": self.channels,
+            "seconds": round(self.seconds, 3),
+            "rms_median": levels[len(levels) // 2] if levels else 0.0,
+            "rms_max": levels[-1] if levels else 0.0,
+        }
+
+
 class Viewer:
-    def __init__(self, frames: int) -> None:
+    def __init__(self, frames: int, audio_seconds: float | None = None) -> None:
         self.wanted = frames
+        self.audio = Audio(audio_seconds) if audio_seconds is not None else None
         self.frames = 0
         self.width = 0
         self.height = 0
@@ -108,6 +154,12 @@ class Viewer:
             GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
             Gst.Caps.from_string(OFFER_CAPS),
         )
+        if self.audio is not None:
+            self.webrtc.emit(
+                "add-transceiver",
+                GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY,
+                Gst.Caps.from_string(AUDIO_CAPS),
+            )
 
     def create_offer(self, gather_timeout: float) -> str:
         reply = self._call("create-offer", None)
@@ -123,6 +175,8 @@ class Viewer:
         if result != GstSdp.SDPResult.OK:
             raise ViewerError(f"cannot parse the SDP answer: {sdp[:80]!r}")
         answer = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, message)
+        if self.audio is not None:
+            self.audio.expected = audio_accepted(sdp)
         self._call("set-remote-description", answer)
 
     def _call(self, action: str, description: object) -> Gst.Structure | None:
@@ -169,6 +223,9 @@ class Viewer:
         if pad.get_direction() != Gst.PadDirection.SRC:
             return
         caps = pad.get_current_caps() or pad.query_caps(None)
+        if caps.get_structure(0).get_string("media") == "audio":
+            self._add_audio(pad, caps)
+            return
         codec = caps.get_structure(0).get_string("encoding-name") or ""
         if codec.upper() not in DECODERS:
             self.fail(f"unexpected codec {codec!r} in {caps.to_string()}")
@@ -192,6 +249,60 @@ class Viewer:
         if pad.link(chain[0].get_static_pad("sink")) != Gst.PadLinkReturn.OK:
             self.fail(f"cannot link the {self.codec} decoder")
 
+    def _add_audio(self, pad: Gst.Pad, caps: Gst.Caps) -> None:
+        """Opus RTP: counted as it leaves webrtcbin, depayloaded, decoded to S16."""
+        codec = (caps.get_structure(0).get_string("encoding-name") or "").upper()
+        if self.audio is None or codec != "OPUS":
+            self.fail(f"unexpected audio {codec!r} in {caps.to_string()}")
+            return
+        self.audio.codec = codec
+        pad.add_probe(Gst.PadProbeType.BUFFER, self._count_audio_packet)
+        chain = [make(name) for name in ("rtpopusdepay", "opusdec", "audioconvert")]
+        s16 = make("capsfilter")
+        s16.set_property("caps", Gst.Caps.from_string("audio/x-raw,format=S16LE"))
+        sink = make("appsink")
+        sink.set_property("emit-signals", True)
+        sink.set_property("sync", False)
+        sink.connect("new-sample", self._on_audio_sample)
+        chain += [s16, sink]
+        for element in chain:
+            self.pipe.add(element)
+        for upstream, downstream in itertools.pairwise(chain):
+            upstream.link(downstream)
+        for element in chain:
+            element.sync_state_with_parent()
+        if pad.link(chain[0].get_static_pad("sink")) != Gst.PadLinkReturn.OK:
+            self.fail("cannot link the Opus decoder")
+
+    def _count_audio_packet(self, _pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
+        assert self.audio is not None
+        self.audio.packets += 1
+        return Gst.PadProbeReturn.OK
+
+    def _on_audio_sample(self, sink: Gst.Element) -> Gst.FlowReturn:
+        sample = sink.emit("pull-sample")
+        if sample is None or self.audio is None:
+            return Gst.FlowReturn.ERROR
+        structure = sample.get_caps().get_structure(0)
+        _, self.audio.rate = structure.get_int("rate")
+        _, self.audio.channels = structure.get_int("channels")
+        buffer = sample.get_buffer()
+        ok, mapped = buffer.map(Gst.MapFlags.READ)
+        if ok:
+            try:
+                samples = array.array("h", bytes(mapped.data))
+            finally:
+                buffer.unmap(mapped)
+            if sys.byteorder != "little":
+                samples.byteswap()
+            if samples:
+                power = sum(x * x for x in samples) / len(samples)
+                self.audio.levels.append(math.sqrt(power) / 32768)
+                self.audio.samples += len(samples) // max(1, self.audio.channels)
+        if self.frames >= self.wanted and self.audio.enough:
+            self.done.set()
+        return Gst.FlowReturn.OK
+
     def _on_sample(self, sink: Gst.Element) -> Gst.FlowReturn:
         sample = sink.emit("pull-sample")
         if sample is None:
@@ -209,7 +320,7 @@ class Viewer:
                     buffer.unmap(mapped)
                 if sequence is not None:
                     self.sequences.append(sequence)
-        if self.frames >= self.wanted:
+        if self.frames >= self.wanted and (self.audio is None or self.audio.enough):
             self.done.set()
         return Gst.FlowReturn.OK
 
@@ -225,8 +336,10 @@ class Viewer:
         while not self.done.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
+                heard = "" if self.audio is None else f", {self.audio.seconds:.2f} s of audio"
                 raise ViewerError(
                     f"timed out after {timeout:g} s with {self.frames} of {self.wanted} frames"
+                    f"{heard}"
                     f" (connection {self.webrtc.get_property('connection-state').value_nick})"
                 )
             message = bus.timed_pop_filtered(
@@ -261,6 +374,17 @@ def capture_dtls_errors(errors: list[str]) -> None:
     if not os.environ.get("GST_DEBUG"):  # else leave the user's debug output alone
         Gst.debug_remove_log_function(None)  # the default one, printing to stderr
         Gst.debug_set_threshold_for_name("dtlsconnection", Gst.DebugLevel.ERROR)
+
+
+def audio_accepted(sdp: str) -> bool:
+    """Whether the answer's audio section will carry media to us: not port 0, and the
+    sender sends (sendonly or sendrecv, not inactive or recvonly)."""
+    for section in sdp.replace("\r\n", "\n").split("\nm=")[1:]:
+        if section.startswith("audio "):
+            port = section.split(" ", 2)[1]
+            refused = ("\na=inactive", "\na=recvonly")
+            return port != "0" and not any(line in section for line in refused)
+    return False
 
 
 def make(factory: str) -> Gst.Element:
@@ -332,6 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--signalling", choices=("json", "whep"), default="json")
     parser.add_argument("--frames", type=int, default=30, help="decoded frames to wait for")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds for all of it")
+    parser.add_argument(
+        "--audio",
+        type=float,
+        metavar="SECONDS",
+        help="also offer Opus; decoded seconds to wait for",
+    )
     return parser.parse_args(argv)
 
 
@@ -339,7 +469,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     Gst.init(None)
     base = args.url.rstrip("/")
     started = time.monotonic()
-    viewer = Viewer(args.frames)
+    viewer = Viewer(args.frames, args.audio)
     session_url: str | None = None
     try:
         viewer.start()
@@ -358,13 +488,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if session_url is not None:  # failed part-way: still free the sender's session
             with contextlib.suppress(ViewerError):
                 delete_session(session_url)
-    return {
+    result: dict[str, object] = {
         "frames": viewer.frames,
         "width": viewer.width,
         "height": viewer.height,
         "codec": viewer.codec,
         "sequences": viewer.sequences,
     }
+    if viewer.audio is not None:
+        result["audio"] = viewer.audio.summary()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from OpenSSL import SSL
 
 from common.aiortc_ext import (
+    audio_jitter,
     dtls_ciphers,
     frame_timing,
     jitterbuffer,
@@ -34,6 +35,7 @@ from common.aiortc_ext import (
 from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
 from common.aiortc_ext.passthrough import TapQueue
 from receiver import Receiver
+from sender.audio import AudioSpec
 
 from .helpers import wait_until
 
@@ -89,9 +91,10 @@ async def plain_pair() -> tuple[RTCPeerConnection, RTCPeerConnection, asyncio.Fu
 
 
 async def plain_viewer(url: str) -> tuple[RTCPeerConnection, asyncio.Future[int]]:
-    """A stock aiortc viewer of our sender, through WHEP."""
+    """A stock aiortc viewer of our sender (video and audio), through WHEP."""
     pc = RTCPeerConnection(PLAIN)
     pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
     counted = count_frames(pc)
 
     await pc.setLocalDescription(await pc.createOffer())
@@ -110,7 +113,7 @@ async def plain_viewer(url: str) -> tuple[RTCPeerConnection, asyncio.Future[int]
 
 
 async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
-    sender = await sender_factory()
+    sender = await sender_factory(audio=AudioSpec("testsrc"))
     async with Receiver(sender.url, connect_timeout=30, encoded=True) as ours:
         plain_sending, plain_receiving, plain_frames = await plain_pair()
         viewer, viewer_frames = await plain_viewer(sender.url)
@@ -126,6 +129,10 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert type(jitter_buffer(our_receiver)) is LowLatencyJitterBuffer
             assert frame_timing.applied(our_receiver)
             assert isinstance(our_receiver._RTCRtpReceiver__decoder_queue, TapQueue)  # type: ignore[attr-defined]  # aiortc's private queue
+            assert ours.connection.audio is not None
+            our_audio = ours.connection.audio.receiver
+            assert type(jitter_buffer(our_audio)) is audio_jitter.SkippingAudioBuffer
+            assert audio_jitter.applied(our_audio)
             assert dtls_ciphers.applied(our_pc)
             assert relay_pairs.applied(our_pc)
             assert all(relay_pairs.applied(s.pc) for s in sender.sessions.live())
@@ -152,6 +159,12 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
                 assert not frame_timing.applied(receiver)
                 assert type(receiver._RTCRtpReceiver__decoder_queue) is queue.Queue  # type: ignore[attr-defined]  # aiortc's private queue
                 assert remb_rtt.rtt_ms(receiver) == STOCK_REMB_RTT_MS
+            # The plain viewer's audio keeps aiortc's prefetching buffer.
+            plain_audio = viewer.getReceivers()[1]
+            assert plain_audio.track.kind == "audio"
+            assert type(jitter_buffer(plain_audio)) is JitterBuffer
+            assert not audio_jitter.applied(plain_audio)
+            assert "_handle_rtp_packet" not in vars(plain_audio)
             plain_sender = plain_sending.getSenders()[0]
             assert not rtcp_feedback.applied(plain_sender)
             # ... and its RTCP handling is aiortc's: a PLI forces its own encoder's keyframe.

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from common import stamp
+from sender.audio import AudioSpec
 
 from .ci import in_ci
 from .helpers import InProcessSender, senders, wait_until
@@ -309,6 +310,70 @@ async def test_one_camera_has_no_picker(sender_factory, viewer: Viewer) -> None:
     await viewer.wait_frames(5)
     posted = [r.url for r in viewer.requests if r.method == "POST"]
     assert posted[-1].endswith("/whep"), posted
+    await stop_and_wait_closed(viewer, sender)
+
+
+# Through WebAudio, the loudest RMS of the video element's received audio (an AnalyserNode
+# on a MediaStreamSource of its stream), sampled until it passes ``threshold`` or
+# ``within`` ms have gone by.
+AUDIO_LEVEL_JS = """async ([threshold, within]) => {
+  const stream = document.getElementById("video").srcObject;
+  const context = new AudioContext();
+  await context.resume();
+  const analyser = context.createAnalyser();
+  analyser.fftSize = 2048;
+  context.createMediaStreamSource(stream).connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  const deadline = performance.now() + within;
+  let loudest = 0;
+  while (loudest <= threshold && performance.now() < deadline) {
+    await new Promise((resolve) => requestAnimationFrame(resolve));
+    analyser.getFloatTimeDomainData(samples);
+    const rms = Math.sqrt(samples.reduce((sum, x) => sum + x * x, 0) / samples.length);
+    loudest = Math.max(loudest, rms);
+  }
+  await context.close();
+  return loudest;
+}"""
+AUDIO_THRESHOLD = 0.02
+
+
+async def test_the_page_plays_the_senders_audio(sender_factory, viewer: Viewer) -> None:
+    sender = await sender_factory(audio=AudioSpec("testsrc"))
+    await viewer.open(sender)
+    assert not await viewer.page.is_visible("#unmute")
+    await viewer.page.click("#start")
+    await viewer.wait_frames(10)
+    posted = next(r for r in viewer.requests if r.method == "POST").post_data or ""
+    assert re.search(r"^m=audio .*\r?\n(?:.*\r?\n)*?a=recvonly", posted, re.M), posted
+    await viewer.page.wait_for_function("window.viewerStats.audio", timeout=FRAME_TIMEOUT_MS)
+    video = "document.getElementById('video')"
+    # It autoplays muted (browsers allow only that), the button offers to unmute.
+    assert await viewer.page.evaluate(f"{video}.muted && !{video}.paused")
+    assert await viewer.text("unmute") == "Unmute"
+    assert await viewer.page.evaluate(f"{video}.srcObject.getAudioTracks().length") == 1
+    await viewer.page.click("#unmute")  # also the user gesture WebAudio needs to run
+    assert not await viewer.page.evaluate(f"{video}.muted")
+    assert await viewer.text("unmute") == "Mute"
+    level = await viewer.page.evaluate(AUDIO_LEVEL_JS, [AUDIO_THRESHOLD, FRAME_TIMEOUT_MS])
+    assert level > AUDIO_THRESHOLD, f"no sound in the received audio: RMS {level:.4f}"
+    assert sender.sessions.audio is not None and sender.sessions.audio.listeners == 1
+    await stop_and_wait_closed(viewer, sender)
+    assert not await viewer.page.is_visible("#unmute")
+
+
+async def test_without_audio_the_page_shows_video_only(sender_factory, viewer: Viewer) -> None:
+    sender = await sender_factory()  # --audio none
+    await viewer.open(sender)
+    await viewer.page.click("#start")
+    await viewer.wait_frames(10)
+    assert await viewer.text("state") == "connected"
+    assert not (await viewer.stats())["audio"]
+    assert not await viewer.page.is_visible("#unmute")
+    tracks = await viewer.page.evaluate(
+        "document.getElementById('video').srcObject.getTracks().map((t) => t.kind)"
+    )
+    assert tracks == ["video"]
     await stop_and_wait_closed(viewer, sender)
 
 

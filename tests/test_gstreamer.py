@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import json
+import math
 import os
 import subprocess
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from OpenSSL import SSL
 
 from common.aiortc_ext import AIORTC_VERSION, dtls_ciphers, private
+from sender.audio import TONE_AMPLITUDE
 
 from .ci import require_or_skip
 from .helpers import ROOT, SenderProcess
@@ -45,12 +47,14 @@ for namespace in ("Gst", "GstSdp", "GstVideo", "GstWebRTC"):
     gi.require_version(namespace, "1.0")
 from gi.repository import Gst, GstSdp, GstVideo, GstWebRTC
 Gst.init(None)
-for name in ("webrtcbin", "nicesrc", "dtlssrtpdec", "rtpvp8depay", "vp8dec", "avdec_h264"):
+for name in ("webrtcbin", "nicesrc", "dtlssrtpdec", "rtpvp8depay", "vp8dec", "avdec_h264",
+             "rtpopusdepay", "opusdec"):
     assert Gst.ElementFactory.find(name), name + " is missing"
 """
 # The cipher string GStreamer 1.22's DTLS agent sets (ext/dtls/gstdtlsagent.c).
 GSTREAMER_CIPHERS = b"ALL:!ADH:!LOW:!EXP:!MD5:@STRENGTH"
 FRAMES = 30
+AUDIO_SECONDS = 2.0  # decoded audio the viewer waits for: at least one click
 
 
 # --- the patch itself (no GStreamer needed) ----------------------------------------
@@ -213,11 +217,12 @@ def gstreamer() -> None:
     require_or_skip(problem, "the GStreamer interoperability tests")
 
 
-def run_viewer(url: str, signalling: str, timeout: float = 30.0) -> dict:
+def run_viewer(url: str, signalling: str, timeout: float = 30.0, *extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
     args = [url, "--signalling", signalling, "--frames", str(FRAMES), "--timeout", str(timeout)]
+    args += extra
     viewer = subprocess.run(
         [GST_PYTHON, "-I", str(VIEWER), *args],
         capture_output=True,
@@ -249,3 +254,40 @@ def test_gstreamer_webrtcbin_views_the_sender(
     assert all(a < b for a, b in itertools.pairwise(sequences)), sequences
     if signalling == "whep":  # the viewer's DELETE ended its session
         assert sender.health()["viewers"] == 0
+
+
+def run_audio_viewer(url: str, seconds: float, timeout: float = 30.0) -> dict:
+    """The viewer over WHEP, also offering Opus and waiting for ``seconds`` of it decoded."""
+    return run_viewer(url, "whep", timeout, "--audio", str(seconds))
+
+
+@pytest.mark.usefixtures("gstreamer")
+def test_gstreamer_webrtcbin_hears_the_senders_audio(
+    sender_process: Callable[..., SenderProcess],
+) -> None:
+    sender = sender_process("--source", "testsrc", "--audio", "testsrc")
+    try:
+        result = run_audio_viewer(sender.url, AUDIO_SECONDS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nsender log:\n{sender.stderr()[-3000:]}") from None
+    assert result["frames"] >= FRAMES, result
+    audio = result["audio"]
+    print(json.dumps(audio))
+    assert audio["codec"] == "OPUS", result
+    assert audio["rate"] == 48000 and audio["seconds"] >= AUDIO_SECONDS, result
+    assert audio["packets"] >= AUDIO_SECONDS * 50, result  # 20 ms Opus packets
+    # GStreamer's own Opus decoder hears the tone (0.1 of full scale, RMS 0.07) and, in
+    # two seconds, a click.
+    assert abs(audio["rms_median"] - TONE_AMPLITUDE / math.sqrt(2)) < 0.02, result
+    assert audio["rms_max"] > 0.3, result
+    assert sender.health()["viewers"] == 0
+
+
+@pytest.mark.usefixtures("gstreamer")
+def test_gstreamer_webrtcbin_offering_audio_to_a_sender_without_it(
+    sender_process: Callable[..., SenderProcess],
+) -> None:
+    sender = sender_process("--source", "testsrc")  # --audio none: answered inactive
+    result = run_audio_viewer(sender.url, AUDIO_SECONDS)
+    assert result["frames"] >= FRAMES, result
+    assert result["audio"]["packets"] == 0 and result["audio"]["seconds"] == 0, result

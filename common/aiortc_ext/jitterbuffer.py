@@ -37,14 +37,17 @@ reset paths wait for a keyframe the same way.
 
 ``apply(receiver)`` gives one video ``RTCRtpReceiver`` of ours this buffer in place of the
 one aiortc made for it (a private attribute, before any packet arrives); every other
-receiver in the process, and audio, keep stock aiortc's. ``tests/test_jitterbuffer.py``
-fails if an aiortc upgrade renames the attribute or changes what ``add()`` relies on.
+receiver in the process keeps stock aiortc's (our audio receivers get ``audio_jitter``'s,
+which hands frames over through ``drain_after_each_packet`` too).
+``tests/test_jitterbuffer.py`` fails if an aiortc upgrade renames the attribute or changes
+what ``add()`` relies on.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -386,27 +389,46 @@ def apply(receiver: RTCRtpReceiver) -> None:
     codecs = private(receiver, RTCRtpReceiver, "codecs")  # filled when it starts receiving
     if not isinstance(codecs, dict):
         raise RuntimeError("aiortc changed: RTCRtpReceiver's codec table is not a dict")
-    for name in ("timestamp_mapper", "decoder_queue", "decoder_thread"):
-        private(receiver, RTCRtpReceiver, name)  # drain() needs them: raises if renamed
     buffer = LowLatencyJitterBuffer(stock.capacity, is_video=True, codecs=codecs)
     setattr(receiver, ATTRIBUTE, buffer)
+    drain_after_each_packet(receiver, buffer)
+    logger.debug("video receiver releases frames at their marker packet")
+
+
+class Releasing(Protocol):
+    """A replaced jitter buffer that can hand over every frame that is ready."""
+
+    released_payload_type: int | None
+
+    def next_frame(self) -> JitterFrame | None: ...
+
+
+def drain_after_each_packet(receiver: RTCRtpReceiver, buffer: Releasing) -> None:
+    """Wrap this receiver's ``_handle_rtp_packet`` (an instance attribute: other receivers
+    are untouched) to hand every frame ``buffer`` has ready to the decoder after each
+    packet; aiortc 1.16 takes one per ``add()``."""
+    for name in ("codecs", "timestamp_mapper", "decoder_queue", "decoder_thread"):
+        private(receiver, RTCRtpReceiver, name)  # hand_over() needs them: raises if renamed
     handle = receiver._handle_rtp_packet
 
     async def _handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         await handle(packet, arrival_time_ms)
-        drain(receiver)
+        hand_over(receiver, buffer)
 
     # an instance attribute: aiortc's transport looks it up on the object (rtcdtlstransport)
     receiver._handle_rtp_packet = _handle_rtp_packet  # type: ignore[method-assign]  # per-object hook
-    logger.debug("video receiver releases frames at their marker packet")
 
 
 def drain(receiver: RTCRtpReceiver) -> int:
     """Hand the frames that are ready to the receiver's decoder, as aiortc 1.16's
     ``_handle_rtp_packet`` does with the one ``add()`` returns; returns how many."""
     buffer = buffer_of(receiver)
-    if buffer is None:
-        return 0
+    return 0 if buffer is None else hand_over(receiver, buffer)
+
+
+def hand_over(receiver: RTCRtpReceiver, buffer: Releasing) -> int:
+    """Put every frame ``buffer`` has ready on the receiver's decoder queue (mapped
+    timestamps, as aiortc does); returns how many."""
     codecs = private(receiver, RTCRtpReceiver, "codecs")
     assert isinstance(codecs, dict)
     handed = 0

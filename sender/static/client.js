@@ -2,6 +2,11 @@
 // with application/trickle-ice-sdpfrag bodies), an optional bearer token, live stats.
 // Plain JS, no build step; relative URLs only.
 //
+// Audio: the offer always asks for it (a recvonly audio section); a sender without audio
+// answers that section inactive and no audio track comes. The sender's audio plays from
+// the video element, muted at first (browsers autoplay only muted media) until the
+// Unmute button, shown once an audio track arrives, is pressed.
+//
 // Several cameras: GET cameras lists them; the page offers a <select> (hidden with one
 // camera) and watches whep/NAME, the pick remembered in the URL as ?camera=NAME.
 //
@@ -38,6 +43,7 @@ const viewerStats = {
   iceServers: [], // the URLs of the advertised ICE servers in use (no credentials)
   route: null, // "local -> remote" candidate types of the pair in use, e.g. "relay -> host"
   iceErrors: [], // "URL: code text" of failed STUN/TURN requests (icecandidateerror)
+  audio: false, // the sender's audio track arrived
 };
 window.viewerStats = viewerStats;
 
@@ -106,6 +112,7 @@ async function start(startedAt) {
     lastPresented: null,
     fpsSamples: [],
     lastStampRead: -Infinity,
+    stream: new MediaStream(), // the video element's: the received video and audio tracks
   };
   current = attempt;
 
@@ -136,10 +143,18 @@ async function start(startedAt) {
     console.warn("ICE server error:", text);
   });
   pc.addEventListener("track", (event) => {
-    if (current !== attempt || event.track.kind !== "video") return;
-    attachVideo(attempt, event.streams[0] || new MediaStream([event.track]));
+    if (current !== attempt) return;
+    if (event.track.kind === "video") {
+      attempt.stream.addTrack(event.track);
+      attachVideo(attempt, attempt.stream);
+    } else if (event.track.kind === "audio") {
+      attempt.stream.addTrack(event.track);
+      viewerStats.audio = true;
+      $("unmute").hidden = false;
+    }
   });
   pc.addTransceiver("video", { direction: "recvonly" });
+  pc.addTransceiver("audio", { direction: "recvonly" });
 
   try {
     await camerasLoaded; // which endpoint: the picked camera's
@@ -405,8 +420,10 @@ function connectWithToken(event) {
 function resetStats(startedAt) {
   Object.assign(viewerStats, {
     frames: 0, fps: 0, width: 0, height: 0, latencyMs: null, firstFrameMs: null, patches: 0,
-    answeredMs: null, iceServers: [], route: null, iceErrors: [],
+    answeredMs: null, iceServers: [], route: null, iceErrors: [], audio: false,
   });
+  setMuted(true); // every start is muted again: autoplay needs it
+  $("unmute").hidden = true;
   $("route").textContent = "-";
   viewerStats.startedAt = startedAt;
   $("latency").textContent = "-";
@@ -454,7 +471,16 @@ function detachVideo(attempt) {
   }
   attempt.frameHandle = null;
   if (attempt.pollTimer) clearInterval(attempt.pollTimer);
-  if (current === attempt || current === null) video.srcObject = null;
+  if (current === attempt || current === null) {
+    video.srcObject = null;
+    $("unmute").hidden = true; // no audio without a stream; the next one starts muted
+    setMuted(true);
+  }
+}
+
+function setMuted(muted) {
+  $("video").muted = muted;
+  $("unmute").textContent = muted ? "Unmute" : "Mute";
 }
 
 function frameArrived(attempt, added, when, wallMs) {
@@ -531,6 +557,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("auth").addEventListener("submit", connectWithToken);
   $("video").addEventListener("resize", render);
   $("camera").addEventListener("change", pickCamera);
+  $("unmute").addEventListener("click", () => setMuted(!$("video").muted));
   setInterval(render, RENDER_INTERVAL_MS);
   camerasLoaded = loadCameras();
 });
