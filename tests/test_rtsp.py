@@ -160,7 +160,6 @@ async def test_camera_restart_is_a_pause_for_a_connected_viewer(
         counters = metrics(sender)
         assert seen.rx.stats.reconnects == 0, "the viewer had to reconnect"
         assert state["viewers"] == 1
-    resumed = seen.frames[before:]
     assert resumed_in_order(seen.frames, before, last_sequence)
     pause = max(b[0] - a[0] for a, b in itertools.pairwise(seen.frames))
     assert pause > 0.5, f"no pause while the camera was away ({pause:.2f} s at most)"
