@@ -231,23 +231,28 @@ class Viewer:
             self.fail(f"unexpected codec {codec!r} in {caps.to_string()}")
             return
         self.codec = codec.upper()
-        chain = [make(name) for name in DECODERS[self.codec]]
-        chain.append(make("videoconvert"))
-        gray = make("capsfilter")
-        gray.set_property("caps", Gst.Caps.from_string("video/x-raw,format=GRAY8"))
+        names = [*DECODERS[self.codec], "videoconvert"]
+        if not self._decode_into(pad, names, "video/x-raw,format=GRAY8", self._on_sample):
+            self.fail(f"cannot link the {self.codec} decoder")
+
+    def _decode_into(self, pad: Gst.Pad, names: list[str], caps: str, on_sample: object) -> bool:
+        """``pad`` -> the elements ``names`` -> ``caps`` -> an appsink calling
+        ``on_sample``, added to the running pipeline; whether the pad linked."""
+        chain = [make(name) for name in names]
+        capsfilter = make("capsfilter")
+        capsfilter.set_property("caps", Gst.Caps.from_string(caps))
         sink = make("appsink")
         sink.set_property("emit-signals", True)
         sink.set_property("sync", False)
-        sink.connect("new-sample", self._on_sample)
-        chain += [gray, sink]
+        sink.connect("new-sample", on_sample)
+        chain += [capsfilter, sink]
         for element in chain:
             self.pipe.add(element)
         for upstream, downstream in itertools.pairwise(chain):
             upstream.link(downstream)
         for element in chain:
             element.sync_state_with_parent()
-        if pad.link(chain[0].get_static_pad("sink")) != Gst.PadLinkReturn.OK:
-            self.fail(f"cannot link the {self.codec} decoder")
+        return bool(pad.link(chain[0].get_static_pad("sink")) == Gst.PadLinkReturn.OK)
 
     def _add_audio(self, pad: Gst.Pad, caps: Gst.Caps) -> None:
         """Opus RTP: counted as it leaves webrtcbin, depayloaded, decoded to S16."""
@@ -257,21 +262,8 @@ class Viewer:
             return
         self.audio.codec = codec
         pad.add_probe(Gst.PadProbeType.BUFFER, self._count_audio_packet)
-        chain = [make(name) for name in ("rtpopusdepay", "opusdec", "audioconvert")]
-        s16 = make("capsfilter")
-        s16.set_property("caps", Gst.Caps.from_string("audio/x-raw,format=S16LE"))
-        sink = make("appsink")
-        sink.set_property("emit-signals", True)
-        sink.set_property("sync", False)
-        sink.connect("new-sample", self._on_audio_sample)
-        chain += [s16, sink]
-        for element in chain:
-            self.pipe.add(element)
-        for upstream, downstream in itertools.pairwise(chain):
-            upstream.link(downstream)
-        for element in chain:
-            element.sync_state_with_parent()
-        if pad.link(chain[0].get_static_pad("sink")) != Gst.PadLinkReturn.OK:
+        names = ["rtpopusdepay", "opusdec", "audioconvert"]
+        if not self._decode_into(pad, names, "audio/x-raw,format=S16LE", self._on_audio_sample):
             self.fail("cannot link the Opus decoder")
 
     def _count_audio_packet(self, _pad: Gst.Pad, _info: Gst.PadProbeInfo) -> Gst.PadProbeReturn:
