@@ -14,7 +14,7 @@ from aiortc import RTCConfiguration
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
-from . import audio, encoders, metrics, signalling, sources
+from . import audio, audio_metrics, encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
 from .encoders import EncoderFactory
@@ -158,11 +158,12 @@ async def client_js(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """The first camera's fields at the top level (as a single-camera sender has always
-    answered), and every camera's under ``cameras``."""
+    answered), every camera's under ``cameras``, and the audio (shared by every camera)."""
     cameras = request.app[CAMERAS]
     each = {camera.name: await camera.health() for camera in cameras}
     top = {key: value for key, value in each[cameras.first.name].items() if key != "url"}
-    return web.json_response({"status": "ok", **top, "cameras": each})
+    sound = audio_metrics.health(request.app[MAKE_CAMERA].shared_audio)
+    return web.json_response({"status": "ok", **top, "audio": sound, "cameras": each})
 
 
 async def list_cameras(request: web.Request) -> web.Response:

@@ -1,17 +1,22 @@
-"""The audio's Prometheus metrics: the shared encoder's packets, and each listener's
-loss and jitter as its receiver reports them (``GET /metrics``, beside ``sender.metrics``)."""
+"""The audio's numbers: its Prometheus metrics (the shared encoder's packets, and each
+listener's loss and jitter as its receiver reports them; ``GET /metrics``, beside
+``sender.metrics``) and its part of ``/healthz``.
+
+The audio is the sender's, shared by every camera's viewers: its series appear once,
+without a ``camera`` label, however many cameras there are (a listener's session id is
+unique across cameras)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from aiortc.stats import RTCRemoteInboundRtpStreamStats
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .audio import SAMPLE_RATE
-from .sessions import Session, Sessions
+from .audio import SAMPLE_RATE, SharedAudio
+from .sessions import Session
 
 
 async def listener_stats(session: Session) -> tuple[int, float] | None:
@@ -26,20 +31,39 @@ async def listener_stats(session: Session) -> tuple[int, float] | None:
     return None
 
 
+def health(shared: SharedAudio | None) -> dict[str, object]:
+    """``/healthz``'s ``audio``: configured or not, the source, open or closed, listeners
+    and packets."""
+    return {
+        "configured": shared is not None,
+        "source": shared.spec.describe() if shared else None,
+        "open": bool(shared and shared.is_open),
+        "opens": shared.opens if shared else 0,
+        "listeners": shared.listeners if shared else 0,
+        "packets_encoded": shared.packets_encoded if shared else 0,
+        "packets_sent": shared.packets_sent if shared else 0,
+    }
+
+
 class AudioCollector(Collector):
-    def __init__(self, sessions: Sessions) -> None:
+    """The sender's audio series; ``sessions`` gives every camera's live viewers."""
+
+    def __init__(
+        self, shared: Callable[[], SharedAudio | None], sessions: Callable[[], list[Session]]
+    ) -> None:
+        self._shared = shared
         self._sessions = sessions
         self.listeners: dict[str, tuple[int, float]] = {}
 
     async def refresh(self) -> None:
-        live = self._sessions.live()
+        live = self._sessions()
         results = await asyncio.gather(*map(listener_stats, live), return_exceptions=True)
         self.listeners = {
             s.id: r for s, r in zip(live, results, strict=True) if isinstance(r, tuple)
         }
 
     def collect(self) -> Iterator[Metric]:
-        shared = self._sessions.audio
+        shared = self._shared()
         yield GaugeMetricFamily(
             "webcam_audio_open",
             "1 while the audio source is open",

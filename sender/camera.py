@@ -29,7 +29,7 @@ from .audio import SharedAudio
 from .encoders import EncoderFactory
 from .fanout import IDLE_CLOSE_SECONDS, SharedSource
 from .janus_publisher import JanusPublication
-from .sessions import CONNECT_TIMEOUT_SECONDS, Session, Sessions
+from .sessions import CONNECT_TIMEOUT_SECONDS, OfferError, Session, Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -189,18 +189,26 @@ class Camera:
     async def open_session(
         self, offer_sdp: str, remote: str
     ) -> tuple[Session, RTCSessionDescription]:
-        """A viewer of this camera and our answer; CameraUnavailable before it has opened
-        (and the Sessions' OfferError or CapacityError)."""
-        if self.unavailable is not None:
+        """A viewer of this camera and our answer; CameraUnavailable before it has opened,
+        unless the viewer asks for audio alone (and the Sessions' OfferError or
+        CapacityError)."""
+        if self.unavailable is not None and not self._audio_only(offer_sdp):
             raise CameraUnavailable(f"camera {self.name} is not available: {self.unavailable}")
         return await self.sessions.open(offer_sdp, remote)
+
+    def _audio_only(self, offer_sdp: str) -> bool:
+        try:
+            return not self.sessions.wants(offer_sdp).video
+        except OfferError:
+            return False  # refused as unavailable first, as every offer always was
 
     async def health(self) -> dict[str, object]:
         """Its part of /healthz."""
         source, sessions = self.source, self.sessions
         return {
             "url": self.url,
-            "viewers": len(sessions),
+            "viewers": len(sessions),  # every one, audio-only ones too
+            "video_viewers": sessions.video_viewers(),
             "source_open": source.is_open,
             "source_opens": source.opens,
             "source": self.spec.describe(),

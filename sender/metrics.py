@@ -1,8 +1,9 @@
 """Prometheus metrics at ``GET /metrics`` (prometheus-client), read at scrape time from
 the objects that own the numbers, plus per-viewer WebRTC stats.
 
-With several cameras (or one named with ``--source NAME=SPEC``), every series also
-carries a ``camera`` label; the single unnamed camera's series have none, as before."""
+With several cameras (or one named with ``--source NAME=SPEC``), every camera's series
+also carries a ``camera`` label; the single unnamed camera's series have none, as before.
+The audio's series (``sender.audio_metrics``) are the sender's: once, never labelled."""
 
 from __future__ import annotations
 
@@ -74,11 +75,10 @@ class CameraCollector(Collector):
         self._publications = publications
         self.viewers: dict[str, ViewerStats] = {}
         self.publication_bitrates: list[float] = []
-        self.audio = AudioCollector(sessions)
 
     async def refresh(self) -> None:
         """WebRTC stats are async in aiortc; gather them before the (sync) collection."""
-        live = self._sessions.live()
+        live = [s for s in self._sessions.live() if s.track is not None]  # video viewers
         results = await asyncio.gather(
             *(viewer_stats(s, self.viewers.get(s.id)) for s in live), return_exceptions=True
         )
@@ -86,11 +86,13 @@ class CameraCollector(Collector):
             s.id: r for s, r in zip(live, results, strict=True) if isinstance(r, ViewerStats)
         }
         self.publication_bitrates = [await p.bitrate() for p in self._publications]
-        await self.audio.refresh()
 
     def collect(self) -> Iterator[Metric]:
         sessions, totals = self._sessions, self._sessions.encoders.totals
         yield GaugeMetricFamily("webcam_viewers", "Connected viewer sessions", len(sessions))
+        yield GaugeMetricFamily(
+            "webcam_video_viewers", "Viewers getting video", sessions.video_viewers()
+        )
         yield GaugeMetricFamily(
             "webcam_source_open", "1 while the camera is open", int(self._source.is_open)
         )
@@ -164,7 +166,6 @@ class CameraCollector(Collector):
             bitrate.add_metric([target], bps)
         yield state
         yield bitrate
-        yield from self.audio.collect()
 
     def _tiers(self) -> Iterator[Metric]:
         """Each viewer's tier and estimate, and each tier's encoder (``sender.tiers``)."""
@@ -203,13 +204,17 @@ class CameraCollector(Collector):
 
 class SenderCollector(Collector):
     """Every camera's series: one camera's as they are, several merged into one family
-    per name, each sample labelled with its camera."""
+    per name, each sample labelled with its camera; then the audio's, once."""
 
     def __init__(self, cameras: Cameras) -> None:
         self._labelled = cameras.labelled
         self._cameras = cameras
         self._made: dict[str, tuple[Camera, CameraCollector]] = {}
         self.cameras: dict[str, CameraCollector] = {}
+        self.audio = AudioCollector(
+            lambda: cameras.first.sessions.audio,  # every camera's Sessions share it
+            lambda: [s for camera in cameras for s in camera.sessions.live()],
+        )
         self._follow()
 
     def _follow(self) -> None:
@@ -231,9 +236,13 @@ class SenderCollector(Collector):
 
     async def refresh(self) -> None:
         self._follow()
-        await asyncio.gather(*(c.refresh() for c in self.cameras.values()))
+        await asyncio.gather(self.audio.refresh(), *(c.refresh() for c in self.cameras.values()))
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._collect_cameras()
+        yield from self.audio.collect()
+
+    def _collect_cameras(self) -> Iterator[Metric]:
         if not self._labelled:
             for collector in self.cameras.values():
                 yield from collector.collect()

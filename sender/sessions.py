@@ -7,14 +7,16 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiortc import (
     RTCConfiguration,
     RTCIceCandidate,
     RTCPeerConnection,
+    RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.sdp import SessionDescription
+from aiortc.sdp import MediaDescription, SessionDescription
 
 from common import aiortc_ext
 from common.aiortc_ext import rtcp_feedback, sender_reports
@@ -40,8 +42,26 @@ class CapacityError(RuntimeError):
     """Every viewer slot is taken."""
 
 
-def check_offer(sdp: str) -> None:
-    """Refuse offers aiortc cannot parse or that do not ask to receive video."""
+@dataclass(frozen=True)
+class Wanted:
+    """What an offer asks us to send: video, audio, or both."""
+
+    video: bool
+    audio: bool
+
+    def describe(self) -> str:
+        return (
+            "video and audio" if self.video and self.audio else "video" if self.video else "audio"
+        )
+
+
+def _receives(media: list[MediaDescription]) -> bool:
+    return any(m.direction in ("recvonly", "sendrecv") for m in media)
+
+
+def check_offer(sdp: str, has_audio: bool = False) -> Wanted:
+    """What the offer asks for and we can send (``has_audio``: the sender has audio);
+    OfferError for offers aiortc cannot parse or that ask for nothing we send."""
     if not sdp.strip():
         raise OfferError("empty SDP")
     if not sdp.lstrip().startswith("v=0"):
@@ -51,10 +71,30 @@ def check_offer(sdp: str) -> None:
     except Exception as exc:  # aiortc raises whatever its parser hits
         raise OfferError(f"cannot parse SDP: {str(exc) or type(exc).__name__}") from None
     video = [m for m in description.media if m.kind == "video"]
-    if not video:
-        raise OfferError("the offer has no video section")
-    if not any(m.direction in ("recvonly", "sendrecv") for m in video):
-        raise OfferError("the offer does not ask to receive video (needs recvonly or sendrecv)")
+    sound = [m for m in description.media if m.kind == "audio"]
+    wanted = Wanted(video=_receives(video), audio=has_audio and _receives(sound))
+    if wanted.video or wanted.audio:
+        if not wanted.video and not any(
+            c.name.lower() == "opus" for m in sound for c in m.rtp.codecs
+        ):
+            raise OfferError("the offer's audio section has no Opus (the only audio we send)")
+        return wanted
+    if not video and not sound:
+        raise OfferError("the offer has no video or audio section")
+    why = (
+        "the offer does not ask to receive video (needs recvonly or sendrecv)"
+        if video
+        else "the offer has no video section"
+    )
+    if not sound:
+        raise OfferError(why)
+    if not has_audio:
+        raise OfferError(f"{why}, and this sender has no audio (--audio none)")
+    raise OfferError(f"{why} nor audio (needs recvonly or sendrecv)")
+
+
+def _sections(sdp: str, kind: str) -> list[MediaDescription]:
+    return [m for m in SessionDescription.parse(sdp).media if m.kind == kind]
 
 
 def _sending_codec(answer: str) -> str:
@@ -211,34 +251,40 @@ class Sessions:
             self.failed += 1
             raise
 
+    def wants(self, offer_sdp: str) -> Wanted:
+        """What a viewer's offer asks us to send; OfferError when it is nothing we send."""
+        return check_offer(offer_sdp, self.audio is not None)
+
     async def _open(self, offer_sdp: str, remote: str) -> tuple[Session, RTCSessionDescription]:
-        check_offer(offer_sdp)
+        wanted = self.wants(offer_sdp)
         if len(self._sessions) >= self._max_viewers:
             raise CapacityError(f"all {self._max_viewers} viewer slots are taken")
         pc = aiortc_ext.peer_connection(self._configuration)
         session = Session(self, pc, remote, self._connect_timeout)
         self._sessions[session.id] = session
+        passing = False
         try:
-            transceiver = pc.addTransceiver("video", direction="sendonly")
-            prefer_codec(transceiver, self._codec)
+            if wanted.video:
+                transceiver = pc.addTransceiver("video", direction="sendonly")
+                prefer_codec(transceiver, self._codec)
+            else:
+                # Answered inactive: aiortc would make its own transceiver "recvonly".
+                for _ in _sections(offer_sdp, "video"):
+                    pc.addTransceiver("video", direction="inactive")
             sound = audio.add_transceiver(pc, self.audio, offer_sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            if transceiver.mid is None:
+            if wanted.video and transceiver.mid is None:
                 raise OfferError("the offer's video section cannot be answered")
             session.remote_ufrag = _ice_ufrag(offer_sdp)
-            passing = await self.passthrough.answer(transceiver, offer_sdp)
+            if wanted.video:
+                passing = await self.passthrough.answer(transceiver, offer_sdp)
             await pc.setLocalDescription(await pc.createAnswer())
-            session.codec = _sending_codec(pc.localDescription.sdp)
-            track: EncodedTrack = (
-                self.passthrough.subscribe() if passing else self.encoders.subscribe(session.codec)
-            )
-            session.track = track
-            track.name = session.id
-            transceiver.sender.replaceTrack(track)
-            rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
-            sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
+            if wanted.video:
+                self._send_video(session, transceiver, passing)
             if self.audio is not None:
                 session.audio_track = audio.attach(sound, self.audio, session.id)
+            if session.track is None and session.audio_track is None:
+                raise OfferError("the offer's audio section cannot be answered")
         except Exception as exc:
             await session.close("offer refused")
             if isinstance(exc, OfferError):
@@ -246,8 +292,8 @@ class Sessions:
             raise OfferError(f"cannot answer the offer: {str(exc) or type(exc).__name__}") from None
         self.started += 1
         session.joined = True
-        how = f"{session.codec}{' passthrough' if passing else ''}"
-        with_audio = "" if session.audio_track is None else ", opus"
+        how = f"{session.codec}{' passthrough' if passing else ''}" if wanted.video else ""
+        with_audio = "" if session.audio_track is None else ", opus" if how else "opus only"
         logger.info(
             "viewer joined: %ssession %s from %s (%s%s)",
             f"camera {self.name}, " if self.name else "",
@@ -258,6 +304,23 @@ class Sessions:
             extra=session.log_fields(),
         )
         return session, pc.localDescription
+
+    def _send_video(self, session: Session, transceiver: RTCRtpTransceiver, passing: bool) -> None:
+        """After the answer: the viewer's track on the shared encoder (or the camera's own
+        H.264), with its RTCP feedback and lip-sync reports."""
+        session.codec = _sending_codec(session.pc.localDescription.sdp)
+        track: EncodedTrack = (
+            self.passthrough.subscribe() if passing else self.encoders.subscribe(session.codec)
+        )
+        session.track = track
+        track.name = session.id
+        transceiver.sender.replaceTrack(track)
+        rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
+        sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
+
+    def video_viewers(self) -> int:
+        """Viewers getting video (an audio-only viewer keeps no camera open)."""
+        return sum(1 for s in self._sessions.values() if s.track is not None)
 
     def viewer_tiers(self) -> list[dict[str, object]]:
         """Each viewer's codec, tier and bandwidth estimate (/healthz)."""
