@@ -137,6 +137,7 @@ class Camera:
                 lambda: self.sessions.encoders.subscribe("vp8"),  # shares the viewers' encoder
                 display,
                 configuration,
+                shared_audio,
             )
             for target in settings.publish
         ]
@@ -225,6 +226,7 @@ class Camera:
                     "target": p.target.describe(),
                     "state": p.state,
                     "error": p.last_error,
+                    "audio": p.audio,
                     "bitrate": round(await p.bitrate()),
                 }
                 for p in self.publications

@@ -4,7 +4,9 @@
         ...  # publishing, re-joining whenever Janus goes away
 
 One task keeps the publication up: a Janus session, a VideoRoom handle joined as a
-publisher, one sendonly VP8 peer connection. When Janus restarts, becomes unreachable or
+publisher, one sendonly peer connection: VP8, and the sender's Opus audio when it has some
+(a listener of the viewers' shared encoder, ``sender.audio``). A room that refuses the
+audio (its ``audiocodec`` has no opus) gets the video alone, with one WARNING. When Janus restarts, becomes unreachable or
 hangs up, or the peer connection fails, it starts over with a new session, waiting as
 common.backoff says (0.25 s doubling up to 5 s), until closed. A refusal that retrying
 cannot fix (no such room, wrong secret or pin) sets ``state`` to "failed", but is retried
@@ -20,7 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.sdp import SessionDescription
 from aiortc.stats import RTCOutboundRtpStreamStats
 
@@ -31,11 +39,13 @@ from common.codecs import preferred_codecs
 from common.ice import rtc_configuration
 from common.janus import VIDEOROOM, JanusError, JanusSession, JanusTarget, classify
 
+from . import audio
 from .encoding import EncodedTrack
 
 logger = logging.getLogger(__name__)
 
 CODEC = "vp8"  # what track_factory's packets are; Janus must accept it
+AUDIO_CODEC = "opus"  # the shared audio's packets
 CONNECT_TIMEOUT_SECONDS = 15.0  # ICE and DTLS with Janus, after its answer
 REPEAT_LOG_SECONDS = 60.0  # the same failure again is logged at INFO at most this often
 BITRATE_WINDOW_SECONDS = 1.0
@@ -49,6 +59,10 @@ class _Ended(Exception):
     """The publication ended after it was up; the message says why."""
 
 
+class _AudioRefused(JanusError):
+    """Janus's answer rejects our audio (the room's ``audiocodec`` has no opus)."""
+
+
 class JanusPublication:
     """One publication into a Janus VideoRoom, kept up until ``close()``.
 
@@ -56,7 +70,9 @@ class JanusPublication:
     the next attempt is scheduled) or "failed" (the last attempt was refused for a reason
     retrying will not fix, such as an unknown room or a wrong secret; it is retried anyway).
     ``track_factory`` is called once per (re)publication and must return a track of
-    encoded VP8 packets; the track is stopped when that publication ends.
+    encoded VP8 packets; the track is stopped when that publication ends. ``shared_audio``:
+    the sender's audio, published along while the room accepts it (``audio`` says whether
+    it does, as far as we know).
     """
 
     def __init__(
@@ -65,6 +81,7 @@ class JanusPublication:
         track_factory: Callable[[], EncodedTrack],
         name: str,
         configuration: RTCConfiguration | None = None,
+        shared_audio: audio.SharedAudio | None = None,
     ) -> None:
         self.target = target
         self.name = name
@@ -75,6 +92,8 @@ class JanusPublication:
         self.feed: int | None = None  # our publisher id in the room while publishing
         self.since = time.monotonic()  # when state last changed
         self._track_factory = track_factory
+        self._shared_audio = shared_audio
+        self.audio = shared_audio is not None  # False once the room refused it
         # the sender's ICE servers, policy and handed-out TURN credentials; none: host only
         self._configuration = configuration or rtc_configuration()
         self._pc: RTCPeerConnection | None = None
@@ -132,6 +151,11 @@ class JanusPublication:
             self.attempts += 1
             try:
                 await self._publish_once()
+            except _AudioRefused as exc:
+                # Not the room's fault, nor a reason to wait: publish the video alone.
+                self.audio = False
+                logger.warning("janus publication: %s; publishing video only", exc)
+                continue
             except _Ended as ended:
                 # It was up, so the backoff was reset: start over after the first wait.
                 delay = self._retry.failure()
@@ -186,7 +210,11 @@ class JanusPublication:
         try:
             await attempt.open()
             feed = await attempt.join(self.name)
-            self._pc = attempt.add_track(self._configuration, self._track_factory)
+            self._pc = attempt.add_track(
+                self._configuration,
+                self._track_factory,
+                self._shared_audio if self.audio else None,
+            )
             await attempt.negotiate()
             await attempt.connected()
             self._publishing(feed)
@@ -206,11 +234,12 @@ class JanusPublication:
         self._samples.append((time.monotonic(), 0))  # nothing sent yet
         self._set_state(PUBLISHING)
         logger.info(
-            "janus publication publishing: %s as %r, feed %s (publication %d)",
+            "janus publication publishing: %s as %r, feed %s (publication %d, %s)",
             self.target.describe(),
             self.name,
             self.feed,
             self.publications,
+            "vp8, opus" if self.audio else "vp8",
         )
 
 
@@ -225,6 +254,9 @@ class _Attempt:
         self.handle: int | None = None
         self.pc: RTCPeerConnection | None = None
         self.track: EncodedTrack | None = None
+        self.sound: RTCRtpTransceiver | None = None  # the audio's, when we offer it
+        self.audio_track: audio.AudioTrack | None = None
+        self._shared_audio: audio.SharedAudio | None = None
         # The first reason the publication ends (Janus's events, the peer connection,
         # the track); the session's loss is watched separately.
         self._ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -269,8 +301,10 @@ class _Attempt:
         self,
         configuration: RTCConfiguration,
         track_factory: Callable[[], EncodedTrack],
+        shared_audio: audio.SharedAudio | None = None,
     ) -> RTCPeerConnection:
-        """The peer connection, sending a fresh track of VP8 packets (and nothing else)."""
+        """The peer connection, sending a fresh track of VP8 packets, and an Opus section
+        for ``shared_audio`` (whose listener is added once Janus accepts it)."""
         self.pc = pc = aiortc_ext.peer_connection(configuration)
 
         @pc.on("connectionstatechange")
@@ -290,6 +324,14 @@ class _Attempt:
         transceiver.setCodecPreferences(
             [c for c in preferred_codecs(CODEC) if c.name.lower() in (CODEC, "rtx")]
         )
+        if shared_audio is not None:
+            self._shared_audio = shared_audio
+            self.sound = pc.addTransceiver("audio", direction="sendonly")
+            capabilities = RTCRtpSender.getCapabilities("audio")
+            assert capabilities is not None
+            self.sound.setCodecPreferences(
+                [c for c in capabilities.codecs if c.name.lower() == AUDIO_CODEC]
+            )
         return pc
 
     async def negotiate(self) -> None:
@@ -299,13 +341,17 @@ class _Attempt:
         await pc.setLocalDescription(await pc.createOffer())
         _, answer = await self.session.message(
             self.handle,
-            {"request": "configure", "audio": False, "video": True},
+            {"request": "configure", "audio": self.sound is not None, "video": True},
             jsep={"type": "offer", "sdp": pc.localDescription.sdp},
         )
         if answer is None or answer.get("type") != "answer" or "sdp" not in answer:
             raise JanusError("Janus accepted the publication without an SDP answer")
-        _check_answer(answer["sdp"], self.target.room)
+        takes_audio = _check_answer(answer["sdp"], self.target.room)
+        if self.sound is not None and not takes_audio:
+            raise _AudioRefused(f"room {self.target.room} refuses Opus audio")
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        if self.sound is not None and self._shared_audio is not None:
+            self.audio_track = audio.attach(self.sound, self._shared_audio, "janus")
 
     async def connected(self) -> None:
         """Wait until ICE and DTLS with Janus are up; JanusError if Janus goes away,
@@ -354,12 +400,15 @@ class _Attempt:
             # aiortc stops a sender's track only when RTP started; stop it anyway so
             # the shared encoder (and the camera) are not held by a dead publication.
             self.track.stop()
+        if self.audio_track is not None:
+            self.audio_track.stop()
         await self.session.destroy()
         await self.session.close()
 
 
-def _check_answer(sdp: str, room: int) -> None:
-    """Janus's answer must send VP8 back to us (a room without VP8 rejects the video)."""
+def _check_answer(sdp: str, room: int) -> bool:
+    """Janus's answer must take our VP8 (a room without VP8 rejects the video); whether
+    it takes Opus audio too (a room whose ``audiocodec`` lacks it rejects the audio)."""
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:
@@ -371,3 +420,5 @@ def _check_answer(sdp: str, room: int) -> None:
             f'room {room} does not accept {CODEC.upper()} video (set videocodec = "vp8")',
             permanent=True,
         )
+    sound = [m for m in description.media if m.kind == "audio" and m.port]
+    return any(c.name.lower() == AUDIO_CODEC for m in sound for c in m.rtp.codecs)

@@ -24,6 +24,7 @@ from sender.janus_publisher import JanusPublication
 
 from .helpers import InProcessSender, SenderProcess, wait_until
 from .janus_server import PIN, PIN_ROOM, JanusServer, free_port
+from .test_audio_offers import TESTSRC, assert_the_tone
 
 NAME = "test-cam"
 MIN_FPS = 25.0
@@ -32,7 +33,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def publish(sender: InProcessSender, target: JanusTarget, name: str = NAME) -> JanusPublication:
-    return JanusPublication(target, lambda: sender.sessions.encoders.subscribe("vp8"), name)
+    """As the sender's camera does: its encoder's VP8, and its audio if it has some."""
+    return JanusPublication(
+        target,
+        lambda: sender.sessions.encoders.subscribe("vp8"),
+        name,
+        shared_audio=sender.sessions.audio,
+    )
 
 
 async def publishing(publication: JanusPublication, within: float = 15.0) -> None:
@@ -50,10 +57,13 @@ class Viewer:
         self.subscription = JanusSubscription(target)
         self.pc = RTCPeerConnection(rtc_configuration(()))
         self._track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        self.audio: MediaStreamTrack | None = None  # when the publication carries audio
 
         @self.pc.on("track")
         def _on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and not self._track.done():
+            if track.kind == "audio":
+                self.audio = track
+            elif track.kind == "video" and not self._track.done():
                 self._track.set_result(track)
 
     async def connect(self) -> MediaStreamTrack:
@@ -88,7 +98,8 @@ async def watch(viewers: list[Viewer], target: JanusTarget) -> MediaStreamTrack:
 
 @contextlib.asynccontextmanager
 async def published(
-    janus: JanusServer, sender_factory: Callable[..., Awaitable[InProcessSender]]
+    janus: JanusServer,
+    sender_factory: Callable[..., Awaitable[InProcessSender]],
 ) -> AsyncIterator[tuple[InProcessSender, JanusTarget, JanusPublication]]:
     """An in-process sender publishing the fake camera into the test room."""
     sender = await sender_factory()
@@ -410,3 +421,58 @@ async def test_keepalives_keep_the_session(tmp_path) -> None:
             await asyncio.sleep(1)
             assert not kept.lost.is_set()
             await kept.attach()
+
+
+async def camera_publishing(
+    sender_factory: Callable[..., Awaitable[InProcessSender]], target: JanusTarget
+) -> tuple[InProcessSender, JanusPublication]:
+    """A sender with the fake audio whose camera publishes into ``target`` (--publish)."""
+    sender = await sender_factory(audio=TESTSRC, publish=(target,))
+    [publication] = sender.cameras.first.publications
+    await publishing(publication)
+    return sender, publication
+
+
+async def test_the_publication_carries_the_audio(janus, sender_factory, viewers) -> None:
+    target = parse_janus_url(janus.url())
+    sender, publication = await camera_publishing(sender_factory, target)
+    shared = sender.sessions.audio
+    assert shared.listeners == 1  # the publication, our only listener
+    health = await sender.cameras.first.health()
+    assert health["publications"][0]["audio"] is True
+    await watch(viewers, target)
+    sound = viewers[0].audio
+    assert sound is not None, "Janus offered the subscriber no audio"
+    frames = [await asyncio.wait_for(sound.recv(), 10) for _ in range(50)]
+    assert_the_tone(frames)  # 440 Hz at -23 dBFS, through Janus
+    assert shared.opens == 1 and len(sender.sessions) == 0
+    await publication.close()
+    await wait_until(lambda: not shared.is_open, what="the audio to close with the publication")
+    assert shared.listeners == 0
+
+
+async def test_a_room_refusing_audio_gets_video_only(
+    janus, sender_factory, viewers, caplog
+) -> None:
+    pcmu_room = 5678
+    async with JanusSession(janus.api) as session:  # a room whose audio is PCMU only
+        handle = await session.attach()
+        create = {"request": "create", "room": pcmu_room, "audiocodec": "pcmu"}
+        await session.message(handle, {**create, "videocodec": "vp8", "publishers": 4})
+    caplog.set_level(logging.INFO, logger="sender.janus_publisher")
+    target = parse_janus_url(janus.url(pcmu_room))
+    sender, publication = await camera_publishing(sender_factory, target)
+    health = await sender.cameras.first.health()
+    assert health["publications"][0]["audio"] is False
+    assert publication.publications == 1
+    await watch(viewers, target)  # its first video frame
+    assert viewers[0].audio is None
+    assert sender.sessions.audio.opens == 0  # the refused audio was never opened
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "sender.janus_publisher"
+    ]
+    assert warnings == [
+        f"janus publication: room {pcmu_room} refuses Opus audio; publishing video only"
+    ]
