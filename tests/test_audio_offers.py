@@ -277,3 +277,23 @@ async def test_an_unavailable_camera_still_serves_its_audio(sender_factory) -> N
         health = await get_json(sender, "/healthz")
         assert health["cameras"]["b"]["source_state"] == "unavailable"
         assert health["cameras"]["b"]["viewers"] == 1
+
+
+async def test_a_video_section_that_does_not_receive_is_answered_inactive(sender_factory) -> None:
+    """A viewer that would send video and receive audio gets the audio; we take no video."""
+    sender = await sender_factory(audio=TESTSRC)
+    viewer = Viewer(video=False, audio=True)
+    viewer.pc.addTransceiver("video", direction="sendonly")
+    try:
+        status, answer = await post(sender, "/whep", await viewer.offer(), SDP)
+        assert status == 201, answer
+        await viewer.answer(answer)
+        video = answer.split("\nm=video", 1)[1].split("\nm=", 1)[0]
+        assert "a=inactive" in video, answer
+        assert viewer.sending() == {"audio"}
+        assert_the_tone(await viewer.audio_frames())
+        assert sender.cameras.first.sessions.video_viewers() == 0
+    finally:
+        await viewer.pc.close()
+    await wait_until(lambda: len(sender.sessions) == 0, what="the session to end")
+    assert sender.source.opens == 0
