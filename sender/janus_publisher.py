@@ -5,12 +5,13 @@
 
 One task keeps the publication up: a Janus session, a VideoRoom handle joined as a
 publisher, one sendonly peer connection: VP8, and the sender's Opus audio when it has some
-(a listener of the viewers' shared encoder, ``sender.audio``). A room that refuses the
-audio (its ``audiocodec`` has no opus) gets the video alone, with one WARNING. When Janus restarts, becomes unreachable or
-hangs up, or the peer connection fails, it starts over with a new session, waiting as
-common.backoff says (0.25 s doubling up to 5 s), until closed. A refusal that retrying
-cannot fix (no such room, wrong secret or pin) sets ``state`` to "failed", but is retried
-and logged all the same: the room may be created later.
+(a listener of the viewers' shared encoder, ``sender.audio``). When Janus restarts,
+becomes unreachable or hangs up, or the peer connection fails, it starts over with a new
+session, waiting as common.backoff says (0.25 s doubling up to 5 s), until closed. A
+refusal that retrying cannot fix (no such room, wrong secret or pin) sets ``state`` to
+"failed", but is retried and logged all the same: the room may be created later. A room
+that refuses the audio (its ``audiocodec`` lacks opus) gets the video alone from the next
+attempt on, at once, with one WARNING.
 """
 
 from __future__ import annotations
