@@ -18,6 +18,7 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from common import stamp
 from common.ice import rtc_configuration
 from common.janus import JanusError, JanusSession, JanusTarget, parse_janus_url
+from receiver import Receiver
 from receiver.janus_subscriber import JanusSubscription
 from receiver.stats import read_stamp
 from sender.janus_publisher import JanusPublication
@@ -445,6 +446,14 @@ async def test_the_publication_carries_the_audio(janus, sender_factory, viewers)
     assert sound is not None, "Janus offered the subscriber no audio"
     frames = [await asyncio.wait_for(sound.recv(), 10) for _ in range(50)]
     assert_the_tone(frames)  # 440 Hz at -23 dBFS, through Janus
+    async with Receiver(janus.url()) as rx:  # the receiver's Janus path hears it too
+        assert rx.receives_audio
+        frames = []
+        async for frame in rx.audio_frames():
+            frames.append(frame)
+            if len(frames) == 50:
+                break
+        assert_the_tone(frames)
     assert shared.opens == 1 and len(sender.sessions) == 0
     await publication.close()
     await wait_until(lambda: not shared.is_open, what="the audio to close with the publication")
