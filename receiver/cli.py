@@ -156,6 +156,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not ask for the sender's audio (by default it is received when the sender "
         "has some, and recorded along)",
     )
+    parser.add_argument(
+        "--audio-codec",
+        choices=("opus", "aac"),
+        help="the recording's audio: opus (the default, except .mov) copies the received "
+        "Opus as it is; aac decodes it and encodes AAC (.mp4, .mkv, .mov; .webm holds Opus "
+        "only, .mov AAC only)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no status line, warnings only")
     parser.add_argument(
         "--stats-breakdown",
@@ -239,6 +246,7 @@ def make_sinks(
                 mode=args.record_mode,
                 segment_seconds=args.segment_seconds,
                 request_keyframe=request_keyframe,
+                audio_codec=args.audio_codec,
             )
         )
     if args.snapshots:
