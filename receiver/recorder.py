@@ -51,6 +51,7 @@ ENCODERS: dict[str, Literal["libvpx", "libx264"]] = {
 # What each container can take as received, without re-encoding.
 COPY_CODECS = {".webm": {"vp8"}, ".mkv": {"vp8", "h264"}, ".mp4": {"h264"}, ".mov": {"h264"}}
 MODES = ("copy", "encode")
+VP8_MAX_BIT_RATE = 8_000_000  # encode mode's VP8: the cap over its constant quality
 # The audio codecs each container holds, its default first: the received Opus copied, or
 # AAC (decoded and encoded again). WebM takes only Opus (or Vorbis); FFmpeg's QuickTime
 # muxer refuses Opus ("opus only supported in MP4."), so .mov records AAC.
@@ -371,10 +372,16 @@ class Recorder:
         stream.pix_fmt = "yuv420p"
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
+        # A keyframe every two seconds: segments and crash-truncated files seek well.
+        stream.codec_context.gop_size = round(self._fps * 2)
         if stream.codec_context.name == "libx264":
-            # A keyframe every two seconds: segments and crash-truncated files seek well.
             stream.codec_context.options = {"preset": "veryfast", "tune": "zerolatency"}
-            stream.codec_context.gop_size = round(self._fps * 2)
+        else:
+            # libvpx's defaults ("good" deadline, 256 kbit/s) took 40+ ms a 640x480 frame
+            # on a busy core: the recording fell behind and the receiver dropped frames.
+            # Realtime at constant quality keeps up, as the sender's VP8 does.
+            stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "crf": "10"}
+            stream.codec_context.bit_rate = VP8_MAX_BIT_RATE
         return stream
 
     def _finish_segment(self, failed: bool = False) -> None:
