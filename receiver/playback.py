@@ -5,8 +5,9 @@ PortAudio pulls samples from its own thread (a callback stream); the event loop 
 appends decoded frames to a small queue (``PcmQueue``), so playing never blocks the loop
 nor delays the video. When the queue runs dry the device plays silence, and waits for a
 few packets' worth before playing again; when it holds more than ``MAX_SECONDS`` (the
-device is slower than the sender's clock, or the loop delivered a burst) the oldest
-samples go, so the sound never lags the picture by more than that."""
+device stalled for a moment, or is slower than the sender's clock, or the loop delivered
+a burst) the oldest samples go, down to that same few packets' worth: the delay comes
+back down at once rather than staying at the most it may be."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def interleaved(frame: av.AudioFrame) -> np.ndarray:
 
 class PcmQueue:
     """Samples between the event loop (``put``) and the device's thread (``read``).
-    Underruns read silence, overruns drop the oldest; both are counted (in samples)."""
+    Underruns read silence; beyond ``max_samples`` the oldest go, down to
+    ``prefill_samples``; both are counted (in samples)."""
 
     def __init__(
         self,
@@ -75,17 +77,27 @@ class PcmQueue:
         self.silence = 0  # underrun: silence played while waiting for samples
         self.dropped = 0  # overrun: samples dropped to keep the delay low
         self.underruns = 0
+        self._queued_sum = 0  # queued samples summed over the reads that played some
+        self._reads = 0
 
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def mean_delay(self) -> float:
+        """Seconds of sound waiting here on average (while playing): the queue's share
+        of the delay, on top of the device's latency and the receiver's jitter buffer."""
+        return self._queued_sum / self._reads / SAMPLE_RATE if self._reads else 0.0
 
     def put(self, samples: np.ndarray) -> None:
         """Rows of stereo int16 samples, at the end; the oldest go beyond the limit."""
         with self._lock:
             self._chunks.append(samples)
             self._queued += len(samples)
-            excess = self._queued - self.max_samples
+            if self._queued <= self.max_samples:
+                return
+            excess = self._queued - self.prefill_samples
             while excess > 0:
                 head = self._chunks[0]
                 if len(head) <= excess:
@@ -105,6 +117,9 @@ class PcmQueue:
         with self._lock:
             if not self._playing and self._queued >= self.prefill_samples:
                 self._playing = True
+            if self._playing:
+                self._queued_sum += self._queued
+                self._reads += 1
             while self._playing and filled < wanted and self._chunks:
                 head = self._chunks[0]
                 take = min(len(head), wanted - filled)
@@ -180,9 +195,10 @@ class AudioOut(Sink):
         await asyncio.to_thread(stream.close)  # stopping waits for the device
         queue = self.queue
         logger.info(
-            "audio out closed: %.1f s played, %.2f s silence (%d underruns), %.2f s dropped, "
-            "%d device underflows",
+            "audio out closed: %.1f s played, %.0f ms queued on average, %.2f s silence "
+            "(%d underruns), %.2f s dropped, %d device underflows",
             queue.played / SAMPLE_RATE,
+            queue.mean_delay * 1000,
             queue.silence / SAMPLE_RATE,
             queue.underruns,
             queue.dropped / SAMPLE_RATE,
