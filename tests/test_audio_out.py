@@ -50,7 +50,7 @@ def missing_for_real_output() -> str | None:
     for tool in ("pulseaudio", "parec"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt install pulseaudio pulseaudio-utils)"
-    if not any(Path("/usr/lib").rglob(PULSE_PLUGIN)):
+    if not any(Path("/usr/lib").glob(f"*/alsa-lib/{PULSE_PLUGIN}")):
         return "ALSA's pulse plugin is missing (apt install libasound2-plugins)"
     return None
 
