@@ -6,12 +6,15 @@ PORT ?= 8080
 # OpenCV's libraries and a virtual X server for --display; Chromium for the browser
 # tests; GStreamer's webrtcbin (run by Debian's own python3) for interoperability, and its
 # RTSP server (python3-gi, openh264enc in plugins-bad) for the test RTSP camera; Janus
-# for the SFU tests; iproute2 and nftables for the two-host loss tests.
+# for the SFU tests; iproute2 and nftables for the two-host loss tests; PortAudio for
+# --audio-out, and PulseAudio (a null sink, ALSA's pulse plugin, parec) to play into and
+# record from without a sound card.
 APT_PACKAGES := libgl1 libglib2.0-0 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libx11-xcb1 x11-utils xvfb \
 	chromium janus coturn iproute2 nftables \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-libav gstreamer1.0-nice python3-gst-1.0 gir1.2-gst-plugins-bad-1.0 \
-	python3-gi gir1.2-gst-rtsp-server-1.0 systemd
+	python3-gi gir1.2-gst-rtsp-server-1.0 systemd \
+	libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins
 
 .PHONY: setup system-deps demo test bench bench-net lint format clean
 

@@ -40,6 +40,7 @@ from common.sdnotify import Notifier
 from .audio import AudioPacket
 from .client import Gap, Receiver, ReceiverError
 from .encoded import EncodedFrame
+from .playback import DEFAULT_DEVICE, AudioOut
 from .recorder import MODES
 from .signalling import SIGNALLING, SignallingError, tls_context
 from .sinks import (
@@ -156,6 +157,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="do not ask for the sender's audio (by default it is received when the sender "
         "has some, and recorded along)",
     )
+    parser.add_argument(
+        "--audio-out",
+        action="store_true",
+        help="play the sender's audio on this computer's sound output (needs pip install "
+        "'webrtc-webcam[audio-out]')",
+    )
+    parser.add_argument(
+        "--audio-device",
+        default=DEFAULT_DEVICE,
+        type=not_empty,
+        metavar="DEVICE",
+        help="--audio-out's device: an index or part of a name as 'python -m sounddevice' "
+        f"lists them ({DEFAULT_DEVICE}: the system's default output)",
+    )
+    parser.add_argument(
+        "--audio-codec",
+        choices=("opus", "aac"),
+        help="the recording's audio: opus (the default, except .mov) copies the received "
+        "Opus as it is; aac decodes it and encodes AAC (.mp4, .mkv, .mov; .webm holds Opus "
+        "only, .mov AAC only)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no status line, warnings only")
     parser.add_argument(
         "--stats-breakdown",
@@ -224,6 +246,8 @@ def check_several(args: argparse.Namespace) -> None:
             )
     if args.display:
         raise CliError("--display shows one camera: give one URL")
+    if args.audio_out:
+        raise CliError("--audio-out plays one camera: give one URL")
 
 
 def make_sinks(
@@ -239,8 +263,11 @@ def make_sinks(
                 mode=args.record_mode,
                 segment_seconds=args.segment_seconds,
                 request_keyframe=request_keyframe,
+                audio_codec=args.audio_codec,
             )
         )
+    if args.audio_out and not args.no_audio:
+        sinks.append(AudioOut(args.audio_device))
     if args.snapshots:
         directory = args.snapshots.replace(NAME_PLACEHOLDER, name)
         sinks.append(SnapshotSink(directory, args.snapshot_every))
@@ -273,6 +300,7 @@ class Run:
         self.encoded = [s for s in self.sinks if isinstance(s, EncodedSink)]
         self.decoded = [s for s in self.sinks if isinstance(s, FrameSink)]
         self.audio_packets = [s for s in self.sinks if isinstance(s, AudioPacketSink)]
+        self.players = [s for s in self.sinks if isinstance(s, AudioOut)]
         audio = not args.no_audio
         self.deadline = time.monotonic() + args.duration if args.duration else None
         self.receiver = Receiver(
@@ -292,6 +320,7 @@ class Run:
             retry=Backoff(max_tries=None if args.retry_forever else args.max_retries),
             nack_retries=args.nack_retries,
             audio=audio,
+            decoded_audio=bool(self.players),
         )
         self.stats = self.receiver.stats
 
@@ -317,6 +346,8 @@ class Run:
                         await audio_sink.write_audio(item)
                     continue
                 if isinstance(item, av.AudioFrame):
+                    for player in self.players:
+                        player.play(item)
                     continue
                 for audio_sink in self.audio_packets:
                     audio_sink.expect_audio(rx.receives_audio)
@@ -348,6 +379,8 @@ class Run:
 async def run(args: argparse.Namespace) -> int:
     from_sender = args.signalling == "whep" and not any(u.startswith("janus+") for u in args.urls)
     ice.check_arguments(args, from_peer=from_sender)
+    if args.audio_out and args.no_audio:
+        raise CliError("--audio-out plays the sender's audio: drop --no-audio")
     check_several(args)
     try:
         tls = tls_context(args.cafile, args.insecure)

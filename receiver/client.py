@@ -99,6 +99,7 @@ class Receiver:
         retry: Backoff | None = None,
         nack_retries: int = MAX_TRIES,
         audio: bool = True,
+        decoded_audio: bool = False,
     ) -> None:
         if not (encoded or decode):
             raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
@@ -113,6 +114,8 @@ class Receiver:
         self.retry = retry
         self.nack_retries = nack_retries
         self.audio = audio
+        # decoded audio frames in items() also with decode=False (playing a copy recording)
+        self.decoded_audio = audio and (decode or decoded_audio)
         ice_servers = list(ice_servers)
         self._configuration = rtc_configuration(ice_servers, ice_transport_policy)
         self._ice_from_sender = not ice_servers and signalling == "whep"
@@ -212,7 +215,7 @@ class Receiver:
             nack_retries=self.nack_retries,
             receive_audio=self.audio,
             on_audio_packet=self._offer if self.encoded else None,
-            on_audio_frame=self._offer if self.decode else None,
+            on_audio_frame=self._offer if self.decoded_audio else None,
         )
         self._connection = connection
         try:
@@ -347,8 +350,10 @@ class Receiver:
         """Decoded audio (48 kHz, s16, stereo; ``pts`` counts samples from the stream's
         first packet) when the sender sends audio. Video items are skipped: to get both,
         iterate ``items()``."""
-        if not self.decode or not self.audio:
-            raise ReceiverError("decoded audio needs decode=True and audio=True")
+        if not self.decoded_audio:
+            raise ReceiverError(
+                "decoded audio needs audio=True, and decode=True or decoded_audio=True"
+            )
         async for item in self.items():
             if isinstance(item, av.AudioFrame):
                 yield item

@@ -19,6 +19,7 @@ from common.h264 import parameter_sets
 
 from .audio import OPUS_HEAD, SAMPLE_RATE, AudioPacket
 from .encoded import EncodedFrame
+from .transcode import OpusToAac, add_aac_stream
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ ENCODERS: dict[str, Literal["libvpx", "libx264"]] = {
 # What each container can take as received, without re-encoding.
 COPY_CODECS = {".webm": {"vp8"}, ".mkv": {"vp8", "h264"}, ".mp4": {"h264"}, ".mov": {"h264"}}
 MODES = ("copy", "encode")
+VP8_MAX_BIT_RATE = 8_000_000  # encode mode's VP8: the cap over its constant quality
+# The audio codecs each container holds, its default first: the received Opus copied, or
+# AAC (decoded and encoded again). WebM takes only Opus (or Vorbis); FFmpeg's QuickTime
+# muxer refuses Opus ("opus only supported in MP4."), so .mov records AAC.
+AUDIO_CODECS = {
+    ".webm": ("opus",),
+    ".mkv": ("opus", "aac"),
+    ".mp4": ("opus", "aac"),
+    ".mov": ("aac",),
+}
 
 
 class Command(enum.Enum):
@@ -101,6 +112,19 @@ def check_pattern(pattern: str) -> str:
     return extension
 
 
+def audio_codec_for(pattern: str, asked: str | None) -> str:
+    """The audio codec a recording to ``pattern`` uses: ``asked`` (None: the
+    container's default); RecorderError when the container cannot hold it."""
+    extension = os.path.splitext(pattern)[1].lower()
+    codecs = AUDIO_CODECS.get(extension, ("opus",))
+    if asked is None:
+        return codecs[0]
+    if asked not in codecs:
+        holds = " or ".join(c.upper() if c == "aac" else c.capitalize() for c in codecs)
+        raise RecorderError(f"{extension} files hold {holds} audio, not {asked}")
+    return asked
+
+
 @dataclass
 class Segment:
     path: str
@@ -110,6 +134,7 @@ class Segment:
     audio: av.AudioStream | None = None
     audio_pts: int = -1  # the last audio packet's
     audio_packets: int = 0
+    aac: OpusToAac | None = None  # --audio-codec aac: the transcoder into ``audio``
 
 
 class Recorder:
@@ -123,6 +148,7 @@ class Recorder:
         segment_seconds: float | None = None,
         mode: str = "encode",
         request_keyframe: Callable[[], None] | None = None,
+        audio_codec: str | None = None,
     ) -> None:
         if mode not in MODES:
             raise RecorderError(f"unknown recording mode {mode!r}: use copy or encode")
@@ -132,6 +158,7 @@ class Recorder:
         self._keyframe_asked = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._extension = check_pattern(pattern)
+        self.audio_codec = audio_codec_for(pattern, audio_codec)
         self._fps = fps
         self._segment_ticks = int(segment_seconds * 90000) if segment_seconds else None
         self._clock = RtpClock()
@@ -198,7 +225,7 @@ class Recorder:
         segment = self._segment
         if segment.stream is None:
             segment.stream = self._add_stream(segment.container, frame)
-            segment.audio = self._add_audio_stream(segment.container)
+            self._add_audio_stream(segment)
         stream = segment.stream
         if (frame.width, frame.height) != (stream.width, stream.height):
             frame = frame.reformat(width=stream.width, height=stream.height)
@@ -229,7 +256,7 @@ class Recorder:
         segment = self._segment
         if segment.stream is None:
             segment.stream = self._add_copy_stream(segment.container, frame)
-            segment.audio = self._add_audio_stream(segment.container)
+            self._add_audio_stream(segment)
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = pts - self._segment_start
         packet.time_base = TIME_BASE
@@ -253,22 +280,35 @@ class Recorder:
         if pts < 0 or pts <= segment.audio_pts:
             return  # before the segment's first picture, or a repeat
         segment.audio_pts = pts
+        segment.audio_packets += 1
+        if segment.aac is not None:
+            self._mux(segment, self._transcode(segment.aac, packet.data, pts))
+            return
         av_packet = av.Packet(packet.data)
         av_packet.pts = av_packet.dts = pts
         av_packet.time_base = AUDIO_TIME_BASE
         av_packet.stream = segment.audio
         self._mux(segment, [av_packet])
-        segment.audio_packets += 1
 
-    def _add_audio_stream(self, container: av.container.OutputContainer) -> av.AudioStream | None:
-        """An Opus track for the connection's audio, copied as received."""
+    def _transcode(self, aac: OpusToAac, data: bytes, pts: int) -> list[av.Packet[Any]]:
+        try:
+            return list(aac.encode(data, pts))
+        except av.FFmpegError as exc:
+            raise RecorderError(f"encoding AAC failed: {_reason(exc)}") from None
+
+    def _add_audio_stream(self, segment: Segment) -> None:
+        """A track for the connection's audio: Opus copied as received, or AAC."""
         if not self.audio:
-            return None
-        stream = container.add_stream("libopus", rate=SAMPLE_RATE)
+            return
+        if self.audio_codec == "aac":
+            segment.audio = add_aac_stream(segment.container)
+            segment.aac = OpusToAac(segment.audio)
+            return
+        stream = segment.container.add_stream("libopus", rate=SAMPLE_RATE)
         stream.codec_context.layout = "stereo"
         stream.time_base = AUDIO_TIME_BASE
         stream.codec_context.extradata = OPUS_HEAD
-        return stream
+        segment.audio = stream
 
     def _ask_for_keyframe(self) -> None:
         """From the worker thread: the request goes out on the event loop."""
@@ -332,10 +372,16 @@ class Recorder:
         stream.pix_fmt = "yuv420p"
         stream.time_base = TIME_BASE
         stream.codec_context.time_base = TIME_BASE
+        # A keyframe every two seconds: segments and crash-truncated files seek well.
+        stream.codec_context.gop_size = round(self._fps * 2)
         if stream.codec_context.name == "libx264":
-            # A keyframe every two seconds: segments and crash-truncated files seek well.
             stream.codec_context.options = {"preset": "veryfast", "tune": "zerolatency"}
-            stream.codec_context.gop_size = round(self._fps * 2)
+        else:
+            # libvpx's defaults ("good" deadline, 256 kbit/s) took 40+ ms a 640x480 frame
+            # on a busy core: the recording fell behind and the receiver dropped frames.
+            # Realtime at constant quality keeps up, as the sender's VP8 does.
+            stream.codec_context.options = {"deadline": "realtime", "cpu-used": "8", "crf": "10"}
+            stream.codec_context.bit_rate = VP8_MAX_BIT_RATE
         return stream
 
     def _finish_segment(self, failed: bool = False) -> None:
@@ -345,6 +391,12 @@ class Recorder:
         try:
             if segment.stream is not None and not failed and self.mode == "encode":
                 self._mux(segment, segment.stream.encode(None))
+            if segment.aac is not None and not failed:
+                try:
+                    packets = segment.aac.flush()
+                except av.FFmpegError as exc:
+                    raise RecorderError(f"encoding AAC failed: {_reason(exc)}") from None
+                self._mux(segment, packets)
         finally:
             try:
                 segment.container.close()

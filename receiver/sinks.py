@@ -151,9 +151,12 @@ class _Recording(AudioPacketSink):
         segment_seconds: float | None,
         mode: str,
         request_keyframe: Callable[[], None] | None,
+        audio_codec: str | None = None,
     ) -> None:
         try:
-            self.recorder = Recorder(pattern, fps, segment_seconds, mode, request_keyframe)
+            self.recorder = Recorder(
+                pattern, fps, segment_seconds, mode, request_keyframe, audio_codec
+            )
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
 
@@ -183,9 +186,13 @@ class RecordSink(_Recording, FrameSink):
     """Records decoded frames, re-encoded (``--record-mode encode``)."""
 
     def __init__(
-        self, pattern: str, fps: float = 30.0, segment_seconds: float | None = None
+        self,
+        pattern: str,
+        fps: float = 30.0,
+        segment_seconds: float | None = None,
+        audio_codec: str | None = None,
     ) -> None:
-        super().__init__(pattern, fps, segment_seconds, "encode", None)
+        super().__init__(pattern, fps, segment_seconds, "encode", None, audio_codec)
 
     async def write(self, frame: av.VideoFrame) -> None:
         await self._write(frame)
@@ -201,8 +208,9 @@ class CopyRecordSink(_Recording, EncodedSink):
         fps: float = 30.0,
         segment_seconds: float | None = None,
         request_keyframe: Callable[[], None] | None = None,
+        audio_codec: str | None = None,
     ) -> None:
-        super().__init__(pattern, fps, segment_seconds, "copy", request_keyframe)
+        super().__init__(pattern, fps, segment_seconds, "copy", request_keyframe, audio_codec)
 
     def codecs(self) -> list[str]:
         return sorted(COPY_CODECS[os.path.splitext(self.recorder.pattern)[1].lower()])
@@ -216,9 +224,15 @@ def record_sink(
     mode: str = "copy",
     segment_seconds: float | None = None,
     request_keyframe: Callable[[], None] | None = None,
+    audio_codec: str | None = None,
 ) -> RecordSink | CopyRecordSink:
+    """A recording in ``mode``; ``audio_codec`` opus or aac (None: the container's
+    default, ``recorder.AUDIO_CODECS``)."""
     if mode == "copy":
         return CopyRecordSink(
-            pattern, segment_seconds=segment_seconds, request_keyframe=request_keyframe
+            pattern,
+            segment_seconds=segment_seconds,
+            request_keyframe=request_keyframe,
+            audio_codec=audio_codec,
         )
-    return RecordSink(pattern, segment_seconds=segment_seconds)
+    return RecordSink(pattern, segment_seconds=segment_seconds, audio_codec=audio_codec)
