@@ -8,7 +8,11 @@ import contextlib
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import av
 
 from bench.senders import (
     ROOT,
@@ -19,17 +23,23 @@ from bench.senders import (
 )
 
 __all__ = [
+    "FAKE_AV",
     "ROOT",
     "InProcessSender",
     "SenderProcess",
     "assert_one_line_error",
     "child_env",
+    "record_across_restart",
     "run_receiver",
     "run_sender",
     "senders",
     "start_sender",
     "wait_until",
+    "wait_until_recorded",
 ]
+
+# The fake camera and the fake audio: what the recording tests record.
+FAKE_AV = ("--source", "testsrc", "--audio", "testsrc")
 
 
 @contextlib.asynccontextmanager
@@ -93,3 +103,60 @@ def assert_one_line_error(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1, stderr
+
+
+def wait_until_recorded(clip: Path, seconds: float) -> None:
+    """Block until the recording's audio reaches ``seconds`` (read, not decoded, as it
+    grows)."""
+
+    def enough() -> bool:
+        if not clip.exists():
+            return False
+        try:
+            with av.open(str(clip)) as container:
+                if not container.streams.audio:
+                    return False
+                stream = container.streams.audio[0]
+                times = [p.pts * p.time_base for p in container.demux(stream) if p.pts]
+        except av.FFmpegError:  # nothing complete written yet
+            return False
+        return bool(times) and max(times) >= seconds
+
+    asyncio.run(wait_until(enough, within=90, what=f"{seconds} s recorded"))
+
+
+def record_across_restart(
+    tmp_path: Path, clip: Path, *options: str, restart_after: float, duration: float
+) -> list[Path]:
+    """The receiver CLI records ``clip`` from a sender of the fake camera and audio,
+    which restarts on the same port once ``restart_after`` seconds of audio are in the
+    file; the receiver reconnects (``--retry-forever``) and records the next segment,
+    ``clip-2``. Both segments, once the receiver ended well."""
+    first = SenderProcess(FAKE_AV, tmp_path / "sender.log")
+    port = urllib.parse.urlsplit(first.url).port
+    assert port is not None
+    receiver = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "receiver", first.url, "--record", str(clip), "--quiet"),
+            *("--duration", str(duration), "--retry-forever", *options),
+        ],
+        env=child_env(),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = None
+    try:
+        wait_until_recorded(clip, restart_after)
+        first.stop()
+        second = SenderProcess(FAKE_AV, tmp_path / "sender-2.log", port=port)
+        _, stderr = receiver.communicate(timeout=120)
+    finally:
+        receiver.kill()
+        if second is not None:
+            second.stop()
+        first.stop()
+    assert receiver.returncode == 0, stderr
+    segments = [clip, clip.with_name(f"{clip.stem}-2{clip.suffix}")]
+    assert all(path.exists() for path in segments), list(tmp_path.iterdir())
+    return segments

@@ -4,25 +4,19 @@ so in a file every click must lie within 20 ms of where the frame whose stamp ma
 second puts it (``bench.av_sync``). On a clean link, with 5% packet loss between two
 network namespaces, and across a sender restart (the next segment)."""
 
-import asyncio
 import json
 import statistics
-import subprocess
-import sys
-import urllib.parse
 from pathlib import Path
-
-import av
 
 from bench.av_sync import Sync, measure
 
-from .helpers import ROOT, SenderProcess, child_env, run_receiver, wait_until
+from .helpers import FAKE_AV, SenderProcess, record_across_restart, run_receiver
 from .netns import require, two_hosts
 
 TOLERANCE_MS = 20.0
 EXACT_MS = 3.0
 SECONDS = 60
-FAKE = ("--source", "testsrc", "--audio", "testsrc")
+FAKE = FAKE_AV
 
 
 def check(sync: Sync, seconds: float, found: float = 0.9) -> None:
@@ -72,64 +66,8 @@ def test_in_sync_with_five_percent_loss(tmp_path: Path) -> None:
 
 
 def test_in_sync_across_a_sender_restart(tmp_path: Path) -> None:
-    log = tmp_path / "sender.log"
-    first = SenderProcess(FAKE, log)
-    port = urllib.parse.urlsplit(first.url).port
-    assert port is not None
+    # About ten seconds into the first segment (its clicks), the sender restarts.
     clip = tmp_path / "clip.mkv"
-    receiver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "receiver",
-            first.url,
-            "--record",
-            str(clip),
-            "--quiet",
-            "--duration",
-            "30",
-            "--retry-forever",
-        ],
-        env=child_env(),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    second = None
-    try:
-        # About ten seconds into the first segment (its clicks), the sender restarts.
-        wait_until_recorded(clip, 10)
-        first.stop()
-        second = SenderProcess(FAKE, tmp_path / "sender-2.log", port=port)
-        _, stderr = receiver.communicate(timeout=120)
-    finally:
-        receiver.kill()
-        if second is not None:
-            second.stop()
-        first.stop()
-    assert receiver.returncode == 0, stderr
-    segments = [clip, tmp_path / "clip-2.mkv"]
-    assert all(path.exists() for path in segments), list(tmp_path.iterdir())
-    for path in segments:
+    for path in record_across_restart(tmp_path, clip, restart_after=10, duration=30):
         sync = measure(path)
         check(sync, sync.frames / 30)
-
-
-def wait_until_recorded(clip: Path, seconds: float) -> None:
-    """Block until the recording's audio reaches ``seconds`` (read, not decoded, as it
-    grows)."""
-
-    def enough() -> bool:
-        if not clip.exists():
-            return False
-        try:
-            with av.open(str(clip)) as container:
-                if not container.streams.audio:
-                    return False
-                stream = container.streams.audio[0]
-                times = [p.pts * p.time_base for p in container.demux(stream) if p.pts]
-        except av.FFmpegError:  # nothing complete written yet
-            return False
-        return bool(times) and max(times) >= seconds
-
-    asyncio.run(wait_until(enough, within=90, what=f"{seconds} s recorded"))

@@ -7,9 +7,6 @@ time, and every click lies where the stamped frames put its second (``bench.av_s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +17,11 @@ import pytest
 from bench.av_sync import measure
 from receiver.transcode import OpusToAac, add_aac_stream
 
-from .helpers import ROOT, SenderProcess, assert_one_line_error, child_env, run_receiver
-from .test_av_sync import wait_until_recorded
+from .helpers import FAKE_AV, assert_one_line_error, record_across_restart, run_receiver
 
 SECONDS = 8
 TOLERANCE_MS = 20.0
-FAKE = ("--source", "testsrc", "--audio", "testsrc")
+FAKE = FAKE_AV
 
 
 @dataclass(frozen=True)
@@ -111,34 +107,10 @@ def check_file(clip: Path, codec: str, seconds: float) -> None:
 def test_aac_in_mp4_across_a_sender_restart(tmp_path: Path) -> None:
     """A reconnection starts a new file (``clip-2.mp4``); each starts at a video
     keyframe with its own AAC encoder, both in sync."""
-    first = SenderProcess(FAKE, tmp_path / "sender.log")
-    port = urllib.parse.urlsplit(first.url).port
-    assert port is not None
     clip = tmp_path / "clip.mp4"
-    receiver = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "receiver", first.url, "--record", str(clip), "--quiet"),
-            *("--audio-codec", "aac", "--duration", "20", "--retry-forever"),
-        ],
-        env=child_env(),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
+    segments = record_across_restart(
+        tmp_path, clip, "--audio-codec", "aac", restart_after=7, duration=20
     )
-    second = None
-    try:
-        wait_until_recorded(clip, 7)
-        first.stop()
-        second = SenderProcess(FAKE, tmp_path / "sender-2.log", port=port)
-        _, stderr = receiver.communicate(timeout=120)
-    finally:
-        receiver.kill()
-        if second is not None:
-            second.stop()
-        first.stop()
-    assert receiver.returncode == 0, stderr
-    segments = [clip, tmp_path / "clip-2.mp4"]
-    assert all(path.exists() for path in segments), list(tmp_path.iterdir())
     for path in segments:
         check_file(path, "aac", 5)
 
