@@ -75,13 +75,16 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-def run_receiver(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+def run_receiver(
+    *args: str, timeout: float = 90.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m receiver ARGS`` to its end (``env``: the child's whole environment)."""
     return subprocess.run(
         [sys.executable, "-m", "receiver", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=child_env(),
+        env=env if env is not None else child_env(),
         cwd=ROOT,
     )
 

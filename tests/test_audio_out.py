@@ -31,7 +31,7 @@ from receiver.playback import PcmQueue, interleaved
 from sender.audio import AudioSpec
 
 from .ci import require_or_skip
-from .helpers import ROOT, assert_one_line_error, child_env
+from .helpers import ROOT, assert_one_line_error, child_env, run_receiver
 
 SECONDS = 8
 FAKE = ("--source", "testsrc", "--audio", "testsrc")
@@ -158,21 +158,8 @@ def samples(path: Path, start: float, seconds: float) -> np.ndarray:
 
 
 def test_a_device_that_does_not_exist_is_one_line(sound_server) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "receiver",
-            "http://127.0.0.1:9",
-            "--audio-out",
-            "--audio-device",
-            "no such device",
-        ],
-        env=sound_server,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_receiver(
+        "http://127.0.0.1:9", "--audio-out", "--audio-device", "no such device", env=sound_server
     )
     assert result.returncode == 2, result.stderr
     assert_one_line_error(result.stderr)
@@ -206,14 +193,7 @@ def test_without_the_extra_it_says_what_to_install() -> None:
 def test_audio_out_with_no_audio_or_several_cameras_is_one_line(
     options: list[str], message: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "receiver", "http://127.0.0.1:9", *options, "--audio-out"],
-        env=child_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_receiver("http://127.0.0.1:9", *options, "--audio-out")
     assert result.returncode == 2, result.stderr
     assert_one_line_error(result.stderr)
     assert message in result.stderr
