@@ -62,6 +62,7 @@ CLICK_AMPLITUDE = 0.8
 NONE = "none"
 AUTO = "auto"
 TESTSRC = "testsrc"
+CAMERA = "camera"  # the video source's own audio (audio_sources.camera_audio)
 DEVICE = "device"  # a microphone: FFmpeg's capture device ``format`` opening ``url``
 FILE = "file"  # an audio file (or a video file's audio), looped in real time
 NETWORK = "network"  # a network camera's audio (rtsp://, rtsps://)
@@ -105,8 +106,8 @@ def resolve(name: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> AudioSpe
         return None
     if name == TESTSRC:
         return AudioSpec(TESTSRC)
-    if name == AUTO:
-        raise ValueError("choose 'auto' with audio_sources.choose()")
+    if name in (AUTO, CAMERA):
+        raise ValueError(f"choose {name!r} with audio_sources.choose()")
     if live.is_rtsp(name):
         return AudioSpec(NETWORK, name, rtsp_transport=rtsp_transport)
     prefix, sep, rest = name.partition(":")
@@ -119,7 +120,7 @@ def resolve(name: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> AudioSpe
     if os.sep in name or "." in name:
         raise AudioSourceError(f"no such audio device or file: {name}")
     raise AudioSourceError(
-        f"unknown audio source {name!r}: use auto, none, testsrc, a microphone (alsa:NAME, "
+        f"unknown audio source {name!r}: use auto, none, testsrc, camera, a microphone (alsa:NAME, "
         "avfoundation::INDEX, dshow:audio=NAME, lavfi:GRAPH), an audio file or an rtsp:// URL"
     )
 

@@ -39,6 +39,7 @@ from common.backoff import Backoff
 from . import alsa_log, live
 from .audio import (
     AUTO,
+    CAMERA,
     DEVICE,
     FILE,
     NETWORK,
@@ -50,7 +51,7 @@ from .audio import (
     capture_pts,
     resolve,
 )
-from .sources import CLOCK_ORIGIN
+from .sources import CLOCK_ORIGIN, SourceSpec
 
 logger = logging.getLogger(__name__)
 
@@ -192,16 +193,9 @@ class AvAudioSource(AudioSource):
             container.seek(0)
 
     def _captured(self, frame: av.AudioFrame, arrived: float, wall_clock: bool) -> float | None:
-        """When ``frame``'s first sample was captured (monotonic); None for a file (its
-        samples are counted from the first one)."""
-        if self._spec.kind == FILE:
-            return None
-        by_arrival = arrived - frame.samples / frame.sample_rate
-        if wall_clock and frame.pts is not None and frame.time_base is not None:
-            device = float(frame.pts * frame.time_base) - (time.time() - time.monotonic())
-            if abs(device - by_arrival) < TRUSTED_SECONDS:
-                return device
-        return by_arrival
+        """When ``frame``'s first sample was captured; None for a file (its samples are
+        counted from the first one)."""
+        return None if self._spec.kind == FILE else capture_time(frame, arrived, wall_clock)
 
     def _hand_out(self, frame: av.AudioFrame, captured: float | None) -> bool:
         """Time ``frame``, wait until its last sample is due, queue it; False once closed."""
@@ -228,6 +222,18 @@ class AvAudioSource(AudioSource):
     def _deliver(self, frame: av.AudioFrame) -> None:
         self._frames.append(frame)
         self._ready.set()
+
+
+def capture_time(frame: av.AudioFrame, arrived: float, wall_clock: bool) -> float:
+    """When ``frame``'s first sample was captured, on ``time.monotonic()``: its own time
+    when it is the wall clock (``wall_clock``: ALSA, OSS) within ``TRUSTED_SECONDS`` of
+    the arrival, else the arrival less the frame's duration."""
+    by_arrival = arrived - frame.samples / frame.sample_rate
+    if wall_clock and frame.pts is not None and frame.time_base is not None:
+        device = float(frame.pts * frame.time_base) - (time.time() - time.monotonic())
+        if abs(device - by_arrival) < TRUSTED_SECONDS:
+            return device
+    return by_arrival
 
 
 # -- choosing the source at start-up ---------------------------------------------------
@@ -295,12 +301,24 @@ async def probe(spec: AudioSpec, within: float = PROBE_SECONDS) -> None:
         raise outcome
 
 
-async def choose(name: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> AudioSpec | None:
+def camera_audio(camera: SourceSpec | None) -> AudioSpec:
+    """``--audio camera``: the audio of the video source's own file or network camera,
+    read by a reader of its own (a second RTSP session; a file looped on its own)."""
+    if camera is None or camera.kind not in (FILE, NETWORK):
+        shown = "no camera" if camera is None else camera.describe()
+        raise AudioSourceError(f"camera: {shown} is not a file or network camera with audio")
+    return AudioSpec(camera.kind, camera.url, rtsp_transport=camera.rtsp_transport)
+
+
+async def choose(
+    name: str, rtsp_transport: str = live.DEFAULT_TRANSPORT, camera: SourceSpec | None = None
+) -> AudioSpec | None:
     """``--audio``, resolved and checked: a named source that does not open (or gives no
     samples) is an AudioSourceError; ``auto`` is the default microphone when it gives
-    samples within ``AUTO_SECONDS``, else no audio (one INFO line saying why)."""
+    samples within ``AUTO_SECONDS``, else no audio (one INFO line saying why); ``camera``
+    is ``camera``'s audio (``camera_audio``)."""
     if name != AUTO:
-        spec = resolve(name, rtsp_transport)
+        spec = camera_audio(camera) if name == CAMERA else resolve(name, rtsp_transport)
         if spec is not None and spec.kind in (DEVICE, FILE, NETWORK):
             await probe(spec)
         return spec

@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "second), a microphone (alsa:NAME such as alsa:default or alsa:hw:1,0, oss:PATH, "
         "avfoundation::INDEX, dshow:audio=NAME, or lavfi:GRAPH, an FFmpeg audio filter "
         "graph), an audio or video file (its audio, looped in real time), or an rtsp:// "
-        "URL (a network camera's audio: AAC, G.711...). A lost microphone or camera is "
+        "URL (a network camera's audio: AAC, G.711...), or camera (the audio of --source's "
+        "file or network camera, read on its own connection). A lost microphone or camera is "
         "reopened until it returns; one that does not open at start is an error",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
@@ -283,7 +284,7 @@ async def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         spec = chosen[0].spec
     try:
         audio_spec = await audio_sources.choose(
-            args.audio, args.rtsp_transport or live.DEFAULT_TRANSPORT
+            args.audio, args.rtsp_transport or live.DEFAULT_TRANSPORT, camera=spec
         )
     except audio.AudioSourceError as exc:
         raise CliError(f"--audio: {exc}") from None

@@ -7,6 +7,7 @@ pauses the audio, never the video, and comes back."""
 from __future__ import annotations
 
 import asyncio
+import fractions
 import itertools
 import logging
 import time
@@ -20,7 +21,7 @@ import pytest
 from bench.rtsp_camera import AUDIO_HZ
 from receiver import Receiver
 from sender.audio import DEVICE, FILE, NETWORK, AudioSpec
-from sender.audio_sources import AvAudioSource
+from sender.audio_sources import AvAudioSource, capture_time
 
 from .helpers import SenderProcess, assert_one_line_error, run_sender, wait_until
 from .rtsp_camera import rtsp_camera
@@ -252,6 +253,25 @@ async def test_an_rtsp_cameras_audio_reaches_the_receiver(
     assert_tone(frames, AUDIO_HZ)
 
 
+async def test_audio_camera_is_the_rtsp_cameras_own_audio(
+    tmp_path: Path, sender_process: Callable[..., SenderProcess]
+) -> None:
+    with rtsp_camera(tmp_path, audio="aac") as camera:
+        sender = sender_process("--source", camera.url(), "--audio", "camera")
+        frames = await listen(sender.url)
+        assert "audio opened: the audio of rtsp://127.0.0.1:" in sender.stderr()
+    assert_tone(frames, AUDIO_HZ)
+
+
+def test_audio_camera_without_a_camera_with_audio_is_one_line_and_exit_2() -> None:
+    result = run_sender("--source", "testsrc", "--audio", "camera")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert "--audio: camera: fake camera (testsrc) is not a file or network camera" in (
+        result.stderr
+    )
+
+
 async def test_the_source_resamples_once_to_what_opus_takes() -> None:
     source = AvAudioSource(AudioSpec(DEVICE, "aevalsrc=0.1*sin(2*PI*t*500)|0:s=22050", "lavfi"))
     await source.open()
@@ -264,3 +284,20 @@ async def test_the_source_resamples_once_to_what_opus_takes() -> None:
     }
     for a, b in itertools.pairwise(frames):
         assert b.pts == a.pts + a.samples  # seamless, on the capture clock
+
+
+def test_a_devices_own_capture_time_is_used_when_it_is_the_wall_clock() -> None:
+    """ALSA stamps a packet with the wall clock of its first sample; 30 ms before it
+    arrived, in a 20 ms frame, is 10 ms more than the arrival alone says. A time far off
+    (the test ALSA device's is seconds off: its null device reports a full buffer as
+    delay) and any other device's time (lavfi, RTSP: from 0) give way to the arrival."""
+    frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+    frame.sample_rate = RATE
+    frame.time_base = fractions.Fraction(1, 1_000_000)
+    arrived = time.monotonic()
+    wall = time.time() - (time.monotonic() - arrived)
+    frame.pts = round((wall - 0.030) * 1_000_000)
+    assert capture_time(frame, arrived, True) == pytest.approx(arrived - 0.030, abs=0.002)
+    assert capture_time(frame, arrived, False) == pytest.approx(arrived - 0.020, abs=1e-9)
+    frame.pts = round((wall - 3.0) * 1_000_000)
+    assert capture_time(frame, arrived, True) == pytest.approx(arrived - 0.020, abs=1e-9)
