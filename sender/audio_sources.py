@@ -33,6 +33,7 @@ import time
 
 import av
 import av.device
+import numpy as np
 
 from common.backoff import Backoff
 
@@ -42,6 +43,7 @@ from .audio import (
     CAMERA,
     DEVICE,
     FILE,
+    FRAME_SAMPLES,
     NETWORK,
     SAMPLE_RATE,
     TIME_BASE,
@@ -172,6 +174,7 @@ class AvAudioSource(AudioSource):
         stream = container.streams.audio[0]
         wall_clock = container.format.name in WALL_CLOCK_DEMUXERS
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        batch = Batch()
         while True:
             for packet in container.demux(stream):
                 if self._stopping.is_set():
@@ -186,7 +189,8 @@ class AvAudioSource(AudioSource):
                     captured = self._captured(frame, arrived, wall_clock)
                     frame.pts = None  # counted here: the resampler wants no gaps in them
                     for out in resampler.resample(frame):
-                        if not self._hand_out(out, captured):
+                        ready = batch.add(out, captured)
+                        if ready is not None and not self._hand_out(*ready):
                             return "closed"
             if self._spec.kind != FILE:
                 return "it ended"
@@ -222,6 +226,36 @@ class AvAudioSource(AudioSource):
     def _deliver(self, frame: av.AudioFrame) -> None:
         self._frames.append(frame)
         self._ready.set()
+
+
+class Batch:
+    """Resampled frames gathered into frames of at least ``FRAME_SAMPLES``: a device
+    that gives a few samples a read (ALSA's minimum period can be 1 frame) would
+    otherwise wake the event loop thousands of times a second."""
+
+    def __init__(self) -> None:
+        self._frames: list[av.AudioFrame] = []
+        self._samples = 0
+        self._captured: float | None = None  # the first sample's
+
+    def add(
+        self, frame: av.AudioFrame, captured: float | None
+    ) -> tuple[av.AudioFrame, float | None] | None:
+        """Add ``frame`` (captured when said); a frame to hand out, and when its first
+        sample was captured, once there are enough."""
+        if not self._frames:
+            self._captured = captured
+        self._frames.append(frame)
+        self._samples += frame.samples
+        if self._samples < FRAME_SAMPLES:
+            return None
+        frames, self._frames, self._samples = self._frames, [], 0
+        if len(frames) == 1:
+            return frames[0], self._captured
+        samples = np.concatenate([f.to_ndarray() for f in frames], axis=1)
+        merged = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        merged.sample_rate = SAMPLE_RATE
+        return merged, self._captured
 
 
 def capture_time(frame: av.AudioFrame, arrived: float, wall_clock: bool) -> float:

@@ -91,15 +91,17 @@ def write_audio(path: Path, codec: str, hz: float, seconds: float, rate: int = R
             container.mux(packet)
 
 
-ALSA_RATE = 8000  # the test microphone's: ALSA's null device gives 1 sample a read (see below)
+ALSA_RATE = 4000  # the test microphone's: ALSA's null device gives 1 sample a read (see below)
 
 
 def alsa_config(tmp_path: Path, raw: Path | None) -> Path:
     """An ALSA configuration whose ``default`` and ``mic`` capture ``raw`` (s16 mono at
     ``ALSA_RATE``, through the ``file`` plugin over the ``null`` device): a microphone
     without a sound card. ``null`` has no minimum period, so FFmpeg reads 1 frame at a
-    time; at 8 kHz behind ``plug`` (converting to the 48 kHz FFmpeg asks for) that is 8000
-    small packets a second, which the sender keeps up with. Without ``raw``: no devices."""
+    time; at 4 kHz behind ``plug`` (converting to the 48 kHz FFmpeg asks for) that is 4000
+    packets of 12 samples a second (20% of a core for the sender; at 48 kHz it could not
+    keep up). The device is not paced: the sender's source holds it to real time.
+    Without ``raw``: no devices."""
     conf = tmp_path / "asound.conf"
     text = ""
     if raw is not None:
