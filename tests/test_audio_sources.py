@@ -224,7 +224,7 @@ async def test_a_lost_microphone_pauses_the_audio_not_the_video(
             task.cancel()
     assert caplog.text.count("is lost") == 1 and caplog.text.count("is back") == 1
     gaps = np.diff(video)
-    assert len(video) > 30 * 8 and gaps.max() < 0.5, f"video stalled {gaps.max():.2f} s"
+    assert len(video) > 100 and gaps.max() < 0.5, f"video stalled {gaps.max():.2f} s"
     assert_tone([frame for _, frame in audio[back + 25 :]], 1000)
 
 
@@ -253,6 +253,32 @@ async def test_an_rtsp_cameras_audio_reaches_the_receiver(
         sender = await sender_factory(audio=AudioSpec(NETWORK, camera.url()))
         frames = await listen(sender.url)
     assert_tone(frames, AUDIO_HZ)
+
+
+async def test_an_rtsp_cameras_audio_comes_back_after_a_restart(
+    tmp_path: Path, sender_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sender.audio_sources")
+    with rtsp_camera(tmp_path, audio="pcma") as camera:
+        sender = await sender_factory(audio=AudioSpec(NETWORK, camera.url()))
+        async with Receiver(sender.url) as rx:
+            heard: list[av.AudioFrame] = []
+
+            async def receive() -> None:
+                async for frame in rx.audio_frames():
+                    heard.append(frame)
+
+            task = asyncio.create_task(receive())
+            try:
+                await wait_until(lambda: len(heard) >= 25, what="the camera's audio")
+                camera.restart()
+                await wait_until(lambda: "is back" in caplog.text, what="the audio to be back")
+                back = len(heard)
+                await wait_until(lambda: len(heard) >= back + 125, what="audio once back")
+            finally:
+                task.cancel()
+    assert "the audio of rtsp://127.0.0.1" in caplog.text and "is lost" in caplog.text
+    assert_tone(heard[back + 25 :], AUDIO_HZ)
 
 
 async def test_audio_camera_is_the_rtsp_cameras_own_audio(
