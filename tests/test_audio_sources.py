@@ -20,7 +20,7 @@ import pytest
 
 from bench.rtsp_camera import AUDIO_HZ
 from receiver import Receiver
-from sender.audio import DEVICE, FILE, NETWORK, AudioSpec
+from sender.audio import DEVICE, FILE, NETWORK, AudioSpec, resolve
 from sender.audio_sources import AvAudioSource, capture_time
 
 from .helpers import SenderProcess, assert_one_line_error, run_sender, wait_until
@@ -329,3 +329,23 @@ def test_a_devices_own_capture_time_is_used_when_it_is_the_wall_clock() -> None:
     assert capture_time(frame, arrived, False) == pytest.approx(arrived - 0.020, abs=1e-9)
     frame.pts = round((wall - 3.0) * 1_000_000)
     assert capture_time(frame, arrived, True) == pytest.approx(arrived - 0.020, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "url", "demuxer"),
+    [
+        ("alsa:hw:1,0", DEVICE, "hw:1,0", "alsa"),
+        ("alsa:default", DEVICE, "default", "alsa"),
+        ("avfoundation::0", DEVICE, ":0", "avfoundation"),
+        ("dshow:Microphone (USB Audio)", DEVICE, "audio=Microphone (USB Audio)", "dshow"),
+        ("dshow:audio=Mic", DEVICE, "audio=Mic", "dshow"),
+        ("lavfi:sine=frequency=1000", DEVICE, "sine=frequency=1000", "lavfi"),
+        ("rtsp://u:p@cam/live", NETWORK, "rtsp://u:p@cam/live", None),
+    ],
+)
+def test_audio_sources_are_spelled_as_video_devices_are(
+    text: str, kind: str, url: str, demuxer: str | None
+) -> None:
+    spec = resolve(text)
+    assert spec is not None and (spec.kind, spec.url, spec.format) == (kind, url, demuxer)
+    assert "p@" not in spec.describe()  # never a password in the logs
