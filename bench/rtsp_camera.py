@@ -6,8 +6,10 @@ gstreamer1.0-plugins-bad for openh264enc), in a process of its own.
         camera.url()                        # rtsp://u:p@127.0.0.1:PORT/cam
         camera.restart()                    # stopped, then serving on the same port again
 
+    with RtspCamera(audio="aac") as camera:  # with a sine (AUDIO_HZ) as AAC, or "pcma"
+
     python -m bench.rtsp_camera --port 8554 [--size 640x480] [--fps 30] [--user U]
-                                            (the password: RTSP_CAMERA_PASSWORD)
+                                [--audio aac|pcma] (the password: RTSP_CAMERA_PASSWORD)
 
 Why this way: the picture must carry the frame stamp (``common.stamp``: capture time and
 sequence number) so latency is measured end to end through camera, sender and receiver.
@@ -21,7 +23,9 @@ every ``key_interval`` frames. Frame ``n`` of a pipeline is stamped with sequenc
 ``round(start * fps) + n`` (``start``: the wall clock when it started), so sequence numbers
 keep rising across restarts, as a camera's clock does. One pipeline is shared by every client
 (``set_shared``), as a camera's one encoder is. With ``user``, RTSP Basic authentication
-is required. A line on stdout ("ready URL") says it listens; one on stderr per client
+is required. With ``audio``, the stream has a second track: a live ``AUDIO_HZ`` sine
+(``audiotestsrc``) as AAC (``avenc_aac`` from gstreamer1.0-libav, else ``voaacenc``),
+48 kHz mono, or as G.711 A-law (PCMA, 8 kHz), as cameras send it. A line on stdout ("ready URL") says it listens; one on stderr per client
 that connects.
 """
 
@@ -51,6 +55,10 @@ PATH = "/cam"
 STARTUP_TIMEOUT = 20.0
 BITRATE = 2_000_000  # bit/s; plenty for the test pattern at 640x480
 KEY_INTERVAL = 30
+AUDIO_CODECS = ("aac", "pcma")
+AUDIO_HZ = 1200.0  # the audio track's sine
+AUDIO_VOLUME = 0.3
+AAC_ENCODERS = ("avenc_aac", "voaacenc")
 # Tried in order: (element, its settings, the caps that follow it).
 ENCODERS = (
     (
@@ -126,6 +134,7 @@ class RtspCamera:
         key_interval: int = KEY_INTERVAL,
         user: str | None = None,
         password: str | None = None,
+        audio: str | None = None,
         log: Path | None = None,
     ) -> None:
         self.port = port or free_port()
@@ -134,6 +143,7 @@ class RtspCamera:
         self.key_interval = key_interval
         self.user = user
         self.password = password
+        self.audio = audio
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -152,6 +162,8 @@ class RtspCamera:
         args += ["--key-interval", str(self.key_interval), "--quit-at-eof"]
         if self.user:
             args += ["--user", self.user]
+        if self.audio:
+            args += ["--audio", self.audio]
         return args
 
     def start(self) -> None:
@@ -281,6 +293,26 @@ class Pusher:
         self._stopped.set()
 
 
+def audio_branch(gst: Any, codec: str | None) -> str | None:
+    """The launch text of the audio track (``pay1``): "" for none, None when the encoder
+    ``codec`` needs is missing."""
+    if codec is None:
+        return ""
+    source = (
+        f"audiotestsrc is-live=true wave=sine freq={AUDIO_HZ:g} volume={AUDIO_VOLUME:g} "
+        "samplesperbuffer=960 ! audioconvert ! audioresample"
+    )
+    if codec == "pcma":
+        return f"{source} ! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 max-ptime=20000000"
+    for encoder in AAC_ENCODERS:
+        if gst.ElementFactory.find(encoder) is not None:
+            return (
+                f"{source} ! audio/x-raw,rate=48000,channels=1 ! {encoder} ! aacparse "
+                "! rtpmp4gpay name=pay1 pt=97"
+            )
+    return None
+
+
 def serve(args: argparse.Namespace) -> int:
     import_gi()
     from gi.repository import GLib, Gst, GstRtspServer
@@ -291,6 +323,10 @@ def serve(args: argparse.Namespace) -> int:
         print("no H.264 encoder (x264enc or openh264enc) in GStreamer", file=sys.stderr)
         return 1
     name, settings, caps = encoder
+    audio = audio_branch(Gst, args.audio)
+    if audio is None:
+        print(f"no AAC encoder ({', '.join(AAC_ENCODERS)}) in GStreamer", file=sys.stderr)
+        return 1
     width, height = args.size
     fps = fractions.Fraction(args.fps).limit_denominator(1001)
     launch = (
@@ -299,7 +335,7 @@ def serve(args: argparse.Namespace) -> int:
         f"framerate={fps.numerator}/{fps.denominator} "
         f"! queue max-size-buffers=2 leaky=downstream ! {name} {settings.format(key=args.key_interval)} "
         f"! {caps} ! h264parse config-interval=-1 "
-        "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+        f"! rtph264pay name=pay0 pt=96 config-interval=-1 {audio} )"
     )
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
@@ -307,6 +343,8 @@ def serve(args: argparse.Namespace) -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
     factory.set_shared(True)
+    if audio:  # audiotestsrc answers that it can seek: PLAY would seek, and appsrc cannot
+        factory.set_publish_clock_mode(GstRtspServer.RTSPPublishClockMode.CLOCK_AND_OFFSET)
     pushers: list[Pusher] = []
 
     def configure(factory: Any, media: Any) -> None:
@@ -386,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key-interval", type=cli.positive(int), default=KEY_INTERVAL)
     parser.add_argument(
         "--user", help="require this user (password: the RTSP_CAMERA_PASSWORD variable)"
+    )
+    parser.add_argument(
+        "--audio", choices=AUDIO_CODECS, help=f"an audio track too: a {AUDIO_HZ:g} Hz sine"
     )
     parser.add_argument("--quit-at-eof", action="store_true", help="stop when stdin ends")
     args = parser.parse_args(argv)

@@ -1,4 +1,5 @@
-"""Audio: a microphone (or the fake tone), encoded once to Opus for every viewer.
+"""Audio: a microphone, a file, a network camera's audio (``sender.audio_sources``) or
+the fake tone, encoded once to Opus for every viewer.
 
 As for video (``sender.encoding``), stock aiortc would give each viewer its own encoder;
 here one Opus encoder runs while anyone listens, and its packets are fanned out to every
@@ -25,10 +26,11 @@ import contextlib
 import fractions
 import logging
 import math
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -39,6 +41,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from common.aiortc_ext import sender_reports
 from common.tasks import cancel
 
+from . import live
 from .sources import CLOCK_ORIGIN
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,11 @@ CLICK_AMPLITUDE = 0.8
 NONE = "none"
 AUTO = "auto"
 TESTSRC = "testsrc"
+CAMERA = "camera"  # the video source's own audio (audio_sources.camera_audio)
+DEVICE = "device"  # a microphone: FFmpeg's capture device ``format`` opening ``url``
+FILE = "file"  # an audio file (or a video file's audio), looped in real time
+NETWORK = "network"  # a network camera's audio (rtsp://, rtsps://)
+DEVICE_PREFIXES = ("alsa", "oss", "avfoundation", "dshow", "lavfi")  # FFmpeg's, for audio
 
 
 class AudioSourceError(Exception):
@@ -67,25 +75,54 @@ class AudioSourceError(Exception):
 
 @dataclass(frozen=True)
 class AudioSpec:
-    """What ``--audio`` names, resolved: ``testsrc`` (the fake tone)."""
+    """What ``--audio`` names, resolved (not opened): ``testsrc`` (the fake tone), or a
+    device, file or network camera that ``url`` (with FFmpeg's ``format``) opens."""
 
     kind: str
+    url: str = field(default="", repr=False)  # may hold a password: describe() masks it
+    format: str | None = None
+    rtsp_transport: str = live.DEFAULT_TRANSPORT
 
     def describe(self) -> str:
-        return "fake audio (testsrc)" if self.kind == TESTSRC else self.kind
+        """For logs and messages: never a password."""
+        if self.kind == TESTSRC:
+            return "fake audio (testsrc)"
+        if self.kind == DEVICE:
+            return f"microphone {self.format}:{self.url}"
+        if self.kind == NETWORK:
+            return f"the audio of {live.redact(self.url)}"
+        return f"audio file {self.url}"
 
 
-def resolve(name: str) -> AudioSpec | None:
-    """``--audio``: None for ``none`` (and for ``auto`` on a machine without a
-    microphone, with one INFO line)."""
+def resolve(name: str, rtsp_transport: str = live.DEFAULT_TRANSPORT) -> AudioSpec | None:
+    """``--audio``, without opening anything: None for ``none``; ``auto`` is chosen by
+    ``audio_sources.choose`` (it opens the default microphone).
+
+    ``testsrc``; ``alsa:NAME``, ``oss:PATH``, ``avfoundation::INDEX|NAME``,
+    ``dshow:audio=NAME`` (``audio=`` may be left out) or ``lavfi:GRAPH`` (an FFmpeg audio
+    filter graph); ``rtsp://`` or ``rtsps://`` (a network camera's audio); else a file.
+    """
     if name == NONE:
         return None
     if name == TESTSRC:
         return AudioSpec(TESTSRC)
-    if name == AUTO:
-        logger.info("no microphone found: sending no audio")
-        return None
-    raise AudioSourceError(f"unknown audio source {name!r}: use auto, none or testsrc")
+    if name in (AUTO, CAMERA):
+        raise ValueError(f"choose {name!r} with audio_sources.choose()")
+    if live.is_rtsp(name):
+        return AudioSpec(NETWORK, name, rtsp_transport=rtsp_transport)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in DEVICE_PREFIXES and rest:
+        if prefix == "dshow" and not rest.startswith("audio="):
+            rest = f"audio={rest}"
+        return AudioSpec(DEVICE, rest, prefix)
+    if os.path.isfile(name) or "://" in name:
+        return AudioSpec(FILE, name)
+    if os.sep in name or "." in name:
+        raise AudioSourceError(f"no such audio device or file: {name}")
+    raise AudioSourceError(
+        f"unknown audio source {name!r}: use auto, none, testsrc, camera, a microphone (alsa:NAME, "
+        "avfoundation::INDEX, dshow:audio=NAME, lavfi:GRAPH), an audio file or an rtsp:// URL"
+    )
 
 
 def capture_pts(monotonic: float) -> int:
@@ -151,7 +188,12 @@ class ToneSource(AudioSource):
 
 
 def create(spec: AudioSpec) -> AudioSource:
-    return ToneSource()
+    """The source ``spec`` names, not opened."""
+    if spec.kind == TESTSRC:
+        return ToneSource()
+    from .audio_sources import AvAudioSource  # it builds on this module
+
+    return AvAudioSource(spec)
 
 
 class OpusEncoder:

@@ -35,7 +35,7 @@ from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 from common.sdnotify import Notifier
 
-from . import audio, cameras, encoders, formats, live, sources
+from . import audio, audio_sources, cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
 from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 from .reload import Reloader
@@ -77,9 +77,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--audio",
         default=audio.AUTO,
-        metavar="auto|none|testsrc",
-        help="audio to send along: auto (default: the default microphone if there is one, "
-        "else none), none, or testsrc (a tone with a click at every whole second)",
+        metavar="SOURCE",
+        help="audio to send along, as Opus: auto (default: the default microphone if it "
+        "gives samples, else none), none, testsrc (a tone with a click at every whole "
+        "second), a microphone (alsa:NAME such as alsa:default or alsa:hw:1,0, oss:PATH, "
+        "avfoundation::INDEX, dshow:audio=NAME, or lavfi:GRAPH, an FFmpeg audio filter "
+        "graph), an audio or video file (its audio, looped in real time), or an rtsp:// "
+        "URL (a network camera's audio: AAC, G.711...), or camera (the audio of --source's "
+        "file or network camera, read on its own connection). A lost microphone or camera is "
+        "reopened until it returns; one that does not open at start is an error",
     )
     parser.add_argument("--size", type=size, default=(640, 480), help="WIDTHxHEIGHT (640x480)")
     parser.add_argument(
@@ -277,7 +283,9 @@ async def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         chosen = await choose_cameras(args, named)
         spec = chosen[0].spec
     try:
-        audio_spec = audio.resolve(args.audio)
+        audio_spec = await audio_sources.choose(
+            args.audio, args.rtsp_transport or live.DEFAULT_TRANSPORT, camera=spec
+        )
     except audio.AudioSourceError as exc:
         raise CliError(f"--audio: {exc}") from None
     config = SenderConfig(

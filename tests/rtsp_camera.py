@@ -3,6 +3,8 @@ GStreamer's RTSP server) for the tests: skipped here, failed in CI, where it is 
 
     with rtsp_camera(tmp_path, user="u", password="pw") as camera:
         camera.url(); camera.restart()
+
+``audio="aac"`` or ``"pcma"``: the stream carries a ``bench.rtsp_camera.AUDIO_HZ`` sine too.
 """
 
 from __future__ import annotations
