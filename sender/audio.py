@@ -39,9 +39,9 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from common.aiortc_ext import sender_reports
-from common.tasks import cancel
 
 from . import live
+from .shared_capture import IDLE_CLOSE_SECONDS, SharedCapture
 from .sources import CLOCK_ORIGIN
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms: Opus's usual frame, one RTP packet each
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 BITRATE = 48000
-IDLE_CLOSE_SECONDS = 1.0
 VIEWER_QUEUE_PACKETS = 25  # half a second; a listener further behind loses the oldest
 
 TONE_HZ = 440.0
@@ -275,7 +274,7 @@ class AudioTrack(MediaStreamTrack):
         super().stop()
 
 
-class SharedAudio:
+class SharedAudio(SharedCapture):
     """Owns the audio capture and its Opus encoder: open for the first listener, closed
     after the last."""
 
@@ -285,14 +284,10 @@ class SharedAudio:
         opener: Callable[[], Awaitable[AudioSource]] | None = None,
         idle_close: float = IDLE_CLOSE_SECONDS,
     ) -> None:
+        super().__init__(idle_close, "audio")
         self.spec = spec
         self._opener = opener or self._open_spec
-        self._idle_close = idle_close
         self._listeners: set[AudioTrack] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self.opens = 0
-        self.is_open = False
         self.packets_encoded = 0
         self.packets_sent = 0
 
@@ -305,32 +300,26 @@ class SharedAudio:
     def listeners(self) -> int:
         return len(self._listeners)
 
+    @property
+    def in_use(self) -> bool:
+        return bool(self._listeners)
+
     def subscribe(self) -> AudioTrack:
         track = AudioTrack(self)
         self._listeners.add(track)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="audio")
+        self._start()
         return track
 
     def unsubscribe(self, track: AudioTrack) -> None:
         self._listeners.discard(track)
-        if not self._listeners and self._task is not None and self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(self._idle_close, self._stop)
-
-    def _stop(self) -> None:
-        self._idle_timer = None
-        if not self._listeners and self._task is not None:
-            self._task.cancel()
+        self._idle()
 
     async def _run(self) -> None:
         try:
             source = await self._opener()
         except AudioSourceError as exc:
             logger.error("%s", exc)
-            self._end_listeners()
+            self._end_users()
             return
         self.opens += 1
         self.is_open = True
@@ -346,25 +335,18 @@ class SharedAudio:
                         listener.offer(packet)
         except AudioSourceError as exc:
             logger.error("%s", exc)
-            self._end_listeners()
+            self._end_users()
         finally:
             self.is_open = False
             await asyncio.shield(source.close())
             logger.info("audio closed: %s", self.spec.describe())
 
-    def _end_listeners(self) -> None:
+    def _end_users(self) -> None:
         for listener in list(self._listeners):
             listener.offer(None)
 
-    async def close(self) -> None:
-        """Stop now, whoever still listens."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        self._end_listeners()
+    def _forget_users(self) -> None:
         self._listeners.clear()
-        await cancel(self._task)
-        self._task = None
 
 
 def offer_wants_audio(sdp: str) -> bool:

@@ -27,9 +27,10 @@ from common.janus import JanusTarget
 from . import live, sources
 from .audio import SharedAudio
 from .encoders import EncoderFactory
-from .fanout import IDLE_CLOSE_SECONDS, SharedSource
+from .fanout import SharedSource
 from .janus_publisher import JanusPublication
 from .sessions import CONNECT_TIMEOUT_SECONDS, OfferError, Session, Sessions
+from .shared_capture import IDLE_CLOSE_SECONDS
 
 logger = logging.getLogger(__name__)
 

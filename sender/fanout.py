@@ -2,8 +2,7 @@
 
 The source is opened when the first viewer subscribes, read by one capture task, and
 each frame is offered to every viewer's track. It is closed shortly after the last
-viewer leaves, so a viewer arriving right after another left does not reopen it. A
-network camera that drops reconnects inside its source (``sender.live``): ``read()`` just
+viewer leaves (``sender.shared_capture``). A network camera that drops reconnects inside its source (``sender.live``): ``read()`` just
 takes longer, and the viewers' encoders wait for the next frame, connected.
 
 Besides frames, a source that receives H.264 hands its packets to ``listen()``ers (H.264
@@ -20,15 +19,12 @@ from typing import Any
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from common.tasks import cancel
-
 from . import live
 from .h264_stream import PacketSink, StreamInfo
+from .shared_capture import IDLE_CLOSE_SECONDS, SharedCapture
 from .sources import Source, SourceError
 
 logger = logging.getLogger(__name__)
-
-IDLE_CLOSE_SECONDS = 1.0
 
 
 class ViewerTrack(MediaStreamTrack):
@@ -64,7 +60,7 @@ class ViewerTrack(MediaStreamTrack):
         super().stop()
 
 
-class SharedSource:
+class SharedSource(SharedCapture):
     """Owns the capture: opens it for the first viewer, closes it after the last."""
 
     def __init__(
@@ -73,18 +69,18 @@ class SharedSource:
         idle_close: float = IDLE_CLOSE_SECONDS,
         name: str = "",
     ) -> None:
+        super().__init__(idle_close, f"capture {name}".strip())
         self._opener = opener
         self.name = name  # the camera's, for the logs of a sender with several
-        self._idle_close = idle_close
         self._viewers: set[ViewerTrack] = set()
-        self._capture: asyncio.Task[None] | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self.opens = 0  # how many times the device was opened (tests and /healthz)
-        self.is_open = False
         self.frames_captured = 0
         self._source: Source | None = None
         self._reconnects = 0  # by the sources opened before the current one
         self._listeners: set[PacketSink] = set()  # H.264 packets (sender.passthrough)
+
+    @property
+    def in_use(self) -> bool:
+        return bool(self._viewers or self._listeners)
 
     @property
     def state(self) -> str:
@@ -137,31 +133,10 @@ class SharedSource:
         self._listeners.discard(listener)
         self._idle()
 
-    def _start(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        if self._capture is None or self._capture.done():
-            self._capture = asyncio.create_task(self._run(), name=f"capture {self.name}".strip())
-
-    def _idle(self) -> None:
-        """Nobody left: close the source shortly."""
-        if self._viewers or self._listeners:
-            return
-        if self._capture is not None and self._idle_timer is None:
-            self._idle_timer = asyncio.get_running_loop().call_later(
-                self._idle_close, self._stop_capture
-            )
-
     def _demand(self) -> None:
         """Decode only while frames are wanted (a source with packets may not need to)."""
         if self._source is not None:
             self._source.set_decoding(bool(self._viewers))
-
-    def _stop_capture(self) -> None:
-        self._idle_timer = None
-        if not self._viewers and not self._listeners and self._capture is not None:
-            self._capture.cancel()
 
     # -- PacketSink: the open source's packets, to every listener ------------------------
 
@@ -178,7 +153,7 @@ class SharedSource:
             source = await self._opener()
         except SourceError as exc:
             logger.error("%s", exc)
-            self._end_viewers()
+            self._end_users()
             return
         self.opens += 1
         self.is_open = True
@@ -193,7 +168,7 @@ class SharedSource:
                     viewer.offer(frame)
         except SourceError as exc:
             logger.error("%s", exc)
-            self._end_viewers()
+            self._end_users()
         finally:
             self.is_open = False
             self._source = None
@@ -203,22 +178,9 @@ class SharedSource:
             await asyncio.shield(source.close())
             logger.info("camera closed%s", f": {self.name}" if self.name else "")
 
-    def _end_viewers(self) -> None:
+    def _end_users(self) -> None:
         for viewer in list(self._viewers):
             viewer.offer(None)
 
-    async def close(self) -> None:
-        """Stop capturing and release the device now, whoever is still watching."""
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-        self._end_viewers()
+    def _forget_users(self) -> None:
         self._viewers.clear()
-        await cancel(self._capture)
-        self._capture = None
-
-    async def __aenter__(self) -> SharedSource:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
