@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from sender.app import SOURCE, SenderConfig, create_app
 from sender.camera import Cameras
@@ -57,6 +57,13 @@ class InProcessSender:
     @property
     def cameras(self) -> Cameras:
         return self.app[CAMERAS]
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``, as a client sees it."""
+        async with ClientSession() as http, http.get(self.url + "/healthz") as response:
+            response.raise_for_status()
+            body: dict[str, Any] = await response.json()
+            return body
 
     async def close(self) -> None:
         await self.runner.cleanup()

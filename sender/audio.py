@@ -136,6 +136,11 @@ class AudioSource(ABC):
     async def open(self) -> None:
         """Acquire the device."""
 
+    @property
+    def error(self) -> str | None:
+        """Why the source is not live, while it is not (a lost device being reopened)."""
+        return None
+
     @abstractmethod
     async def read(self) -> av.AudioFrame: ...
 
@@ -288,6 +293,7 @@ class SharedAudio(SharedCapture):
         self.spec = spec
         self._opener = opener or self._open_spec
         self._listeners: set[AudioTrack] = set()
+        self._source: AudioSource | None = None
         self.packets_encoded = 0
         self.packets_sent = 0
 
@@ -303,6 +309,11 @@ class SharedAudio(SharedCapture):
     @property
     def in_use(self) -> bool:
         return bool(self._listeners)
+
+    @property
+    def error(self) -> str | None:
+        """Why the open source is not live (a lost microphone), for ``/healthz``."""
+        return self._source.error if self._source is not None else None
 
     def subscribe(self) -> AudioTrack:
         track = AudioTrack(self)
@@ -323,6 +334,7 @@ class SharedAudio(SharedCapture):
             return
         self.opens += 1
         self.is_open = True
+        self._source = source
         logger.info("audio opened: %s", self.spec.describe())
         encoder = OpusEncoder()
         try:
@@ -338,6 +350,7 @@ class SharedAudio(SharedCapture):
             self._end_users()
         finally:
             self.is_open = False
+            self._source = None
             await asyncio.shield(source.close())
             logger.info("audio closed: %s", self.spec.describe())
 

@@ -32,13 +32,14 @@ async def listener_stats(session: Session) -> tuple[int, float] | None:
 
 
 def health(shared: SharedAudio | None) -> dict[str, object]:
-    """``/healthz``'s ``audio``: configured or not, the source, open or closed, listeners
-    and packets."""
+    """``/healthz``'s ``audio``: configured or not, the source, open or closed, why it
+    is not live (a lost device being reopened), listeners and packets."""
     return {
         "configured": shared is not None,
         "source": shared.spec.describe() if shared else None,
         "open": bool(shared and shared.is_open),
         "opens": shared.opens if shared else 0,
+        "error": shared.error if shared else None,
         "listeners": shared.listeners if shared else 0,
         "packets_encoded": shared.packets_encoded if shared else 0,
         "packets_sent": shared.packets_sent if shared else 0,

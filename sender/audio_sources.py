@@ -87,6 +87,11 @@ class AvAudioSource(AudioSource):
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._next: int | None = None  # the pts of the next sample handed out
+        self._error: str | None = None  # set and cleared by the capture thread
+
+    @property
+    def error(self) -> str | None:
+        return self._error
 
     def _open_container(self) -> av.container.InputContainer:
         spec = self._spec
@@ -116,6 +121,7 @@ class AvAudioSource(AudioSource):
         except AudioSourceError as exc:
             if self._spec.kind == FILE:
                 raise
+            self._error = f"{exc}; trying again"
             logger.info("%s; trying again (video goes on)", exc)
         self._thread = threading.Thread(
             target=self._run, args=(container,), name="audio-capture", daemon=True
@@ -153,6 +159,7 @@ class AvAudioSource(AudioSource):
                     "%s is back after %.1f s", self._spec.describe(), time.monotonic() - lost
                 )
                 lost = None
+                self._error = None
             backoff.reset()
             try:
                 reason = self._pump(container)
@@ -164,6 +171,7 @@ class AvAudioSource(AudioSource):
             if self._stopping.is_set():
                 return
             lost = time.monotonic()
+            self._error = f"lost ({reason}); reopening it"
             self._next = None  # it resumes on the capture clock, after a gap
             logger.info(
                 "%s is lost (%s); reopening it (video goes on)", self._spec.describe(), reason

@@ -213,12 +213,15 @@ async def test_a_lost_microphone_pauses_the_audio_not_the_video(
             wav.rename(away)  # the open device plays on to its end, then cannot reopen
             await wait_until(lambda: "is lost" in caplog.text, what="the device to be lost")
             lost = time.monotonic()
+            health = (await sender.health())["audio"]
+            assert health["open"] and "lost" in health["error"], health
             heard = len(audio)
             await wait_until(lambda: time.monotonic() - lost > 3, what="3 s without audio")
             assert len(audio) - heard < 10, "audio went on while the device was gone"
             away.rename(wav)
             await wait_until(lambda: "is back" in caplog.text, what="the device to be back")
             back = len(audio)
+            assert (await sender.health())["audio"]["error"] is None
             await wait_until(lambda: len(audio) >= back + 100, what="2 s of audio once back")
         finally:
             task.cancel()
