@@ -133,12 +133,12 @@ class Connection:
             return
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         audio_jitter.apply(receiver)  # a lost packet holds the rest back 60 ms, not 300
+        alone = not self._receive_video  # its own clock; its packets keep us alive
         sync: audio.Lipsync | audio.OwnClock | None = None
-        if not self._receive_video:
+        if alone:
             sync = audio.OwnClock()
         elif self._receiver is not None:
             sync = audio.Lipsync(self._receiver, receiver)
-        alone = not self._receive_video
         self.audio = audio.AudioStream(
             receiver,
             track,

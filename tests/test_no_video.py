@@ -67,7 +67,9 @@ async def test_the_api_gets_the_tone_and_no_video(sender_factory, signalling: st
     summary = rx.stats.summary()
     assert "frames" not in summary and "fps" not in summary, summary
     assert summary["audio"]["packets_received"] >= AUDIO_FRAMES, summary
-    assert summary["audio"]["level_dbfs"] == pytest.approx(-23, abs=1), summary
+    # The last frame decoded: the tone (-23 dBFS RMS), or louder when it held a click
+    # (5 ms at 0.8 of full scale: -8 dBFS for its 20 ms frame), one frame in fifty.
+    assert -24 <= summary["audio"]["level_dbfs"] <= -7, summary
 
 
 async def test_several_cameras_audio_alone_from_the_cli(sender_factory, tmp_path: Path) -> None:
@@ -175,8 +177,10 @@ def test_a_sender_restart_starts_a_new_audio_file(tmp_path: Path, how: str) -> N
             second.stop()
         first.stop()
     assert receiver.returncode == 0, stderr
-    if how == "killed":
-        assert "no audio for 3 s" in stderr, stderr
+    print(stderr)
+    assert "retrying" in stderr, stderr  # the loss noticed, said once, and repaired
+    ended = "no audio for 3 s" if how == "killed" else "the sender ended the stream"
+    assert ended in stderr, stderr
     segments = [clip, tmp_path / "clip-2.mka"]
     assert all(path.exists() for path in segments), list(tmp_path.iterdir())
     for path in segments:
