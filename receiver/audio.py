@@ -8,7 +8,9 @@ packet's RTP time becomes a sender wall-clock time through the audio reports, an
 video RTP time through the video reports: ``AudioPacket.video_timestamp``, on the same
 scale as the video frames' ``EncodedFrame.timestamp``. Recordings time both tracks from
 RTP this way, so they stay aligned across loss and gaps. Until both streams have had a
-report (within about 1.5 s of the start) packets wait here.
+report (within about 1.5 s of the start) packets wait here. A receiver of audio alone
+(``--no-video``) has no video clock: its packets are timed on their own RTP clock
+(``OwnClock``), at once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 VIDEO_CLOCK_RATE = 90000
+RTP_WRAP = 1 << 32
 PENDING_PACKETS = 250  # five seconds of 20 ms packets waiting for the first reports
 # Opus identification header for containers (RFC 7845 5.1): version 1, two channels
 # (what WebRTC negotiates), no pre-skip (the stream is joined mid-way: no priming
@@ -45,7 +48,8 @@ OPUS_HEAD = b"OpusHead" + struct.pack("<BBHIhB", 1, 2, 0, SAMPLE_RATE, 0, 0)
 class AudioPacket:
     """One Opus packet as received. ``timestamp``: 48 kHz RTP clock, counted by aiortc
     from the stream's first packet; ``video_timestamp``: the same instant on the video
-    frames' clock (90 kHz, as ``EncodedFrame.timestamp``), from the sender reports."""
+    frames' clock (90 kHz, as ``EncodedFrame.timestamp``), from the sender reports; audio
+    alone (``OwnClock``): the packet's own time on that 90 kHz scale."""
 
     data: bytes
     timestamp: int
@@ -66,6 +70,24 @@ class Lipsync:
         return None if wall is None else self.video.timestamp_at(wall)
 
 
+class OwnClock:
+    """Audio alone: a packet's own RTP time, on the 90 kHz scale (32-bit, wrapping) the
+    recorder counts video frames in; the 48 kHz wrap is undone first, so that the 90 kHz
+    count wraps only where a 32-bit clock does."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._wraps = 0
+
+    def video_timestamp(self, audio_timestamp: int) -> int:
+        last = self._last
+        if last is not None and audio_timestamp < last and last - audio_timestamp > RTP_WRAP // 2:
+            self._wraps += 1
+        self._last = audio_timestamp
+        unwrapped = audio_timestamp + self._wraps * RTP_WRAP
+        return unwrapped * VIDEO_CLOCK_RATE // SAMPLE_RATE % RTP_WRAP
+
+
 class AudioStream:
     """The audio receiver of one connection: taps its packets, reads its decoded frames.
     ``close()`` stops the reading task."""
@@ -74,30 +96,39 @@ class AudioStream:
         self,
         receiver: RTCRtpReceiver,
         track: MediaStreamTrack,
-        sync: Lipsync | None,
+        sync: Lipsync | OwnClock | None,
         stats: AudioStats,
         *,
         on_packet: Callable[[AudioPacket], None] | None,
         on_frame: Callable[[av.AudioFrame], None] | None,
+        on_arrival: Callable[[], None] | None = None,
+        on_ended: Callable[[], None] | None = None,
     ) -> None:
+        """``on_arrival``: called for every packet (a receiver of audio alone watches
+        these for stalls); ``on_ended``: the sender ended the track."""
         self.receiver = receiver
         self.sync = sync
         self._on_packet = on_packet
         self._on_frame = on_frame
+        self._on_arrival = on_arrival
+        self._on_ended = on_ended
         self._pending: deque[tuple[bytes, int]] = deque(maxlen=PENDING_PACKETS)
         self._task: asyncio.Task[None] | None = None
         self.packets = 0
         self.stats = stats
         # Always decoded (Opus is cheap): the status line shows the level.
-        if on_packet is not None:
+        if on_packet is not None or on_arrival is not None:
             passthrough.tap(receiver, self._tapped, decode=True)
         self._task = asyncio.create_task(self._read(track), name="decoded audio")
 
-    def set_sync(self, sync: Lipsync) -> None:
+    def set_sync(self, sync: Lipsync | OwnClock) -> None:
         self.sync = sync
 
     def _tapped(self, codec: str, data: bytes, timestamp: int) -> None:
         self.packets += 1
+        self.stats.arrived()
+        if self._on_arrival is not None:
+            self._on_arrival()
         logger.debug("audio packet %d bytes, timestamp %d", len(data), timestamp)
         if self._on_packet is None or codec != "opus":
             return
@@ -120,6 +151,8 @@ class AudioStream:
                 self.stats.heard(rms(frame))
                 if self._on_frame is not None:
                     self._on_frame(frame)
+        if self._on_ended is not None:
+            self._on_ended()
 
     async def close(self) -> None:
         """Stop reading; the connection's loss and jitter go to the statistics."""
@@ -156,6 +189,27 @@ class AudioStats:
     jitter_ms: float | None = None  # of the last connection
     level: float = 0.0  # RMS of the last decoded frame
     level_at: float = -1e9  # when it was decoded (monotonic)
+    packets: int = 0  # counted as they arrive (when tapped: recording, or audio alone)
+    first_at: float | None = None  # the first and last of those (monotonic)
+    last_at: float | None = None
+
+    def arrived(self) -> None:
+        """One packet, as it arrives."""
+        now = time.monotonic()
+        self.packets += 1
+        self.first_at = self.first_at if self.first_at is not None else now
+        self.last_at = now
+
+    @property
+    def seconds(self) -> float:
+        if self.first_at is None or self.last_at is None:
+            return 0.0
+        return self.last_at - self.first_at
+
+    @property
+    def level_dbfs(self) -> float | None:
+        """The last decoded frame's level (None: silent or nothing decoded)."""
+        return 20 * math.log10(self.level) if self.level > 1e-5 else None
 
     def heard(self, level: float) -> None:
         self.received = True
@@ -172,9 +226,8 @@ class AudioStats:
         """The status line's part: the level in dBFS, or "no audio"."""
         if time.monotonic() - self.level_at > 1.0:
             return "no audio"
-        if self.level <= 1e-5:
-            return "audio silent"
-        return f"audio {20 * math.log10(self.level):.0f} dBFS"
+        level = self.level_dbfs
+        return "audio silent" if level is None else f"audio {level:.0f} dBFS"
 
     def summary(self) -> dict[str, object] | None:
         if not self.received:
@@ -185,4 +238,5 @@ class AudioStats:
             "packets_lost": self.packets_lost,
             "loss": round(self.packets_lost / expected, 4) if expected else None,
             "jitter_ms": None if self.jitter_ms is None else round(self.jitter_ms, 2),
+            "level_dbfs": None if (level := self.level_dbfs) is None else round(level, 1),
         }

@@ -1,7 +1,8 @@
 """``webcam-receiver URL [URL ...]``: receive the sender's video, decode it, and show,
 record, save or count the frames. Several URLs (several cameras) are received at once in
 this one process, each reconnecting on its own; ``{name}`` in ``--record`` or
-``--snapshots`` is each camera's name (``camera_names``)."""
+``--snapshots`` is each camera's name (``camera_names``). ``--no-video`` receives the
+sender's audio alone (its camera stays closed): played, recorded, counted."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--record",
         metavar="FILE",
-        help="record to a video file (.mkv, .mp4, .webm); strftime fields (%%Y%%m%%d-%%H%%M%%S) "
+        help="record to a video file (.mkv, .mp4, .webm, .mov; with --no-video also the audio "
+        "files .mka, .m4a, .ogg, .opus); strftime fields (%%Y%%m%%d-%%H%%M%%S) "
         "and {name} (the camera: the URL's last path segment after /whep/, else its host) "
         "are filled in; needs {name} with several URLs",
     )
@@ -149,13 +151,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=positive(float),
         default=3.0,
         metavar="S",
-        help="treat S seconds without video as a lost connection (3)",
+        help="treat S seconds without video (--no-video: without audio) as a lost connection (3)",
     )
     parser.add_argument(
         "--no-audio",
         action="store_true",
         help="do not ask for the sender's audio (by default it is received when the sender "
         "has some, and recorded along)",
+    )
+    parser.add_argument(
+        "--no-video",
+        action="store_true",
+        help="ask for the sender's audio alone (its camera stays closed): played with "
+        "--audio-out, recorded with --record (.mka, .m4a, .ogg, .opus, ...), counted",
     )
     parser.add_argument(
         "--audio-out",
@@ -250,6 +258,27 @@ def check_several(args: argparse.Namespace) -> None:
         raise CliError("--audio-out plays one camera: give one URL")
 
 
+# Options about the video, refused with --no-video: (option, given?).
+VIDEO_OPTIONS: tuple[tuple[str, Callable[[argparse.Namespace], bool]], ...] = (
+    ("--display", lambda a: a.display),
+    ("--snapshots", lambda a: a.snapshots is not None),
+    ("--frames", lambda a: a.frames is not None),
+    ("--record-mode encode", lambda a: a.record_mode == "encode"),
+    ("--stats-breakdown", lambda a: a.stats_breakdown),
+)
+
+
+def check_no_video(args: argparse.Namespace) -> None:
+    """--no-video asks for audio alone: nothing that needs the video goes with it."""
+    if not args.no_video:
+        return
+    if args.no_audio:
+        raise CliError("--no-video with --no-audio asks for nothing: drop one of them")
+    for option, given in VIDEO_OPTIONS:
+        if given(args):
+            raise CliError(f"{option} needs the video: drop it or --no-video")
+
+
 def make_sinks(
     args: argparse.Namespace, request_keyframe: Callable[[], None], name: str = ""
 ) -> list[Sink]:
@@ -264,6 +293,7 @@ def make_sinks(
                 segment_seconds=args.segment_seconds,
                 request_keyframe=request_keyframe,
                 audio_codec=args.audio_codec,
+                video=not args.no_video,
             )
         )
     if args.audio_out and not args.no_audio:
@@ -321,6 +351,7 @@ class Run:
             nack_retries=args.nack_retries,
             audio=audio,
             decoded_audio=bool(self.players),
+            video=not args.no_video,
         )
         self.stats = self.receiver.stats
 
@@ -344,11 +375,13 @@ class Run:
                 if isinstance(item, AudioPacket):
                     for audio_sink in self.audio_packets:
                         await audio_sink.write_audio(item)
-                    continue
-                if isinstance(item, av.AudioFrame):
+                elif isinstance(item, av.AudioFrame):
                     for player in self.players:
                         player.play(item)
-                    continue
+                if isinstance(item, (AudioPacket, av.AudioFrame)):
+                    if rx.video or not self.finished():  # audio alone: audio says when
+                        continue
+                    return
                 for audio_sink in self.audio_packets:
                     audio_sink.expect_audio(rx.receives_audio)
                 if isinstance(item, EncodedFrame):
@@ -381,6 +414,7 @@ async def run(args: argparse.Namespace) -> int:
     ice.check_arguments(args, from_peer=from_sender)
     if args.audio_out and args.no_audio:
         raise CliError("--audio-out plays the sender's audio: drop --no-audio")
+    check_no_video(args)
     check_several(args)
     try:
         tls = tls_context(args.cafile, args.insecure)
@@ -469,7 +503,7 @@ async def run_several(
 
 def write_summary(stats: FrameStats, args: argparse.Namespace) -> None:
     summary = stats.summary()
-    if not args.quiet and stats.frames:  # nothing received: the error line says it all
+    if not args.quiet and stats.received:  # nothing received: the error line says it all
         print(f"{PROG}: {json.dumps(summary)}", file=sys.stderr)
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as out:
@@ -481,7 +515,7 @@ def write_summaries(stats: dict[str, FrameStats], args: argparse.Namespace) -> N
     summaries: dict[str, Any] = {name: s.summary() for name, s in stats.items()}
     if not args.quiet:
         for name, each in stats.items():
-            if each.frames:
+            if each.received:
                 print(f"{PROG}: {name}: {json.dumps(summaries[name])}", file=sys.stderr)
     if args.stats_json:
         with open(args.stats_json, "w", encoding="utf-8") as out:

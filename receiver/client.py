@@ -4,6 +4,12 @@
         async for frame in rx.frames():  # av.VideoFrame, decoded
             img = frame.to_ndarray(format="bgr24")
 
+Audio alone (the sender's camera stays closed)::
+
+    async with Receiver("http://127.0.0.1:8080", video=False) as rx:
+        async for frame in rx.audio_frames():  # av.AudioFrame, 48 kHz
+            ...
+
 With ``retry`` the receiver reconnects (with that backoff) when the sender goes away or
 the video stalls, as the CLI does; ``items()`` then also yields a ``Gap`` between two
 connections, so a consumer can split a recording there.
@@ -42,6 +48,7 @@ logger = logging.getLogger(__name__)
 # Ten seconds for a consumer that stalls (30 video frames, 50 audio packets and 50 decoded
 # audio frames a second), then the oldest go.
 QUEUE_ITEMS = 1300
+BAD_REQUEST = 400
 
 
 class ReceiverError(Exception):
@@ -77,6 +84,10 @@ class Receiver:
     connection only). ``nack_retries``: how often a lost packet is asked for again after
     aiortc's single NACK (0: aiortc's behaviour).
 
+    ``video=False`` asks for the audio alone (``audio_frames()``; with ``encoded=True``
+    also its packets as received, ``AudioPacket``): the audio's packets then say that the
+    connection is alive. Not through Janus.
+
     ICE: ``ice_servers`` (URLs) are ours; without any, over WHEP, each connection asks
     the sender which to use (OPTIONS: its ``Link`` headers, with the TURN credentials it
     hands out). ``ice_transport_policy="relay"``: only through a TURN server."""
@@ -100,9 +111,16 @@ class Receiver:
         nack_retries: int = MAX_TRIES,
         audio: bool = True,
         decoded_audio: bool = False,
+        video: bool = True,
     ) -> None:
         if not (encoded or decode):
             raise ReceiverError("a receiver that neither decodes nor keeps encoded frames")
+        if not (video or audio):
+            raise ReceiverError(
+                "a receiver of neither video nor audio: drop video=False or audio=False"
+            )
+        if not video and url.startswith("janus+"):
+            raise ReceiverError("Janus subscriptions are not supported with --no-video")
         self.url = url
         self.connect_timeout = connect_timeout
         self.stall_timeout = stall_timeout
@@ -114,6 +132,9 @@ class Receiver:
         self.retry = retry
         self.nack_retries = nack_retries
         self.audio = audio
+        self.video = video
+        self.media = "video" if video else "audio"  # what must keep arriving
+        self.stats.video = video
         # decoded audio frames in items() also with decode=False (playing a copy recording)
         self.decoded_audio = audio and (decode or decoded_audio)
         ice_servers = list(ice_servers)
@@ -134,7 +155,7 @@ class Receiver:
         self._items: asyncio.Queue[Item | _End] = asyncio.Queue(QUEUE_ITEMS)
         self._connection: Connection | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._receiving = asyncio.Event()  # the current connection delivers video
+        self._receiving = asyncio.Event()  # the current connection delivers (video or audio)
         self._last_arrival = 0.0
         self._iterating = False
 
@@ -157,7 +178,7 @@ class Receiver:
             receiving.cancel()
         if not self._receiving.is_set():
             await self.close()
-            raise ReceiverError(self.ended or f"no video from {self.url}")
+            raise ReceiverError(self.ended or f"no {self.media} from {self.url}")
         logger.info("receiving from %s", self.url)
 
     async def _supervise(self) -> None:
@@ -183,10 +204,15 @@ class Receiver:
                     await connection.close()
                 self._mark(Gap(reason))
                 self.stats.gap()
-                if not await self._wait_to_retry(reason, f"after {self.stats.frames} frames"):
+                if not await self._wait_to_retry(reason, self._received_so_far()):
                     return
         finally:
             self._finish()
+
+    def _received_so_far(self) -> str:
+        if self.video:
+            return f"after {self.stats.frames} frames"
+        return f"after {self.stats.audio.packets} audio packets"
 
     async def _wait_to_retry(self, reason: str, detail: str = "") -> bool:
         """Wait before the next attempt; False (and ``ended`` set) when there is none."""
@@ -214,6 +240,8 @@ class Receiver:
             on_encoded=self._on_encoded if self.encoded else None,
             nack_retries=self.nack_retries,
             receive_audio=self.audio,
+            receive_video=self.video,
+            on_audio_arrival=None if self.video else self._arrived,
             on_audio_packet=self._offer if self.encoded else None,
             on_audio_frame=self._offer if self.decoded_audio else None,
         )
@@ -228,11 +256,15 @@ class Receiver:
                 finally:
                     receiving.cancel()
                 if not self._receiving.is_set():
-                    raise ReceiverError(f"{self.url} closed the connection before any video")
+                    raise ReceiverError(f"{self.url} closed the connection before any {self.media}")
         except BaseException as exc:
             self._connection = None
             await connection.close()
-            if isinstance(exc, (JanusError, SignallingError)):
+            if isinstance(exc, SignallingError):
+                # 400: the sender refused this offer (e.g. audio alone from a sender with
+                # --audio none); the same offer again would be refused again.
+                raise ReceiverError(str(exc), final=exc.status == BAD_REQUEST) from None
+            if isinstance(exc, JanusError):
                 raise ReceiverError(str(exc)) from None
             if isinstance(exc, TurnError):
                 hint = ""
@@ -242,7 +274,7 @@ class Receiver:
             if isinstance(exc, TimeoutError):
                 why = f"; {connection.turn_problem}" if connection.turn_problem else ""
                 raise ReceiverError(
-                    f"no video from {self.url} within {self.connect_timeout:g} s{why}"
+                    f"no {self.media} from {self.url} within {self.connect_timeout:g} s{why}"
                 ) from None
             if isinstance(exc, ValueError):  # an answer aiortc cannot apply
                 raise ReceiverError(f"unusable answer from {self.url}: {exc}") from None
@@ -265,12 +297,12 @@ class Receiver:
         return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
 
     async def _until_lost(self, connection: Connection) -> str:
-        """Why the connection ended: the sender said so, or no video for
-        ``stall_timeout`` s (the sender vanished without a goodbye)."""
+        """Why the connection ended: the sender said so, or no video (audio alone: no
+        audio) for ``stall_timeout`` s (the sender vanished without a goodbye)."""
         while True:
             quiet = time.monotonic() - self._last_arrival
             if quiet >= self.stall_timeout:
-                return f"no video for {self.stall_timeout:g} s"
+                return f"no {self.media} for {self.stall_timeout:g} s"
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(
                     asyncio.shield(connection.ended), self.stall_timeout - quiet
@@ -340,6 +372,8 @@ class Receiver:
 
     async def frames(self) -> AsyncIterator[av.VideoFrame]:
         """Decoded frames (reconnections are invisible here; see ``items()``)."""
+        if not self.video:
+            raise ReceiverError("video=False: no video frames; use audio_frames()")
         if not self.decode:
             raise ReceiverError("decode=False: use encoded_frames()")
         async for item in self.items():
@@ -365,6 +399,8 @@ class Receiver:
 
     async def encoded_frames(self) -> AsyncIterator[EncodedFrame]:
         """Frames as received, before decoding (needs ``encoded=True``)."""
+        if not self.video:
+            raise ReceiverError("video=False: no video frames; use items() for audio packets")
         if not self.encoded:
             raise ReceiverError("encoded frames need Receiver(encoded=True)")
         async for item in self.items():

@@ -3,7 +3,8 @@
 ``Receiver`` (``client.py``) owns these, one after the other, and reconnects; a
 ``Connection`` only knows its own life: it connects, feeds what it receives to its
 ``on_frame``/``on_encoded`` callbacks, and ends when the sender ends the stream, the video
-stalls or it is closed.
+stalls or it is closed. ``receive_video=False`` offers audio alone: the audio's packets
+then tell that the connection is alive, and its end ends the connection.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class Connection:
         on_encoded: Callable[[EncodedFrame], None] | None = None,
         nack_retries: int = MAX_TRIES,
         receive_audio: bool = False,
+        receive_video: bool = True,
+        on_audio_arrival: Callable[[], None] | None = None,
         on_audio_packet: Callable[[audio.AudioPacket], None] | None = None,
         on_audio_frame: Callable[[av.AudioFrame], None] | None = None,
     ) -> None:
@@ -86,7 +89,9 @@ class Connection:
         self._nack_retry: NackRetry | None = None
         self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
         self._closed = False
-        self._receive_audio = receive_audio
+        self._receive_audio = receive_audio or not receive_video
+        self._receive_video = receive_video
+        self._on_audio_arrival = on_audio_arrival
         self._on_audio_packet = on_audio_packet
         self._on_audio_frame = on_audio_frame
         self.audio: audio.AudioStream | None = None  # when the sender sends audio
@@ -96,7 +101,7 @@ class Connection:
         if track.kind == "audio":
             self._on_audio_track(track)
             return
-        if track.kind != "video" or self._receiver is not None:
+        if track.kind != "video" or self._receiver is not None or not self._receive_video:
             return
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         self._receiver = receiver
@@ -128,7 +133,12 @@ class Connection:
             return
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         audio_jitter.apply(receiver)  # a lost packet holds the rest back 60 ms, not 300
-        sync = audio.Lipsync(self._receiver, receiver) if self._receiver is not None else None
+        alone = not self._receive_video  # its own clock; its packets keep us alive
+        sync: audio.Lipsync | audio.OwnClock | None = None
+        if alone:
+            sync = audio.OwnClock()
+        elif self._receiver is not None:
+            sync = audio.Lipsync(self._receiver, receiver)
         self.audio = audio.AudioStream(
             receiver,
             track,
@@ -136,7 +146,11 @@ class Connection:
             self.stats.audio,
             on_packet=self._on_audio_packet,
             on_frame=self._on_audio_frame,
+            on_arrival=self._on_audio_arrival if alone else None,
+            on_ended=(lambda: self.end("the sender ended the stream")) if alone else None,
         )
+        if alone:  # what the video track starts otherwise
+            self._tasks.append(asyncio.create_task(self._measure_rtt(), name="rtt"))
 
     async def negotiate(self) -> None:
         """Offer and answer; raises SignallingError, JanusError, ValueError or TurnError."""
@@ -145,6 +159,17 @@ class Connection:
             await self._check_turn(0.0)
             return
         assert self._signalling is not None
+        if self._receive_video:
+            self._add_video_transceiver()
+        if self._receive_audio:
+            audio.add_transceiver(self.pc)
+        started = time.monotonic()
+        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers
+        await self._check_turn(time.monotonic() - started)
+        answer = await self._signalling.exchange(self.pc.localDescription)
+        await self.pc.setRemoteDescription(answer)
+
+    def _add_video_transceiver(self) -> None:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         # Main and High H.264 too (FFmpeg decodes them): a camera's own stream can then
         # be passed through to us as it is (sender.passthrough).
@@ -159,13 +184,6 @@ class Connection:
                     if c.name.lower() in self._codecs or c.name.lower() == "rtx"
                 ]
             )
-        if self._receive_audio:
-            audio.add_transceiver(self.pc)
-        started = time.monotonic()
-        await self.pc.setLocalDescription(await self.pc.createOffer())  # gathers
-        await self._check_turn(time.monotonic() - started)
-        answer = await self._signalling.exchange(self.pc.localDescription)
-        await self.pc.setRemoteDescription(answer)
 
     async def _check_turn(self, gathering_seconds: float) -> None:
         """Our TURN server gave no relayed candidate: refused credentials, or the relay

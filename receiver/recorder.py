@@ -1,5 +1,7 @@
 """Recording to video files: timed by the stream's RTP clock, written progressively so a
-crash loses at most the last second, split into segments by time or by reconnection."""
+crash loses at most the last second, split into segments by time or by reconnection.
+Audio alone (``video=False``) goes to the same containers or to audio files (.mka, .ogg,
+.opus, .m4a), timed by the audio's own RTP clock."""
 
 from __future__ import annotations
 
@@ -41,7 +43,17 @@ CONTAINER_OPTIONS = {
         "frag_duration": "1000000",
         "flush_packets": "1",
     },
+    ".mka": {"cluster_time_limit": "1000", "flush_packets": "1"},
+    ".m4a": {
+        "movflags": "empty_moov+default_base_moof",
+        "frag_duration": "1000000",
+        "flush_packets": "1",
+    },
 }
+# Audio alone: files that hold no video. FFmpeg's .m4a muxer ("ipod") refuses Opus: the
+# MP4 muxer writes them (FORMATS).
+AUDIO_ONLY = (".mka", ".m4a", ".ogg", ".opus")
+FORMATS = {".m4a": "mp4"}
 ENCODERS: dict[str, Literal["libvpx", "libx264"]] = {
     ".webm": "libvpx",
     ".mkv": "libx264",
@@ -60,6 +72,10 @@ AUDIO_CODECS = {
     ".mkv": ("opus", "aac"),
     ".mp4": ("opus", "aac"),
     ".mov": ("aac",),
+    ".mka": ("opus", "aac"),
+    ".m4a": ("opus", "aac"),
+    ".ogg": ("opus",),
+    ".opus": ("opus",),
 }
 
 
@@ -99,13 +115,14 @@ class RtpClock:
         return self._last + delta + self._wraps * RTP_WRAP - self._first
 
 
-def check_pattern(pattern: str) -> str:
+def check_pattern(pattern: str, video: bool = True) -> str:
     """Fail early, before connecting, on names we cannot write."""
     extension = os.path.splitext(pattern)[1].lower()
-    if extension not in ENCODERS:
-        raise RecorderError(
-            f"cannot record to {pattern!r}: use one of {', '.join(sorted(ENCODERS))}"
-        )
+    if video and extension in AUDIO_ONLY:
+        raise RecorderError(f"{extension} files hold audio alone: add --no-video")
+    known = sorted(ENCODERS) + ([] if video else sorted(AUDIO_ONLY))
+    if extension not in known:
+        raise RecorderError(f"cannot record to {pattern!r}: use one of {', '.join(known)}")
     folder = os.path.dirname(os.path.abspath(time.strftime(pattern)))
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise RecorderError(f"cannot write {pattern}: {folder} is not a writable folder")
@@ -149,6 +166,7 @@ class Recorder:
         mode: str = "encode",
         request_keyframe: Callable[[], None] | None = None,
         audio_codec: str | None = None,
+        video: bool = True,
     ) -> None:
         if mode not in MODES:
             raise RecorderError(f"unknown recording mode {mode!r}: use copy or encode")
@@ -157,7 +175,8 @@ class Recorder:
         self._request_keyframe = request_keyframe
         self._keyframe_asked = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._extension = check_pattern(pattern)
+        self._extension = check_pattern(pattern, video)
+        self.video = video
         self.audio_codec = audio_codec_for(pattern, audio_codec)
         self._fps = fps
         self._segment_ticks = int(segment_seconds * 90000) if segment_seconds else None
@@ -170,7 +189,7 @@ class Recorder:
             asyncio.Queue(QUEUE_FRAMES)
         )
         # Whether the next segment gets an audio track (the connection carries audio).
-        self.audio = False
+        self.audio = not video
         self._worker: asyncio.Task[None] | None = None
         self.files: list[str] = []
         self.frames = 0
@@ -269,7 +288,9 @@ class Recorder:
     def _copy_audio(self, packet: AudioPacket) -> None:
         """Write an Opus packet as received, timed on the video's clock (the sender
         reports put it there), into the open segment; none is open before the first
-        video keyframe."""
+        video keyframe. Audio alone opens the segments itself."""
+        if not self.video:
+            self._audio_segment(packet)
         segment = self._segment
         if segment is None or segment.audio is None:
             return
@@ -289,6 +310,18 @@ class Recorder:
         av_packet.time_base = AUDIO_TIME_BASE
         av_packet.stream = segment.audio
         self._mux(segment, [av_packet])
+
+    def _audio_segment(self, packet: AudioPacket) -> None:
+        """Audio alone: the first packet opens a file, and ``segment_seconds`` of it
+        the next, on the audio's own clock (its 90 kHz ``video_timestamp``)."""
+        position = self._clock(packet.video_timestamp)
+        ticks = self._segment_ticks
+        if self._segment is not None and ticks and position - self._segment_start >= ticks:
+            self._finish_segment()
+        if self._segment is None:
+            self._segment = self._open_segment()
+            self._segment_start = position
+            self._add_audio_stream(self._segment)
 
     def _transcode(self, aac: OpusToAac, data: bytes, pts: int) -> list[av.Packet[Any]]:
         try:
@@ -346,7 +379,10 @@ class Recorder:
         path = self._next_path()
         try:
             container = av.open(
-                path, mode="w", container_options=CONTAINER_OPTIONS.get(self._extension, {})
+                path,
+                mode="w",
+                format=FORMATS.get(self._extension),
+                container_options=CONTAINER_OPTIONS.get(self._extension, {}),
             )
         except (av.FFmpegError, OSError) as exc:
             raise RecorderError(f"cannot write {path}: {_reason(exc)}") from None

@@ -18,7 +18,12 @@ SIGNALLING = ("whep", "json")
 
 
 class SignallingError(Exception):
-    """The sender could not be reached or refused the offer; one line for the user."""
+    """The sender could not be reached or refused the offer; one line for the user.
+    ``status``: the HTTP status it answered, if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def endpoint(url: str, signalling: str) -> str:
@@ -84,7 +89,8 @@ class Signalling:
                 expected = 201 if self.kind == "whep" else 200
                 if response.status not in (expected, 200):
                     raise SignallingError(
-                        f"{self.url} answered {response.status} {response.reason}: {_reason(text)}"
+                        f"{self.url} answered {response.status} {response.reason}: {_reason(text)}",
+                        status=response.status,
                     )
                 location = response.headers.get("Location")
         except aiohttp.ClientSSLError as exc:

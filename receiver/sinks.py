@@ -152,10 +152,11 @@ class _Recording(AudioPacketSink):
         mode: str,
         request_keyframe: Callable[[], None] | None,
         audio_codec: str | None = None,
+        video: bool = True,
     ) -> None:
         try:
             self.recorder = Recorder(
-                pattern, fps, segment_seconds, mode, request_keyframe, audio_codec
+                pattern, fps, segment_seconds, mode, request_keyframe, audio_codec, video
             )
         except RecorderError as exc:
             raise SinkError(str(exc)) from None
@@ -219,15 +220,30 @@ class CopyRecordSink(_Recording, EncodedSink):
         await self._write(frame)
 
 
+class AudioRecordSink(_Recording):
+    """Records the audio alone (``--no-video``): its packets as received, or AAC."""
+
+    def __init__(
+        self,
+        pattern: str,
+        segment_seconds: float | None = None,
+        audio_codec: str | None = None,
+    ) -> None:
+        super().__init__(pattern, 0.0, segment_seconds, "copy", None, audio_codec, video=False)
+
+
 def record_sink(
     pattern: str,
     mode: str = "copy",
     segment_seconds: float | None = None,
     request_keyframe: Callable[[], None] | None = None,
     audio_codec: str | None = None,
-) -> RecordSink | CopyRecordSink:
+    video: bool = True,
+) -> RecordSink | CopyRecordSink | AudioRecordSink:
     """A recording in ``mode``; ``audio_codec`` opus or aac (None: the container's
-    default, ``recorder.AUDIO_CODECS``)."""
+    default, ``recorder.AUDIO_CODECS``); ``video=False``: the audio alone."""
+    if not video:
+        return AudioRecordSink(pattern, segment_seconds, audio_codec)
     if mode == "copy":
         return CopyRecordSink(
             pattern,

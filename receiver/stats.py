@@ -140,6 +140,7 @@ class FrameStats:
     freezes: int = 0  # gaps over FREEZE_SECONDS
     breakdown: Breakdown = field(default_factory=Breakdown)  # filled as frames are decoded
     audio: AudioStats = field(default_factory=AudioStats)  # the sender's audio, if any
+    video: bool = True  # False: audio alone (--no-video); the video's part is left out
     _window: deque[float] = field(default_factory=deque)  # arrival times, last second
 
     def _count(self) -> None:
@@ -203,7 +204,10 @@ class FrameStats:
         return len(self._window) / window
 
     def status_line(self, breakdown: bool = False) -> str:
-        """Frames, fps, size, latency; with ``breakdown``, each stage's p50/p95 too."""
+        """Frames, fps, size, latency; with ``breakdown``, each stage's p50/p95 too. Audio
+        alone: its packets and level."""
+        if not self.video:
+            return f"audio packets {self.audio.packets}  {self.audio.status()}"
         parts = [f"frames {self.frames}", f"fps {self.recent_fps():.1f}"]
         if self.width:
             parts.append(f"{self.width}x{self.height}")
@@ -218,7 +222,14 @@ class FrameStats:
         parts.append(self.audio.status())
         return "  ".join(parts)
 
+    @property
+    def received(self) -> bool:
+        """Whether anything was received (the summary then says what)."""
+        return bool(self.frames) if self.video else self.audio.received
+
     def summary(self) -> dict[str, object]:
+        if not self.video:
+            return self._audio_summary()
         result: dict[str, object] = {
             "frames": self.frames,
             "seconds": round(self.seconds, 3),
@@ -229,7 +240,7 @@ class FrameStats:
             "dropped": self.dropped if self.stamped else None,
             "latency_ms": None,
             "reconnects": self.reconnects,
-            "rtt_ms": None,
+            "rtt_ms": self._rtt_summary(),
             "packets_received": self.packets_received,
             "packets_lost": self.packets_lost,
             "loss": None,
@@ -239,11 +250,6 @@ class FrameStats:
             "breakdown_ms": self.breakdown.summary(),
             "audio": self.audio.summary(),  # packets, loss, jitter; null without audio
         }
-        if self.rtt_ms:
-            result["rtt_ms"] = {
-                "p50": round(percentile(self.rtt_ms, 50), 3),
-                "max": round(max(self.rtt_ms), 3),
-            }
         expected = self.packets_received + self.packets_lost
         if expected:
             result["loss"] = round(self.packets_lost / expected, 4)
@@ -253,3 +259,17 @@ class FrameStats:
                 "p95": round(percentile(self.latencies_ms, 95), 2),
             }
         return result
+
+    def _audio_summary(self) -> dict[str, object]:
+        """Audio alone: how long it came, reconnections, the round trip, the audio."""
+        return {
+            "seconds": round(self.audio.seconds, 3),
+            "reconnects": self.reconnects,
+            "rtt_ms": self._rtt_summary(),
+            "audio": self.audio.summary(),
+        }
+
+    def _rtt_summary(self) -> dict[str, float] | None:
+        if not self.rtt_ms:
+            return None
+        return {"p50": round(percentile(self.rtt_ms, 50), 3), "max": round(max(self.rtt_ms), 3)}
