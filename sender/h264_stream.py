@@ -50,6 +50,7 @@ class StreamInfo:
     constraints: int = 0  # the SPS's constraint flags byte
     level_idc: int = 0
     b_frames: bool = False  # frames out of order: not for WebRTC (sent transcoded)
+    audio: str | None = None  # the connection's audio track's codec (FFmpeg's name), if any
 
     @property
     def constrained_baseline(self) -> bool:
