@@ -76,6 +76,11 @@ class AudioSourceError(Exception):
     """An audio source that cannot be opened or read; one line for the user."""
 
 
+class AudioSourceEnded(AudioSourceError):
+    """A source whose provider closed it (``--audio camera``: the camera was closed, as at
+    shutdown): not a failure."""
+
+
 @dataclass(frozen=True)
 class AudioSpec:
     """What ``--audio`` names, resolved (not opened): ``testsrc`` (the fake tone), or a
@@ -368,6 +373,9 @@ class SharedAudio(SharedCapture):
                     logger.debug("opus packet pts %s, %d bytes", packet.pts, packet.size)
                     for listener in list(self._listeners):
                         listener.offer(packet)
+        except AudioSourceEnded as exc:
+            logger.info("%s", exc)
+            self._end_users()
         except AudioSourceError as exc:
             logger.error("%s", exc)
             self._end_users()

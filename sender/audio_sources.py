@@ -56,6 +56,7 @@ from .audio import (
     SAMPLE_RATE,
     TIME_BASE,
     AudioSource,
+    AudioSourceEnded,
     AudioSourceError,
     AudioSpec,
     capture_pts,
@@ -270,7 +271,7 @@ class CameraAudioSource(AudioSource):
     async def read(self) -> av.AudioFrame:
         while not self._frames:
             if self._ended:
-                raise AudioSourceError(f"{self._spec.describe()}: the camera closed")
+                raise AudioSourceEnded(f"{self._spec.describe()}: the camera closed")
             self._ready.clear()
             await self._ready.wait()
         frame = self._frames.popleft()

@@ -112,6 +112,15 @@ class Timeline:
         """A new connection or loop: its times are anchored at its first packet."""
         self._anchor = None
 
+    def capture(self, media: float) -> float | None:
+        """When something at stream time ``media`` (seconds) was captured, on
+        ``time.monotonic()``, by the current anchor: for the connection's other streams,
+        whose times FFmpeg puts on the same clock (the camera's RTP-Info, its RTCP sender
+        reports). None before the connection's first packet."""
+        if self._anchor is None:
+            return None
+        return self._origin + self._anchor + media
+
     def pts(self, media: float | None, now: float) -> int:
         arrival = now - self._origin
         if media is None:

@@ -22,14 +22,15 @@ A camera's audio track comes out of the same connection (``--audio camera``: one
 session for video and audio, as many cameras allow no more than one or two): while an
 ``audio`` sink is set, the reader demuxes the audio too, decodes it and makes it ready for
 Opus with ``audio_sources.Stamper`` (48 kHz mono, timed on the capture clock), in its
-thread, and hands the frames to the sink. Both streams are timed by their arrival (the
-audio: less its duration; the samples then counted), which is what decoded video frames
-get too: over one session, audio and video packets travel together, so their arrival
-times agree to a packet's spacing. The RTP/RTCP times FFmpeg gives them are common to both
-only after the camera's first RTCP sender report (FFmpeg then re-bases every stream on its
-NTP time: a jump), and not every camera sends one, so they are not used. When the camera
-drops, audio and video pause together; the next connection's audio starts afresh on the
-capture clock.
+thread, and hands the frames to the sink. Sync: FFmpeg gives both streams of an RTSP
+session times on one clock (from the PLAY answer's RTP-Info, re-based on the camera's RTCP
+sender reports), so an H.264 camera's audio is timed on the video's ``Timeline``: the
+camera's own time between audio and video is kept, anchored where the video's first packet
+arrived (the audio starts with the video: what comes before is dropped). Where that is
+not there (another video codec) or is far from the arrival (over ``REANCHOR_SECONDS``: a
+re-basing), the audio is timed by its arrival, less its duration. When the camera drops,
+audio and video pause together; the next connection's audio starts afresh on the capture
+clock.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from av.codec.context import Flags
 
 from common.backoff import Backoff
 
-from .h264_stream import AnnexB, PacketSink, StreamInfo, Timeline
+from .h264_stream import REANCHOR_SECONDS, AnnexB, PacketSink, StreamInfo, Timeline
 
 if TYPE_CHECKING:
     from .audio_sources import Stamper
@@ -395,7 +396,7 @@ class LiveReader:
             if self._stopping.is_set():
                 return Failure("closed")
             if audio is not None and packet.stream_index == audio.index:
-                stamper = self._hear(audio, packet, stamper)
+                stamper = self._hear(audio, packet, stamper, h264 is not None)
                 continue
             if self._paced and packet.dts is not None and packet.time_base is not None:
                 media_seconds = float(packet.dts * packet.time_base)
@@ -448,23 +449,33 @@ class LiveReader:
         return Failure(FILE_ENDED if self._paced else "the stream ended")
 
     def _hear(
-        self, stream: av.AudioStream, packet: av.Packet[Any], stamper: Stamper | None
+        self, stream: av.AudioStream, packet: av.Packet[Any], stamper: Stamper | None, timed: bool
     ) -> Stamper | None:
         """An audio packet: decoded and made ready for Opus while the audio is wanted; the
-        stamper to use for the next one (None: not wanted, the next one starts afresh)."""
+        stamper to use for the next one (None: not wanted, the next one starts afresh).
+        ``timed``: on the video's ``Timeline`` (an H.264 stream's)."""
         from .audio_sources import Stamper, capture_time  # it builds on this module
 
-        if self.audio is None or not packet.size:
+        if self.audio is None:
             return None
+        if not packet.size:  # an empty packet (the end): nothing to decode
+            return stamper
         try:
             frames = stream.codec_context.decode(packet)
         except av.FFmpegError as exc:  # a damaged packet (UDP loss): the video goes on
             logger.debug("%s: an audio packet not decoded: %s", self.shown, exc)
             return stamper
         arrived = time.monotonic()
-        stamper = stamper or Stamper()
         for frame in frames:
-            for out in stamper.add(frame, capture_time(frame, arrived, wall_clock=False)):
+            captured = capture_time(frame, arrived, wall_clock=False)
+            if timed and frame.pts is not None and frame.time_base is not None:
+                at = self._timeline.capture(float(frame.pts * frame.time_base))
+                if at is None:
+                    continue  # before the video's first packet
+                if abs(at - captured) <= REANCHOR_SECONDS:
+                    captured = at
+            stamper = stamper or Stamper()
+            for out in stamper.add(frame, captured):
                 self._post(self._heard, out)
         return stamper
 
