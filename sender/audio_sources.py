@@ -236,8 +236,12 @@ class CameraAudioSource(AudioSource):
     ``SharedSource`` (``hear()``), like a passthrough viewer, so opening it opens the
     camera (without decoding its video, when nobody watches) and the connection stays
     while anyone listens or watches. Frames come ready (``Stamper``, in the camera's
-    reader thread); each is handed out when its last sample is due, as ``AvAudioSource``
-    does. The first camera's (``--audio camera`` with several: the default one's)."""
+    reader thread, timed on the video's clock: see ``sender.live``); each is handed out
+    when its last sample is due, as ``AvAudioSource`` does. When the camera drops, the
+    frames stop and the listeners hear a pause until the reader has reconnected, as the
+    viewers see one. A camera without an audio track was refused at start (``choose``
+    probes it); one that loses its track later shows in ``error``. The first camera's
+    (``--audio camera`` with several: the default one's)."""
 
     def __init__(self, spec: AudioSpec, camera: SharedSource) -> None:
         self._spec = spec
