@@ -99,6 +99,10 @@ async def test_an_audio_only_listener_opens_the_camera_without_decoding_video(
             metrics = await scrape(sender)
             assert metrics["webcam_frames_captured_total"] == 0  # no video decoded
             assert camera.clients() == 1
+            # A video viewer now: served by the connection the listener opened.
+            async with whep(sender, video=True, audio=False) as watcher:
+                assert len(await watcher.video_frames(10)) == 10
+                assert sender.source.opens == 1 and camera.clients() == 1
         await wait_until(lambda: not sender.source.is_open, what="the camera to close")
         assert not sender.sessions.audio.is_open
     assert_tone(frames[50:], AUDIO_HZ)
