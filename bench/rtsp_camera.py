@@ -8,8 +8,12 @@ gstreamer1.0-plugins-bad for openh264enc), in a process of its own.
 
     with RtspCamera(audio="aac") as camera:  # with a sine (AUDIO_HZ) as AAC, or "pcma"
 
+    with RtspCamera(log=path) as camera:
+        camera.clients()                    # RTSP clients that connected so far
+
     python -m bench.rtsp_camera --port 8554 [--size 640x480] [--fps 30] [--user U]
-                                [--audio aac|pcma] (the password: RTSP_CAMERA_PASSWORD)
+                                [--audio aac|pcma [--clicks]]
+                                (the password: RTSP_CAMERA_PASSWORD)
 
 Why this way: the picture must carry the frame stamp (``common.stamp``: capture time and
 sequence number) so latency is measured end to end through camera, sender and receiver.
@@ -25,8 +29,14 @@ keep rising across restarts, as a camera's clock does. One pipeline is shared by
 (``set_shared``), as a camera's one encoder is. With ``user``, RTSP Basic authentication
 is required. With ``audio``, the stream has a second track: a live ``AUDIO_HZ`` sine
 (``audiotestsrc``) as AAC (``avenc_aac`` from gstreamer1.0-libav, else ``voaacenc``),
-48 kHz mono, or as G.711 A-law (PCMA, 8 kHz), as cameras send it. A line on stdout ("ready URL") says it listens; one on stderr per client
-that connects.
+48 kHz mono, or as G.711 A-law (PCMA, 8 kHz), as cameras send it. With ``clicks`` the sine
+clicks at every whole second of the wall clock, as the sender's fake audio does
+(``sender.audio.tone``), pushed from a thread into an ``appsrc`` timed like the frames:
+the frame stamp and the clicks then measure the audio-to-video offset of a recording
+through the camera (``bench.av_sync``). A line on stdout ("ready URL") says it listens; one on stderr per client
+that connects (GStreamer's ``client-connected``: one per RTSP connection, and an FFmpeg
+reader's session is one connection), which ``clients()`` counts: how many sessions a sender
+opened.
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ AUDIO_CODECS = ("aac", "pcma")
 AUDIO_HZ = 1200.0  # the audio track's sine
 AUDIO_VOLUME = 0.3
 AAC_ENCODERS = ("avenc_aac", "voaacenc")
+CLIENT_LINE = "client connected"  # on stderr, once per RTSP client (``clients()``)
 # Tried in order: (element, its settings, the caps that follow it).
 ENCODERS = (
     (
@@ -135,6 +146,7 @@ class RtspCamera:
         user: str | None = None,
         password: str | None = None,
         audio: str | None = None,
+        clicks: bool = False,
         log: Path | None = None,
     ) -> None:
         self.port = port or free_port()
@@ -144,6 +156,7 @@ class RtspCamera:
         self.user = user
         self.password = password
         self.audio = audio
+        self.clicks = clicks
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -164,6 +177,8 @@ class RtspCamera:
             args += ["--user", self.user]
         if self.audio:
             args += ["--audio", self.audio]
+        if self.clicks:
+            args += ["--clicks"]
         return args
 
     def start(self) -> None:
@@ -233,6 +248,13 @@ class RtspCamera:
         self.stop()
         self.start()
 
+    def clients(self) -> int:
+        """RTSP clients that connected, over every start (the ``log``'s lines for them)."""
+        assert self.log is not None, "clients() counts the lines of the log: give one"
+        if not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count(CLIENT_LINE)
+
     def tail(self, lines: int | None = 20) -> str:
         if self.log is None or not self.log.exists():
             return ""
@@ -270,38 +292,87 @@ class Pusher:
         while not self._stopped.wait(max(0.0, started + n / self._fps - time.monotonic())):
             if time.monotonic() - (started + n / self._fps) > 1.0:  # far behind: skip on
                 n = int((time.monotonic() - started) * self._fps)
-            running = self._running_time()
+            running = running_time(self._appsrc)
             if running is not None:
                 buffer = self._gst.Buffer.new_wrapped(self._camera.picture(first + n).tobytes())
                 buffer.pts = running
                 self._appsrc.emit("push-buffer", buffer)
             n += 1
 
-    def _running_time(self) -> int | None:
-        """Now on the pipeline's running clock (ns), or None before it plays. Not appsrc's
-        do-timestamp: a frame pushed before the pipeline had its base time was stamped
-        with the absolute clock (hours), and the server held it, and all after it, that
-        long (once in about ten starts)."""
-        clock = self._appsrc.get_clock()
-        base = self._appsrc.get_base_time()
-        if clock is None or base == 0:
-            return None
-        now: int = clock.get_time()
-        return now - base if now >= base else None
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def running_time(appsrc: Any) -> int | None:
+    """Now on the pipeline's running clock (ns), or None before it plays. Not appsrc's
+    do-timestamp: a frame pushed before the pipeline had its base time was stamped
+    with the absolute clock (hours), and the server held it, and all after it, that
+    long (once in about ten starts)."""
+    clock = appsrc.get_clock()
+    base = appsrc.get_base_time()
+    if clock is None or base == 0:
+        return None
+    now: int = clock.get_time()
+    return now - base if now >= base else None
+
+
+class ClickPusher:
+    """Feeds the audio ``appsrc`` (``clicks``) with 20 ms of the clicking sine as each is
+    due, timed on the running clock from when its first sample was due, as a capture
+    device's are, until ``stop()``."""
+
+    def __init__(self, gst: Any, appsrc: Any) -> None:
+        self._gst = gst
+        self._appsrc = appsrc
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="clicks", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from sender.audio import FRAME_SAMPLES, SAMPLE_RATE, capture_pts, tone
+        from sender.sources import CLOCK_ORIGIN
+
+        anchor: tuple[int, int] | None = None  # (running ns, sample) at the same instant
+        sample = 0
+        while not self._stopped.is_set():
+            if anchor is None:
+                running = running_time(self._appsrc)
+                if running is None:
+                    self._stopped.wait(0.01)
+                    continue
+                sample = capture_pts(time.monotonic())
+                anchor = (running, sample)
+            due = CLOCK_ORIGIN + (sample + FRAME_SAMPLES) / SAMPLE_RATE - time.monotonic()
+            if due > 0 and self._stopped.wait(due):
+                return
+            samples = tone(
+                sample, FRAME_SAMPLES, time.time() - time.monotonic(), AUDIO_HZ, AUDIO_VOLUME
+            )
+            buffer = self._gst.Buffer.new_wrapped(samples.astype("<i2").tobytes())
+            buffer.pts = anchor[0] + (sample - anchor[1]) * 10**9 // SAMPLE_RATE
+            buffer.duration = FRAME_SAMPLES * 10**9 // SAMPLE_RATE
+            self._appsrc.emit("push-buffer", buffer)
+            sample += FRAME_SAMPLES
 
     def stop(self) -> None:
         self._stopped.set()
 
 
-def audio_branch(gst: Any, codec: str | None) -> str | None:
+def audio_branch(gst: Any, codec: str | None, clicks: bool = False) -> str | None:
     """The launch text of the audio track (``pay1``): "" for none, None when the encoder
-    ``codec`` needs is missing."""
+    ``codec`` needs is missing. ``clicks``: from the ``asrc`` appsrc (``ClickPusher``)."""
     if codec is None:
         return ""
     source = (
         f"audiotestsrc is-live=true wave=sine freq={AUDIO_HZ:g} volume={AUDIO_VOLUME:g} "
         "samplesperbuffer=960 ! audioconvert ! audioresample"
     )
+    if clicks:
+        source = (
+            "appsrc name=asrc is-live=true format=time max-buffers=5 "
+            "caps=audio/x-raw,format=S16LE,rate=48000,channels=1,layout=interleaved "
+            "! audioconvert ! audioresample"
+        )
     if codec == "pcma":
         return f"{source} ! audio/x-raw,rate=8000,channels=1 ! alawenc ! rtppcmapay name=pay1 max-ptime=20000000"
     for encoder in AAC_ENCODERS:
@@ -323,7 +394,7 @@ def serve(args: argparse.Namespace) -> int:
         print("no H.264 encoder (x264enc or openh264enc) in GStreamer", file=sys.stderr)
         return 1
     name, settings, caps = encoder
-    audio = audio_branch(Gst, args.audio)
+    audio = audio_branch(Gst, args.audio, args.clicks)
     if audio is None:
         print(f"no AAC encoder ({', '.join(AAC_ENCODERS)}) in GStreamer", file=sys.stderr)
         return 1
@@ -345,13 +416,18 @@ def serve(args: argparse.Namespace) -> int:
     factory.set_shared(True)
     if audio:  # audiotestsrc answers that it can seek: PLAY would seek, and appsrc cannot
         factory.set_publish_clock_mode(GstRtspServer.RTSPPublishClockMode.CLOCK_AND_OFFSET)
-    pushers: list[Pusher] = []
+    pushers: list[Pusher | ClickPusher] = []
 
     def configure(factory: Any, media: Any) -> None:
         appsrc = media.get_element().get_by_name("src")
         pusher = Pusher(Gst, appsrc, (width, height), args.fps)
         pushers.append(pusher)
         media.connect("unprepared", lambda *_: pusher.stop())
+        clicking = media.get_element().get_by_name("asrc")
+        if clicking is not None:
+            clicks = ClickPusher(Gst, clicking)
+            pushers.append(clicks)
+            media.connect("unprepared", lambda *_: clicks.stop())
 
     factory.connect("media-configure", configure)
     if args.user:
@@ -368,7 +444,7 @@ def serve(args: argparse.Namespace) -> int:
     server.get_mount_points().add_factory(PATH, factory)
 
     def connected(server: Any, client: Any) -> None:
-        print(f"client connected ({name})", file=sys.stderr, flush=True)
+        print(f"{CLIENT_LINE} ({name})", file=sys.stderr, flush=True)
 
     server.connect("client-connected", connected)
     if server.attach(None) == 0:
@@ -427,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--audio", choices=AUDIO_CODECS, help=f"an audio track too: a {AUDIO_HZ:g} Hz sine"
+    )
+    parser.add_argument(
+        "--clicks",
+        action="store_true",
+        help="the sine clicks at every whole second (for python -m bench.av_sync)",
     )
     parser.add_argument("--quit-at-eof", action="store_true", help="stop when stdin ends")
     args = parser.parse_args(argv)

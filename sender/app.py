@@ -117,8 +117,11 @@ async def media(app: web.Application) -> AsyncIterator[None]:
     configs = config.camera_configs()
     labelled = len(configs) > 1 or configs[0].named
     # One microphone for the whole sender: every camera's viewers share its encoder.
+    # ``--audio camera``: the first camera's own connection (its shared source).
     shared_audio = (
-        audio.SharedAudio(config.audio, idle_close=config.idle_close) if config.audio else None
+        audio.SharedAudio(config.audio, idle_close=config.idle_close, camera=lambda: app[SOURCE])
+        if config.audio
+        else None
     )
     make = CameraMaker(settings, app[ICE_LINKS].configuration(), factories, labelled, shared_audio)
     app[MAKE_CAMERA] = make

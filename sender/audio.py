@@ -31,7 +31,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -43,6 +43,9 @@ from common.aiortc_ext import sender_reports
 from . import live
 from .shared_capture import IDLE_CLOSE_SECONDS, SharedCapture
 from .sources import CLOCK_ORIGIN
+
+if TYPE_CHECKING:
+    from .fanout import SharedSource
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ CLICK_AMPLITUDE = 0.8
 NONE = "none"
 AUTO = "auto"
 TESTSRC = "testsrc"
-CAMERA = "camera"  # the video source's own audio (audio_sources.camera_audio)
+CAMERA = "camera"  # the video source's own audio (audio_sources.camera_audio); as a kind:
+# a network camera's audio from the video's own connection (audio_sources.CameraAudioSource)
 DEVICE = "device"  # a microphone: FFmpeg's capture device ``format`` opening ``url``
 FILE = "file"  # an audio file (or a video file's audio), looped in real time
 NETWORK = "network"  # a network camera's audio (rtsp://, rtsps://)
@@ -70,6 +74,11 @@ DEVICE_PREFIXES = ("alsa", "oss", "avfoundation", "dshow", "lavfi")  # FFmpeg's,
 
 class AudioSourceError(Exception):
     """An audio source that cannot be opened or read; one line for the user."""
+
+
+class AudioSourceEnded(AudioSourceError):
+    """A source whose provider closed it (``--audio camera``: the camera was closed, as at
+    shutdown): not a failure."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,8 @@ class AudioSpec:
             return f"microphone {self.format}:{self.url}"
         if self.kind == NETWORK:
             return f"the audio of {live.redact(self.url)}"
+        if self.kind == CAMERA:
+            return f"the audio of {live.redact(self.url)} (the video's own connection)"
         return f"audio file {self.url}"
 
 
@@ -148,13 +159,20 @@ class AudioSource(ABC):
         """Release the device."""
 
 
-def tone(first_sample: int, count: int, wall_offset: float) -> np.ndarray:
+def tone(
+    first_sample: int,
+    count: int,
+    wall_offset: float,
+    hz: float = TONE_HZ,
+    amplitude: float = TONE_AMPLITUDE,
+) -> np.ndarray:
     """Samples ``first_sample`` onwards (capture clock) of the fake audio, as int16:
     the tone, with a click wherever the wall clock is within ``CLICK_SECONDS`` after a
-    whole second. ``wall_offset``: wall clock minus monotonic clock, now."""
+    whole second. ``wall_offset``: wall clock minus monotonic clock, now. (``hz`` and
+    ``amplitude``: the test RTSP camera's clicking sine, ``bench.rtsp_camera``.)"""
     n = np.arange(first_sample, first_sample + count, dtype=np.int64)
     seconds = n / SAMPLE_RATE  # since CLOCK_ORIGIN
-    signal = TONE_AMPLITUDE * np.sin(2 * math.pi * TONE_HZ * seconds)
+    signal = amplitude * np.sin(2 * math.pi * hz * seconds)
     wall_start = CLOCK_ORIGIN + wall_offset  # the wall time of sample 0
     whole = math.floor(wall_start + seconds[0])
     # Time since the last whole wall-clock second, computed from a small base (precision).
@@ -191,12 +209,17 @@ class ToneSource(AudioSource):
         return frame
 
 
-def create(spec: AudioSpec) -> AudioSource:
-    """The source ``spec`` names, not opened."""
+def create(spec: AudioSpec, camera: SharedSource | None = None) -> AudioSource:
+    """The source ``spec`` names, not opened; ``camera``: the video's shared source, for
+    the audio of its own connection (kind ``CAMERA``)."""
     if spec.kind == TESTSRC:
         return ToneSource()
-    from .audio_sources import AvAudioSource  # it builds on this module
+    from .audio_sources import AvAudioSource, CameraAudioSource  # they build on this module
 
+    if spec.kind == CAMERA:
+        if camera is None:
+            raise AudioSourceError(f"{spec.describe()}: no camera to take it from")
+        return CameraAudioSource(spec, camera)
     return AvAudioSource(spec)
 
 
@@ -281,24 +304,29 @@ class AudioTrack(MediaStreamTrack):
 
 class SharedAudio(SharedCapture):
     """Owns the audio capture and its Opus encoder: open for the first listener, closed
-    after the last."""
+    after the last. ``camera`` gives the first camera's shared source (the app's, which a
+    reload may replace): ``--audio camera`` from a network camera is a user of it, so the
+    camera's one connection is opened for the first listener too, and kept while anyone
+    listens or watches."""
 
     def __init__(
         self,
         spec: AudioSpec,
         opener: Callable[[], Awaitable[AudioSource]] | None = None,
         idle_close: float = IDLE_CLOSE_SECONDS,
+        camera: Callable[[], SharedSource] | None = None,
     ) -> None:
         super().__init__(idle_close, "audio")
         self.spec = spec
         self._opener = opener or self._open_spec
+        self._camera = camera
         self._listeners: set[AudioTrack] = set()
         self._source: AudioSource | None = None
         self.packets_encoded = 0
         self.packets_sent = 0
 
     async def _open_spec(self) -> AudioSource:
-        source = create(self.spec)
+        source = create(self.spec, None if self._camera is None else self._camera())
         await source.open()
         return source
 
@@ -345,6 +373,9 @@ class SharedAudio(SharedCapture):
                     logger.debug("opus packet pts %s, %d bytes", packet.pts, packet.size)
                     for listener in list(self._listeners):
                         listener.offer(packet)
+        except AudioSourceEnded as exc:
+            logger.info("%s", exc)
+            self._end_users()
         except AudioSourceError as exc:
             logger.error("%s", exc)
             self._end_users()

@@ -22,6 +22,12 @@ A device (or camera) that fails or ends mid-stream is reopened with backoff
 (``common.backoff``, as video devices are) until it comes back, with one INFO line when
 it is lost and one when it is back; meanwhile nothing is handed out, so listeners hear a
 pause (no packets: their players conceal it as silence) while the video goes on.
+
+``--audio camera`` with a network camera is ``CameraAudioSource``: no connection of its
+own, but the audio track of the video's (``sender.live`` decodes it with a ``Stamper``,
+``fanout.SharedSource`` hands it over), so the camera sees one RTSP session; it pauses and
+resumes with the video. A file's audio (``--source clip.mp4 --audio camera``) is still
+read by a reader of its own, looped on its own.
 """
 
 from __future__ import annotations
@@ -50,11 +56,13 @@ from .audio import (
     SAMPLE_RATE,
     TIME_BASE,
     AudioSource,
+    AudioSourceEnded,
     AudioSourceError,
     AudioSpec,
     capture_pts,
     resolve,
 )
+from .fanout import SharedSource
 from .sources import CLOCK_ORIGIN, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -86,7 +94,6 @@ class AvAudioSource(AudioSource):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next: int | None = None  # the pts of the next sample handed out
         self._error: str | None = None  # set and cleared by the capture thread
 
     @property
@@ -95,7 +102,8 @@ class AvAudioSource(AudioSource):
 
     def _open_container(self) -> av.container.InputContainer:
         spec = self._spec
-        options = live.options(spec.url, spec.rtsp_transport) if spec.kind == NETWORK else {}
+        network = spec.kind in (NETWORK, CAMERA)
+        options = live.options(spec.url, spec.rtsp_transport) if network else {}
         if spec.format == "alsa":
             alsa_log.install()
             alsa_log.last_message()
@@ -108,7 +116,8 @@ class AvAudioSource(AudioSource):
             raise AudioSourceError(f"cannot open {spec.describe()}: {reason}") from None
         if not container.streams.audio:
             container.close()
-            raise AudioSourceError(f"{spec.describe()} has no audio")
+            shown = live.redact(spec.url) if network else spec.describe()
+            raise AudioSourceError(f"{shown} has no audio track")
         return container
 
     async def open(self) -> None:
@@ -172,7 +181,6 @@ class AvAudioSource(AudioSource):
                 return
             lost = time.monotonic()
             self._error = f"lost ({reason}); reopening it"
-            self._next = None  # it resumes on the capture clock, after a gap
             logger.info(
                 "%s is lost (%s); reopening it (video goes on)", self._spec.describe(), reason
             )
@@ -181,8 +189,7 @@ class AvAudioSource(AudioSource):
         """Read until the end (a file: forever, looped) or ``close()``; why it ended."""
         stream = container.streams.audio[0]
         wall_clock = container.format.name in WALL_CLOCK_DEMUXERS
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        batch = Batch()
+        stamper = Stamper()  # a new connection resumes on the capture clock, after a gap
         while True:
             for packet in container.demux(stream):
                 if self._stopping.is_set():
@@ -195,10 +202,8 @@ class AvAudioSource(AudioSource):
                 for frame in frames:
                     arrived = time.monotonic()
                     captured = self._captured(frame, arrived, wall_clock)
-                    frame.pts = None  # counted here: the resampler wants no gaps in them
-                    for out in resampler.resample(frame):
-                        ready = batch.add(out, captured)
-                        if ready is not None and not self._hand_out(*ready):
+                    for out in stamper.add(frame, captured):
+                        if not self._hand_out(out):
                             return "closed"
             if self._spec.kind != FILE:
                 return "it ended"
@@ -209,20 +214,10 @@ class AvAudioSource(AudioSource):
         counted from the first one)."""
         return None if self._spec.kind == FILE else capture_time(frame, arrived, wall_clock)
 
-    def _hand_out(self, frame: av.AudioFrame, captured: float | None) -> bool:
-        """Time ``frame``, wait until its last sample is due, queue it; False once closed."""
-        if self._next is None:
-            self._next = capture_pts(time.monotonic() if captured is None else captured)
-        elif captured is not None:
-            at = capture_pts(captured)
-            if abs(at - self._next) > RESYNC_SECONDS * SAMPLE_RATE:
-                logger.debug("audio resynced by %d samples", at - self._next)
-                self._next = at
-        frame.pts = self._next
-        frame.time_base = TIME_BASE
-        self._next += frame.samples
-        due = CLOCK_ORIGIN + self._next / SAMPLE_RATE - time.monotonic()
-        if due > 0 and self._stopping.wait(due):
+    def _hand_out(self, frame: av.AudioFrame) -> bool:
+        """Wait until ``frame``'s last sample is due, queue it; False once closed."""
+        wait = due_in(frame)
+        if wait > 0 and self._stopping.wait(wait):
             return False
         assert self._loop is not None
         try:
@@ -234,6 +229,109 @@ class AvAudioSource(AudioSource):
     def _deliver(self, frame: av.AudioFrame) -> None:
         self._frames.append(frame)
         self._ready.set()
+
+
+class CameraAudioSource(AudioSource):
+    """A network camera's audio from the video's own connection: a user of the camera's
+    ``SharedSource`` (``hear()``), like a passthrough viewer, so opening it opens the
+    camera (without decoding its video, when nobody watches) and the connection stays
+    while anyone listens or watches. Frames come ready (``Stamper``, in the camera's
+    reader thread, timed on the video's clock: see ``sender.live``); each is handed out
+    when its last sample is due, as ``AvAudioSource`` does. When the camera drops, the
+    frames stop and the listeners hear a pause until the reader has reconnected, as the
+    viewers see one. A camera without an audio track was refused at start (``choose``
+    probes it); one that loses its track later shows in ``error``. The first camera's
+    (``--audio camera`` with several: the default one's)."""
+
+    def __init__(self, spec: AudioSpec, camera: SharedSource) -> None:
+        self._spec = spec
+        self._camera = camera
+        self._frames: collections.deque[av.AudioFrame] = collections.deque(maxlen=QUEUE_FRAMES)
+        self._ready = asyncio.Event()
+        self._ended = False
+
+    async def open(self) -> None:
+        self._camera.hear(self)
+
+    @property
+    def error(self) -> str | None:
+        """The camera's own (connecting, lost), or an audio track that went missing."""
+        camera = self._camera
+        if camera.state not in (live.LIVE, live.CLOSED):
+            return f"the camera is {camera.state}" + (f" ({camera.error})" if camera.error else "")
+        info = camera.stream_info
+        if info is not None and info.audio is None:
+            return "the camera's stream has no audio track"
+        return None
+
+    def on_audio(self, frame: av.AudioFrame | None) -> None:
+        """From the camera (``live.AudioSink``); None: it closed for good."""
+        if frame is None:
+            self._ended = True
+        else:
+            self._frames.append(frame)
+        self._ready.set()
+
+    async def read(self) -> av.AudioFrame:
+        while not self._frames:
+            if self._ended:
+                raise AudioSourceEnded(f"{self._spec.describe()}: the camera closed")
+            self._ready.clear()
+            await self._ready.wait()
+        frame = self._frames.popleft()
+        wait = due_in(frame)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return frame
+
+    async def close(self) -> None:
+        self._camera.unhear(self)
+
+
+class Stamper:
+    """One stream's decoded frames made ready for the Opus encoder, wherever they are read
+    (``AvAudioSource``'s thread, or the camera's reader for ``--audio camera``,
+    ``sender.live``): resampled once to 48 kHz mono s16, gathered into frames of at least
+    ``FRAME_SAMPLES`` (``Batch``), and timed: ``pts`` counts samples on the capture clock
+    from the first one's capture time, following it again past ``RESYNC_SECONDS`` (see the
+    module's docstring). A new connection (or a gap) takes a new Stamper."""
+
+    def __init__(self) -> None:
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._batch = Batch()
+        self._next: int | None = None  # the pts of the next sample handed out
+
+    def add(self, frame: av.AudioFrame, captured: float | None) -> list[av.AudioFrame]:
+        """The frames ready to hand out after ``frame`` (whose first sample was captured
+        at ``captured``, on ``time.monotonic()``; None: counted from the first one), each
+        timed; ``due_in()`` says when each may go."""
+        frame.pts = None  # counted here: the resampler wants no gaps in them
+        ready = []
+        for out in self._resampler.resample(frame):
+            batch = self._batch.add(out, captured)
+            if batch is not None:
+                ready.append(self._stamp(*batch))
+        return ready
+
+    def _stamp(self, frame: av.AudioFrame, captured: float | None) -> av.AudioFrame:
+        if self._next is None:
+            self._next = capture_pts(time.monotonic() if captured is None else captured)
+        elif captured is not None:
+            at = capture_pts(captured)
+            if abs(at - self._next) > RESYNC_SECONDS * SAMPLE_RATE:
+                logger.debug("audio resynced by %d samples", at - self._next)
+                self._next = at
+        frame.pts = self._next
+        frame.time_base = TIME_BASE
+        self._next += frame.samples
+        return frame
+
+
+def due_in(frame: av.AudioFrame) -> float:
+    """Seconds until a timed frame's last sample is due on the capture clock (a frame is
+    never handed out before: files play in real time, a fast device clock is held back)."""
+    assert frame.pts is not None
+    return CLOCK_ORIGIN + (frame.pts + frame.samples) / SAMPLE_RATE - time.monotonic()
 
 
 class Batch:
@@ -344,12 +442,16 @@ async def probe(spec: AudioSpec, within: float = PROBE_SECONDS) -> None:
 
 
 def camera_audio(camera: SourceSpec | None) -> AudioSpec:
-    """``--audio camera``: the audio of the video source's own file or network camera,
-    read by a reader of its own (a second RTSP session; a file looped on its own)."""
+    """``--audio camera``: the audio of the video source (with several, the first: the
+    default camera's). A network camera's comes from the video's own connection (kind
+    ``CAMERA``: ``CameraAudioSource``); a file's is read by a reader of its own, looped on
+    its own (sharing the video's reader would tie the audio to whether video is decoded
+    and paced, for no saving: a file has no session limit)."""
     if camera is None or camera.kind not in (FILE, NETWORK):
         shown = "no camera" if camera is None else camera.describe()
         raise AudioSourceError(f"camera: {shown} is not a file or network camera with audio")
-    return AudioSpec(camera.kind, camera.url, rtsp_transport=camera.rtsp_transport)
+    kind = CAMERA if camera.kind == NETWORK else FILE
+    return AudioSpec(kind, camera.url, rtsp_transport=camera.rtsp_transport)
 
 
 async def choose(
@@ -361,7 +463,7 @@ async def choose(
     is ``camera``'s audio (``camera_audio``)."""
     if name != AUTO:
         spec = camera_audio(camera) if name == CAMERA else resolve(name, rtsp_transport)
-        if spec is not None and spec.kind in (DEVICE, FILE, NETWORK):
+        if spec is not None and spec.kind in (DEVICE, FILE, NETWORK, CAMERA):
             await probe(spec)
         return spec
     microphone = default_microphone()

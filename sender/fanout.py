@@ -7,6 +7,10 @@ takes longer, and the viewers' encoders wait for the next frame, connected.
 
 Besides frames, a source that receives H.264 hands its packets to ``listen()``ers (H.264
 passthrough, ``sender.passthrough``); it decodes only while a frame viewer subscribes.
+A network camera's audio goes to ``hear()``ers (``--audio camera``,
+``audio_sources.CameraAudioSource``): they are users like the others, so one connection
+serves video viewers, passthrough viewers and audio listeners, opened for whichever comes
+first and closed after the last; with only audio listeners no video is decoded.
 """
 
 from __future__ import annotations
@@ -77,10 +81,11 @@ class SharedSource(SharedCapture):
         self._source: Source | None = None
         self._reconnects = 0  # by the sources opened before the current one
         self._listeners: set[PacketSink] = set()  # H.264 packets (sender.passthrough)
+        self._hearers: set[live.AudioSink] = set()  # the camera's audio (--audio camera)
 
     @property
     def in_use(self) -> bool:
-        return bool(self._viewers or self._listeners)
+        return bool(self._viewers or self._listeners or self._hearers)
 
     @property
     def state(self) -> str:
@@ -133,10 +138,30 @@ class SharedSource(SharedCapture):
         self._listeners.discard(listener)
         self._idle()
 
+    def hear(self, hearer: live.AudioSink) -> None:
+        """The camera's audio for ``hearer`` (opening the source if need be); its
+        ``on_audio(None)`` says the source has closed for good."""
+        self._hearers.add(hearer)
+        self._start()
+        self._demand()
+
+    def unhear(self, hearer: live.AudioSink) -> None:
+        self._hearers.discard(hearer)
+        self._demand()
+        self._idle()
+
     def _demand(self) -> None:
-        """Decode only while frames are wanted (a source with packets may not need to)."""
+        """Decode only while frames are wanted (a source with packets may not need to),
+        and the audio only while someone listens."""
         if self._source is not None:
             self._source.set_decoding(bool(self._viewers))
+            self._source.hear(self if self._hearers else None)
+
+    # -- AudioSink: the open source's audio, to every hearer ------------------------------
+
+    def on_audio(self, frame: av.AudioFrame | None) -> None:
+        for hearer in list(self._hearers):
+            hearer.on_audio(frame)
 
     # -- PacketSink: the open source's packets, to every listener ------------------------
 
@@ -173,6 +198,7 @@ class SharedSource(SharedCapture):
             self.is_open = False
             self._source = None
             source.feed(None)
+            source.hear(None)
             self._reconnects += source.reconnects
             # Shielded so that a cancelled capture still releases the device.
             await asyncio.shield(source.close())
@@ -181,6 +207,8 @@ class SharedSource(SharedCapture):
     def _end_users(self) -> None:
         for viewer in list(self._viewers):
             viewer.offer(None)
+        self.on_audio(None)
 
     def _forget_users(self) -> None:
         self._viewers.clear()
+        self._hearers.clear()

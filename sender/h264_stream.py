@@ -50,6 +50,7 @@ class StreamInfo:
     constraints: int = 0  # the SPS's constraint flags byte
     level_idc: int = 0
     b_frames: bool = False  # frames out of order: not for WebRTC (sent transcoded)
+    audio: str | None = None  # the connection's audio track's codec (FFmpeg's name), if any
 
     @property
     def constrained_baseline(self) -> bool:
@@ -110,6 +111,15 @@ class Timeline:
     def restart(self) -> None:
         """A new connection or loop: its times are anchored at its first packet."""
         self._anchor = None
+
+    def capture(self, media: float) -> float | None:
+        """When something at stream time ``media`` (seconds) was captured, on
+        ``time.monotonic()``, by the current anchor: for the connection's other streams,
+        whose times FFmpeg puts on the same clock (the camera's RTP-Info, its RTCP sender
+        reports). None before the connection's first packet."""
+        if self._anchor is None:
+            return None
+        return self._origin + self._anchor + media
 
     def pts(self, media: float | None, now: float) -> int:
         arrival = now - self._origin

@@ -17,6 +17,20 @@ An H.264 stream's packets also go, as they are, to a ``sink`` (``sender.h264_str
 passthrough), and decoding runs only while frames are wanted (``decode``): with only
 passthrough viewers nothing is decoded. The same reader plays an H.264 file (``paced``:
 held to its timestamps, looped without a word).
+
+A camera's audio track comes out of the same connection (``--audio camera``: one RTSP
+session for video and audio, as many cameras allow no more than one or two): while an
+``audio`` sink is set, the reader demuxes the audio too, decodes it and makes it ready for
+Opus with ``audio_sources.Stamper`` (48 kHz mono, timed on the capture clock), in its
+thread, and hands the frames to the sink. Sync: FFmpeg gives both streams of an RTSP
+session times on one clock (from the PLAY answer's RTP-Info, re-based on the camera's RTCP
+sender reports), so an H.264 camera's audio is timed on the video's ``Timeline``: the
+camera's own time between audio and video is kept, anchored where the video's first packet
+arrived (the audio starts with the video: what comes before is dropped). Where that is
+not there (another video codec) or is far from the arrival (over ``REANCHOR_SECONDS``: a
+re-basing), the audio is timed by its arrival, less its duration. When the camera drops,
+audio and video pause together; the next connection's audio starts afresh on the capture
+clock.
 """
 
 from __future__ import annotations
@@ -28,8 +42,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import av
@@ -37,7 +51,10 @@ from av.codec.context import Flags
 
 from common.backoff import Backoff
 
-from .h264_stream import AnnexB, PacketSink, StreamInfo, Timeline
+from .h264_stream import REANCHOR_SECONDS, AnnexB, PacketSink, StreamInfo, Timeline
+
+if TYPE_CHECKING:
+    from .audio_sources import Stamper
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +80,14 @@ LIVE = "live"
 RECONNECTING = "reconnecting"
 CLOSED = "closed"
 STATES = (CONNECTING, LIVE, RECONNECTING, CLOSED)
+
+
+class AudioSink(Protocol):
+    """Who gets the camera's audio (``fanout.SharedSource``, for ``--audio camera``), on
+    the event loop."""
+
+    def on_audio(self, frame: av.AudioFrame | None) -> None:
+        """A 48 kHz mono s16 frame, timed on the capture clock; None: the camera closed."""
 
 
 class LiveError(Exception):
@@ -213,7 +238,8 @@ class LiveReader:
     (``sources.CLOCK_ORIGIN``) for the packets' times.
 
     Set from the event loop: ``sink`` gets an H.264 stream's packets (``h264_stream``),
-    ``decode`` says whether frames are wanted (decoding restarts at a keyframe)."""
+    ``decode`` says whether frames are wanted (decoding restarts at a keyframe), ``audio``
+    gets a live camera's audio (decoded only while it is set; a file's is not read)."""
 
     def __init__(
         self,
@@ -251,6 +277,7 @@ class LiveReader:
         self._timeline = Timeline(origin)
         self.decode = True  # frames wanted (set from the loop)
         self.sink: PacketSink | None = None  # H.264 packets wanted (set from the loop)
+        self.audio: AudioSink | None = None  # the audio wanted (set from the loop)
         self.stream_info: StreamInfo | None = None  # the current connection's, on the loop
 
     def start(self) -> None:
@@ -331,7 +358,10 @@ class LiveReader:
             stream = container.streams.video[0]
             stream.thread_type = "SLICE"  # frame threads would hold frames back
             stream.codec_context.flags |= Flags.low_delay  # each frame out as soon as it can
-            return self._receive(container, stream)
+            audio = (
+                None if self._paced or not container.streams.audio else container.streams.audio[0]
+            )
+            return self._receive(container, stream, audio)
         except av.error.EOFError:  # a file's end, as a decoder reports it
             return Failure(FILE_ENDED if self._paced else "the stream ended")
         except (av.FFmpegError, OSError) as exc:
@@ -339,7 +369,12 @@ class LiveReader:
         finally:
             container.close()
 
-    def _receive(self, container: av.container.InputContainer, stream: av.VideoStream) -> Failure:
+    def _receive(
+        self,
+        container: av.container.InputContainer,
+        stream: av.VideoStream,
+        audio: av.AudioStream | None,
+    ) -> Failure:
         lag = Lag()
         # RTP times are the camera's clock; other demuxers may make them up (FFmpeg's
         # MJPEG over HTTP counts frames at 25 fps), and then no lag can be measured.
@@ -350,13 +385,19 @@ class LiveReader:
         info = h264.info if h264 is not None else None
         if h264 is None:
             info = StreamInfo(context.name, context.width, context.height)
+        # What the connection carries, its audio track too (None: it has none).
+        audio_codec = None if audio is None else audio.codec_context.name
         if info is not None:
-            self._post(self._stream, info)
+            self._post(self._stream, replace(info, audio=audio_codec))
         decoding = False  # the decoder has had a keyframe since frames were wanted
         clock: tuple[float, float] | None = None  # a file's pace: (wall, media seconds)
-        for packet in container.demux(stream):
+        stamper: Stamper | None = None  # the audio, while it is wanted
+        for packet in container.demux(stream) if audio is None else container.demux(stream, audio):
             if self._stopping.is_set():
                 return Failure("closed")
+            if audio is not None and packet.stream_index == audio.index:
+                stamper = self._hear(audio, packet, stamper, h264 is not None)
+                continue
             if self._paced and packet.dts is not None and packet.time_base is not None:
                 media_seconds = float(packet.dts * packet.time_base)
                 if clock is None:
@@ -368,7 +409,7 @@ class LiveReader:
             if h264 is not None and packet.size:
                 sent = h264.convert(packet, time.monotonic())
                 if h264.changed and h264.info is not None:
-                    self._post(self._stream, h264.info)
+                    self._post(self._stream, replace(h264.info, audio=audio_codec))
                 keyframe = keyframe or any(p.is_keyframe for p in sent)
                 if sent and not received:
                     received = True
@@ -397,7 +438,7 @@ class LiveReader:
                 if skipping:
                     logger.info("%s: %d packets skipped", self.shown, lag.skipped)
             try:
-                frames = packet.decode()
+                frames = context.decode(packet)
             except av.error.InvalidDataError:  # a damaged packet (UDP loss): go on
                 continue
             for frame in frames:
@@ -406,6 +447,37 @@ class LiveReader:
                     self._live(stream)
                 self._post(self._hand_over, self._convert(frame))
         return Failure(FILE_ENDED if self._paced else "the stream ended")
+
+    def _hear(
+        self, stream: av.AudioStream, packet: av.Packet[Any], stamper: Stamper | None, timed: bool
+    ) -> Stamper | None:
+        """An audio packet: decoded and made ready for Opus while the audio is wanted; the
+        stamper to use for the next one (None: not wanted, the next one starts afresh).
+        ``timed``: on the video's ``Timeline`` (an H.264 stream's)."""
+        from .audio_sources import Stamper, capture_time  # it builds on this module
+
+        if self.audio is None:
+            return None
+        if not packet.size:  # an empty packet (the end): nothing to decode
+            return stamper
+        try:
+            frames = stream.codec_context.decode(packet)
+        except av.FFmpegError as exc:  # a damaged packet (UDP loss): the video goes on
+            logger.debug("%s: an audio packet not decoded: %s", self.shown, exc)
+            return stamper
+        arrived = time.monotonic()
+        for frame in frames:
+            captured = capture_time(frame, arrived, wall_clock=False)
+            if timed and frame.pts is not None and frame.time_base is not None:
+                at = self._timeline.capture(float(frame.pts * frame.time_base))
+                if at is None:
+                    continue  # before the video's first packet
+                if abs(at - captured) <= REANCHOR_SECONDS:
+                    captured = at
+            stamper = stamper or Stamper()
+            for out in stamper.add(frame, captured):
+                self._post(self._heard, out)
+        return stamper
 
     def _live(self, stream: av.VideoStream) -> None:
         """The first frame (or H.264 packet) of a connection."""
@@ -444,6 +516,10 @@ class LiveReader:
         self.stream_info = info
         if self.sink is not None:
             self.sink.on_stream(info)
+
+    def _heard(self, frame: av.AudioFrame) -> None:
+        if self.audio is not None:
+            self.audio.on_audio(frame)
 
     def _packet(self, packet: av.Packet[Any]) -> None:
         if self.sink is not None:

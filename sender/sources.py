@@ -116,6 +116,10 @@ class Source(ABC):
     def set_decoding(self, wanted: bool) -> None:
         """Whether anyone wants frames: a source with packets decodes only then."""
 
+    def hear(self, sink: live.AudioSink | None) -> None:
+        """Hand the audio of the video's own connection to ``sink`` (None: not wanted):
+        a network camera's (``--audio camera``); other sources never call it."""
+
     async def __aenter__(self) -> Source:
         return self
 
@@ -432,6 +436,9 @@ class LiveSource(Source):
 
     def set_decoding(self, wanted: bool) -> None:
         self._reader.decode = wanted
+
+    def hear(self, sink: live.AudioSink | None) -> None:
+        self._reader.audio = sink
 
 
 def is_h264_file(path: str) -> bool:
