@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -129,12 +130,18 @@ def wait_until_recorded(clip: Path, seconds: float) -> None:
 
 
 def record_across_restart(
-    tmp_path: Path, clip: Path, *options: str, restart_after: float, duration: float
-) -> list[Path]:
+    tmp_path: Path,
+    clip: Path,
+    *options: str,
+    restart_after: float,
+    duration: float,
+    kill: bool = False,
+) -> tuple[list[Path], str]:
     """The receiver CLI records ``clip`` from a sender of the fake camera and audio,
     which restarts on the same port once ``restart_after`` seconds of audio are in the
-    file; the receiver reconnects (``--retry-forever``) and records the next segment,
-    ``clip-2``. Both segments, once the receiver ended well."""
+    file (stopped, or with ``kill`` killed: it vanishes without a goodbye); the receiver
+    reconnects (``--retry-forever``) and records the next segment, ``clip-2``. Both
+    segments and the receiver's stderr, once it ended well."""
     first = SenderProcess(FAKE_AV, tmp_path / "sender.log")
     port = urllib.parse.urlsplit(first.url).port
     assert port is not None
@@ -151,6 +158,8 @@ def record_across_restart(
     second = None
     try:
         wait_until_recorded(clip, restart_after)
+        if kill:
+            first.proc.send_signal(signal.SIGKILL)
         first.stop()
         second = SenderProcess(FAKE_AV, tmp_path / "sender-2.log", port=port)
         _, stderr = receiver.communicate(timeout=120)
@@ -162,4 +171,4 @@ def record_across_restart(
     assert receiver.returncode == 0, stderr
     segments = [clip, clip.with_name(f"{clip.stem}-2{clip.suffix}")]
     assert all(path.exists() for path in segments), list(tmp_path.iterdir())
-    return segments
+    return segments, stderr

@@ -68,6 +68,7 @@ def test_in_sync_with_five_percent_loss(tmp_path: Path) -> None:
 def test_in_sync_across_a_sender_restart(tmp_path: Path) -> None:
     # About ten seconds into the first segment (its clicks), the sender restarts.
     clip = tmp_path / "clip.mkv"
-    for path in record_across_restart(tmp_path, clip, restart_after=10, duration=30):
+    segments, _ = record_across_restart(tmp_path, clip, restart_after=10, duration=30)
+    for path in segments:
         sync = measure(path)
         check(sync, sync.frames / 30)

@@ -13,7 +13,6 @@ import json
 import signal
 import subprocess
 import sys
-import urllib.parse
 from pathlib import Path
 
 import av
@@ -26,17 +25,16 @@ from sender.camera import CameraConfig
 from sender.sources import SourceSpec
 
 from .helpers import (
+    FAKE_AV,
     ROOT,
-    SenderProcess,
     assert_one_line_error,
-    child_env,
+    record_across_restart,
     run_receiver,
 )
 from .test_audio_offers import AUDIO_FRAMES, TESTSRC, assert_the_tone, get_json
 from .test_audio_out import sound_server  # noqa: F401 (a fixture, used by name)
-from .test_av_sync import wait_until_recorded
 
-FAKE = ("--source", "testsrc", "--audio", "testsrc")
+FAKE = FAKE_AV
 SECONDS = 6
 CLICK_SPACING_TOLERANCE = 0.005  # seconds: RTP time, one 20 ms packet is 0.02
 
@@ -149,40 +147,14 @@ def test_audio_alone_recorded(
 def test_a_sender_restart_starts_a_new_audio_file(tmp_path: Path, how: str) -> None:
     """Stopped: the sender says goodbye (the track ends); killed: it vanishes, and the
     audio's silence for --stall-timeout tells. Either way: a new connection, a new file."""
-    first = SenderProcess(FAKE, tmp_path / "sender.log")
-    port = urllib.parse.urlsplit(first.url).port
-    assert port is not None
     clip = tmp_path / "clip.mka"
-    receiver = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "receiver", first.url, "--no-video", "--quiet"),
-            *("--record", str(clip), "--duration", "16", "--retry-forever"),
-        ],
-        env=child_env(),
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
+    segments, stderr = record_across_restart(
+        tmp_path, clip, "--no-video", restart_after=3, duration=16, kill=how == "killed"
     )
-    second = None
-    try:
-        wait_until_recorded(clip, 3)
-        if how == "killed":
-            first.proc.send_signal(signal.SIGKILL)
-        first.stop()
-        second = SenderProcess(FAKE, tmp_path / "sender-2.log", port=port)
-        _, stderr = receiver.communicate(timeout=120)
-    finally:
-        receiver.kill()
-        if second is not None:
-            second.stop()
-        first.stop()
-    assert receiver.returncode == 0, stderr
     print(stderr)
     assert "retrying" in stderr, stderr  # the loss noticed, said once, and repaired
     ended = "no audio for 3 s" if how == "killed" else "the sender ended the stream"
     assert ended in stderr, stderr
-    segments = [clip, tmp_path / "clip-2.mka"]
-    assert all(path.exists() for path in segments), list(tmp_path.iterdir())
     for path in segments:
         kinds, codec, seconds = played(path)
         assert kinds == ["audio"] and codec == "opus" and seconds >= 3, (path, seconds)

@@ -108,7 +108,7 @@ def test_aac_in_mp4_across_a_sender_restart(tmp_path: Path) -> None:
     """A reconnection starts a new file (``clip-2.mp4``); each starts at a video
     keyframe with its own AAC encoder, both in sync."""
     clip = tmp_path / "clip.mp4"
-    segments = record_across_restart(
+    segments, _ = record_across_restart(
         tmp_path, clip, "--audio-codec", "aac", restart_after=7, duration=20
     )
     for path in segments:
