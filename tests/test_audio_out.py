@@ -100,32 +100,37 @@ def sound_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         server.wait(timeout=10)
 
 
-def test_plays_the_tone_and_every_click(sender_process, sound_server, tmp_path: Path) -> None:
-    sender = sender_process(*FAKE)
-    played = tmp_path / "played.wav"
-    stats = tmp_path / "stats.json"
+def play_and_record(
+    sound_server: dict[str, str], wav: Path, *receiver_args: str
+) -> subprocess.CompletedProcess[str]:
+    """Run the receiver CLI with ``receiver_args`` (which play into the null sink)
+    while ``parec`` records what the sink plays into ``wav``."""
     recorder = subprocess.Popen(
         [
             *("parec", "-d", "out.monitor", "--rate", str(SAMPLE_RATE), "--channels", "2"),
-            *("--format", "s16le", "--file-format=wav", str(played)),
+            *("--format", "s16le", "--file-format=wav", str(wav)),
         ],
         env=sound_server,
     )
     try:
-        result = subprocess.run(
-            [
-                *(sys.executable, "-m", "receiver", sender.url, "--audio-out", "--quiet"),
-                *("--duration", str(SECONDS), "--stats-json", str(stats)),
-            ],
-            env=sound_server,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        return run_receiver(*receiver_args, env=sound_server)
     finally:
         recorder.send_signal(signal.SIGINT)  # parec finishes the WAV header
         recorder.wait(timeout=10)
+
+
+def test_plays_the_tone_and_every_click(sender_process, sound_server, tmp_path: Path) -> None:
+    sender = sender_process(*FAKE)
+    played = tmp_path / "played.wav"
+    stats = tmp_path / "stats.json"
+    result = play_and_record(
+        sound_server,
+        played,
+        sender.url,
+        "--audio-out",
+        "--quiet",
+        *("--duration", str(SECONDS), "--stats-json", str(stats)),
+    )
     assert result.returncode == 0, result.stderr
     clicks = click_times(played)
     print("clicks at", clicks)

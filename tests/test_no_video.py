@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -26,13 +23,12 @@ from sender.sources import SourceSpec
 
 from .helpers import (
     FAKE_AV,
-    ROOT,
     assert_one_line_error,
     record_across_restart,
     run_receiver,
 )
 from .test_audio_offers import AUDIO_FRAMES, TESTSRC, assert_the_tone, get_json
-from .test_audio_out import sound_server  # noqa: F401 (a fixture, used by name)
+from .test_audio_out import play_and_record, sound_server  # noqa: F401 (a fixture, used by name)
 
 FAKE = FAKE_AV
 SECONDS = 6
@@ -169,28 +165,15 @@ def test_audio_out_plays_the_audio_alone(
     sender = sender_process(*FAKE)
     sound = tmp_path / "played.wav"
     stats = tmp_path / "stats.json"
-    parec = subprocess.Popen(
-        [
-            *("parec", "-d", "out.monitor", "--rate", "48000", "--channels", "2"),
-            *("--format", "s16le", "--file-format=wav", str(sound)),
-        ],
-        env=sound_server,
+    result = play_and_record(
+        sound_server,
+        sound,
+        sender.url,
+        "--no-video",
+        "--audio-out",
+        "--quiet",
+        *("--duration", str(SECONDS), "--stats-json", str(stats)),
     )
-    try:
-        result = subprocess.run(
-            [
-                *(sys.executable, "-m", "receiver", sender.url, "--no-video", "--audio-out"),
-                *("--duration", str(SECONDS), "--stats-json", str(stats), "--quiet"),
-            ],
-            env=sound_server,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-    finally:
-        parec.send_signal(signal.SIGINT)  # parec finishes the WAV header
-        parec.wait(timeout=10)
     assert result.returncode == 0, result.stderr
     # PulseAudio may drop a new stream's first second (tests/test_audio_out.py); after
     # that every click a second after the last.
