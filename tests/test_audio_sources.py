@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from bench.rtsp_camera import AUDIO_HZ
+from bench.rtsp_camera import AUDIO_HZ, RtspCamera
 from receiver import Receiver
 from sender.audio import DEVICE, FILE, NETWORK, AudioSpec, resolve
 from sender.audio_sources import AvAudioSource, capture_time
@@ -264,24 +264,33 @@ async def test_an_rtsp_cameras_audio_comes_back_after_a_restart(
     caplog.set_level(logging.INFO, logger="sender.audio_sources")
     with rtsp_camera(tmp_path, audio="pcma") as camera:
         sender = await sender_factory(audio=AudioSpec(NETWORK, camera.url()))
-        async with Receiver(sender.url) as rx:
-            heard: list[av.AudioFrame] = []
-
-            async def receive() -> None:
-                async for frame in rx.audio_frames():
-                    heard.append(frame)
-
-            task = asyncio.create_task(receive())
-            try:
-                await wait_until(lambda: len(heard) >= 25, what="the camera's audio")
-                camera.restart()
-                await wait_until(lambda: "is back" in caplog.text, what="the audio to be back")
-                back = len(heard)
-                await wait_until(lambda: len(heard) >= back + 125, what="audio once back")
-            finally:
-                task.cancel()
+        after = await hear_across_restart(sender.url, camera, lambda: "is back" in caplog.text)
     assert "the audio of rtsp://127.0.0.1" in caplog.text and "is lost" in caplog.text
-    assert_tone(heard[back + 25 :], AUDIO_HZ)
+    assert_tone(after, AUDIO_HZ)
+
+
+async def hear_across_restart(
+    url: str, camera: RtspCamera, back: Callable[[], bool]
+) -> list[av.AudioFrame]:
+    """A receiver of ``url`` hears the camera's audio, the camera restarts; once ``back()``
+    says the sender has it again, the audio heard from half a second on (2 s of it)."""
+    async with Receiver(url) as rx:
+        heard: list[av.AudioFrame] = []
+
+        async def receive() -> None:
+            async for frame in rx.audio_frames():
+                heard.append(frame)
+
+        task = asyncio.create_task(receive())
+        try:
+            await wait_until(lambda: len(heard) >= 25, what="the camera's audio")
+            camera.restart()
+            await wait_until(back, what="the camera's audio to be back")
+            again = len(heard)
+            await wait_until(lambda: len(heard) >= again + 125, what="audio once back")
+        finally:
+            task.cancel()
+    return heard[again + 25 :]
 
 
 async def test_audio_camera_is_the_rtsp_cameras_own_audio(

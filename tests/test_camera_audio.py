@@ -22,7 +22,7 @@ from sender.sources import NETWORK, SourceSpec
 from .helpers import SenderProcess, assert_one_line_error, run_receiver, run_sender, wait_until
 from .rtsp_camera import rtsp_camera
 from .test_audio_offers import get_json, scrape, whep
-from .test_audio_sources import RATE, assert_tone
+from .test_audio_sources import RATE, assert_tone, hear_across_restart
 
 SECONDS = 2.0  # of audio measured
 SYNC_SECONDS = 15
@@ -115,25 +115,10 @@ async def test_the_cameras_audio_comes_back_with_the_camera(
     with rtsp_camera(tmp_path, audio="pcma") as camera:
         url = camera.url()
         sender = await sender_factory(source=SourceSpec(NETWORK, url), audio=AudioSpec(CAMERA, url))
-        async with Receiver(sender.url) as rx:
-            heard: list[av.AudioFrame] = []
-
-            async def receive() -> None:
-                async for frame in rx.audio_frames():
-                    heard.append(frame)
-
-            task = asyncio.create_task(receive())
-            try:
-                await wait_until(lambda: len(heard) >= 25, what="the camera's audio")
-                camera.restart()
-                await wait_until(lambda: ": back (" in caplog.text, what="the camera to be back")
-                back = len(heard)
-                await wait_until(lambda: len(heard) >= back + 125, what="audio once back")
-            finally:
-                task.cancel()
+        after = await hear_across_restart(sender.url, camera, lambda: ": back (" in caplog.text)
         assert camera.clients() == 2  # before and after the restart: one session each
     assert sender.source.reconnects == 1
-    assert_tone(heard[back + 25 :], AUDIO_HZ)
+    assert_tone(after, AUDIO_HZ)
 
 
 @pytest.mark.parametrize("transcode", [False, True], ids=["passthrough", "transcoded"])
