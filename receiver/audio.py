@@ -32,6 +32,8 @@ from aiortc.mediastreams import MediaStreamError
 from common.aiortc_ext import passthrough, sender_report_tap, streams
 from common.tasks import cancel
 
+from .span import Span
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
@@ -180,8 +182,9 @@ def add_transceiver(pc: RTCPeerConnection) -> None:
 
 
 @dataclass
-class AudioStats:
-    """The audio's share of the receiver's statistics (``FrameStats.audio``)."""
+class AudioStats(Span):
+    """The audio's share of the receiver's statistics (``FrameStats.audio``); its span
+    runs from the first to the last packet counted."""
 
     received: bool = False  # some connection carried audio
     packets_received: int = 0  # summed over connections
@@ -190,21 +193,11 @@ class AudioStats:
     level: float = 0.0  # RMS of the last decoded frame
     level_at: float = -1e9  # when it was decoded (monotonic)
     packets: int = 0  # counted as they arrive (when tapped: recording, or audio alone)
-    first_at: float | None = None  # the first and last of those (monotonic)
-    last_at: float | None = None
 
     def arrived(self) -> None:
         """One packet, as it arrives."""
-        now = time.monotonic()
         self.packets += 1
-        self.first_at = self.first_at if self.first_at is not None else now
-        self.last_at = now
-
-    @property
-    def seconds(self) -> float:
-        if self.first_at is None or self.last_at is None:
-            return 0.0
-        return self.last_at - self.first_at
+        self.mark(time.monotonic())
 
     @property
     def level_dbfs(self) -> float | None:

@@ -16,6 +16,7 @@ from common import stamp
 from common.aiortc_ext.frame_timing import FrameTimes
 
 from .audio import AudioStats
+from .span import Span
 
 # A decoded stamp cell is near black or near white. A picture with more cells in
 # between than an encoder's smoothing explains carries no stamp. (VP8 can blur a
@@ -117,7 +118,7 @@ class Breakdown:
 
 
 @dataclass
-class FrameStats:
+class FrameStats(Span):
     """Running counters, updated once per decoded frame."""
 
     frames: int = 0
@@ -125,8 +126,6 @@ class FrameStats:
     height: int = 0
     dropped: int = 0
     stamped: int = 0
-    first_at: float | None = None
-    last_at: float | None = None
     # Bounded: a receiver may record for weeks. The summary's percentiles cover the last
     # hour of frames (at 30 fps) and the last day of RTT probes.
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
@@ -150,8 +149,7 @@ class FrameStats:
             self.max_gap = max(self.max_gap, gap)
             self.freezes += gap > FREEZE_SECONDS
         self.frames += 1
-        self.first_at = self.first_at if self.first_at is not None else now
-        self.last_at = now
+        self.mark(now)
         self._window.append(now)
         while self._window[0] < now - FPS_WINDOW_SECONDS:
             self._window.popleft()
@@ -186,12 +184,6 @@ class FrameStats:
         """A new connection: its sender may count sequence numbers afresh."""
         self.last_sequence = None
         self.reconnects += 1
-
-    @property
-    def seconds(self) -> float:
-        if self.first_at is None or self.last_at is None:
-            return 0.0
-        return self.last_at - self.first_at
 
     @property
     def fps(self) -> float:
