@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import InProcessSender, SenderProcess, senders
+from .helpers import FAKE_AV, InProcessSender, SenderProcess, senders
 from .janus_server import JanusServer
+from .lossy import LOSSY_CLIP, LOSSY_SECONDS, Run, run_lossy
 
 
 @pytest.fixture
@@ -43,3 +44,16 @@ def sender_process(tmp_path: Path) -> Iterator[Callable[..., SenderProcess]]:
     yield spawn
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def lossy_minute(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The fake camera and fake audio for a minute through 5% random UDP loss between two
+    namespaces, recorded (``Run.folder / LOSSY_CLIP``), run once for the session:
+    ``test_loss`` judges its picture, ``test_av_sync`` its lip sync. A recording copies
+    the frames as received; the snapshots make the receiver decode each one too, so that
+    its statistics have the picture's latency and gaps."""
+    folder = tmp_path_factory.mktemp("lossy-minute")
+    record = ("--record", str(folder / LOSSY_CLIP))
+    decode = ("--snapshots", str(folder / "snapshots"), "--snapshot-every", "600")
+    return run_lossy(folder, LOSSY_SECONDS, [], 5, *record, *decode, source=FAKE_AV)

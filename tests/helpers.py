@@ -29,6 +29,7 @@ __all__ = [
     "InProcessSender",
     "SenderProcess",
     "assert_one_line_error",
+    "audio_packet_times",
     "child_env",
     "record_across_restart",
     "run_receiver",
@@ -107,6 +108,19 @@ def assert_one_line_error(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1, stderr
+
+
+def audio_packet_times(path: Path) -> list[float]:
+    """The times (s) of the audio packets in a recording, in order: where its audio is
+    and where a packet is missing; empty without an audio track."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return []
+        return sorted(
+            float(packet.pts * packet.time_base)
+            for packet in container.demux(container.streams.audio[0])
+            if packet.pts is not None and packet.time_base is not None
+        )
 
 
 def wait_until_recorded(clip: Path, seconds: float) -> None:

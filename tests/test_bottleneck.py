@@ -4,7 +4,12 @@ two network namespaces, the sender's side of the link shaped by a token bucket f
 slow uplink would be.
 
 - Behind 400 kbit/s from the start: from 5 s on, for 60 s, p95 capture-to-decoded latency
-  <= 100 ms and >= 25 fps.
+  <= 100 ms and >= 25 fps, and what arrives fits the link. Measured on the slow viewer of
+  ``tests/test_tiers.py::test_a_slow_viewer_does_not_slow_a_fast_one``: behind this link
+  from its first packet while a fast viewer watches the full tier (the harder case: its
+  minute serves both issue points, one minute less suite). The viewer ends up on the
+  reduced tier at a bitrate the link carries, so frames do not wait in the queue (before
+  the estimator, REMB alone: p95 1.5 s and more after a few seconds).
 - 4 Mbit/s, then 400 kbit/s (``tc qdisc change``), then 4 Mbit/s again: 5 s after the drop
   the p95 latency is back under 150 ms; within 10 s of the rise the bitrate climbs above
   what it had on the narrow link (REMB is the estimate's cap, and aiortc's receiver
@@ -191,31 +196,6 @@ def timeline(watched: Watched, start: float, end: float) -> str:
             f"kf {w.keyframes} {w.sizes}"
         )
     return "\n".join(lines)
-
-
-def test_a_narrow_link_keeps_latency_low(tmp_path: Path) -> None:
-    """Behind 400 kbit/s with a 300 ms queue, from the first packet: the viewer ends up
-    on the reduced tier at a bitrate the link carries, so frames do not wait in the
-    queue (before the estimator, REMB alone: p95 1.5 s and more after a few seconds)."""
-    require()
-    seconds = WARM_UP + NARROW_SECONDS
-    with two_hosts() as net:
-        shape(net, net.sender, NARROW)
-        sender = start_sender(net, tmp_path / "sender.log")
-        try:
-            viewer = Viewer(net, net.receiver, sender.url, seconds, tmp_path / "viewer.json")
-            watched = viewer.result()
-            after = health(net, net.sender, sender.url)
-        finally:
-            sender.stop()
-    start = watched.start
-    steady = watched.window(start + WARM_UP, start + seconds)
-    detail = f"{steady}\n{timeline(watched, start, start + seconds)}\n{sender.stderr()[-3000:]}"
-    print(f"400 kbit/s, from {WARM_UP:g} s to {seconds:g} s: {steady}")
-    assert steady.p95_ms <= 100, detail
-    assert steady.fps >= 25, detail
-    assert steady.kbps <= 400, detail  # what arrived fits the link (it cannot be more)
-    assert after["viewers"] == 0, after
 
 
 def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:

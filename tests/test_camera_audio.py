@@ -19,7 +19,14 @@ from receiver import Receiver
 from sender.audio import CAMERA, AudioSpec
 from sender.sources import NETWORK, SourceSpec
 
-from .helpers import SenderProcess, assert_one_line_error, run_receiver, run_sender, wait_until
+from .helpers import (
+    SenderProcess,
+    assert_one_line_error,
+    audio_packet_times,
+    run_receiver,
+    run_sender,
+    wait_until,
+)
 from .rtsp_camera import rtsp_camera
 from .test_audio_offers import get_json, scrape, whep
 from .test_audio_sources import RATE, assert_tone, hear_across_restart
@@ -149,12 +156,5 @@ def test_the_cameras_audio_is_in_sync_with_its_video(
 
 def audio_extent(path: Path) -> str:
     """The audio packets in ``path``: how many, and the first and last time (s)."""
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            return "no audio track"
-        times = [
-            float(packet.pts * packet.time_base)
-            for packet in container.demux(container.streams.audio[0])
-            if packet.pts is not None and packet.time_base is not None
-        ]
+    times = audio_packet_times(path)
     return f"{len(times)} packets, {min(times, default=0):.2f}-{max(times, default=0):.2f} s"

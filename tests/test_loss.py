@@ -12,78 +12,12 @@ in CI."""
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from .helpers import SenderProcess
-from .netns import TwoHosts, require, two_hosts
+from .lossy import LOSSY_SECONDS, Run, run_lossy
 
-PORT = 8080
-RECEIVER_TIMEOUT = 90.0
-TABLE = "wwc_loss_test"
 # aiortc's offer (our receiver's) numbers VP8 97, H.264 99 and 101; their RTX 98, 100, 102
 RTX_PAYLOAD_TYPES = "{ 98, 100, 102 }"
-
-
-@dataclass
-class Run:
-    summary: dict
-    dropped: list[int]  # packets each nft rule dropped, in order
-    log: str  # the receiver's stderr (INFO)
-    detail: str
-
-    def gave_up(self) -> list[str]:
-        return re.findall(r"gave up .*", self.log)
-
-
-def add_drop_rules(net: TwoHosts, rules: list[str]) -> None:
-    """nftables rules (``... drop``) on UDP into the receiver, each with a counter."""
-    nft = ["nft"]
-    net.exec(net.receiver, [*nft, "add", "table", "inet", TABLE])
-    chain = "{ type filter hook input priority 0; policy accept; }"
-    net.exec(net.receiver, [*nft, "add", "chain", "inet", TABLE, "input", chain])
-    for rule in rules:
-        words = f"meta l4proto udp {rule} counter drop".split()
-        net.exec(net.receiver, [*nft, "add", "rule", "inet", TABLE, "input", *words])
-
-
-def dropped_by_rules(net: TwoHosts) -> list[int]:
-    listing = net.exec(net.receiver, ["nft", "list", "table", "inet", TABLE]).stdout
-    return [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
-
-
-def run_lossy(
-    tmp_path: Path, seconds: int, rules: list[str], random_percent: int = 0, *args: str
-) -> Run:
-    """The sender in one namespace, the receiver in the other for ``seconds``, ``rules``
-    (and ``random_percent``% random loss) on the way into the receiver."""
-    require()
-    stats = tmp_path / "stats.json"
-    with two_hosts(random_percent) as net:
-        if rules:
-            add_drop_rules(net, rules)
-        sender = SenderProcess(
-            ["--source", "testsrc", "--host", net.sender_addr],
-            tmp_path / "sender.log",
-            prefix=net.command(net.sender, []),
-            port=PORT,
-        )
-        try:
-            command = ["-m", "receiver", sender.url, "--duration", str(seconds)]
-            command += ["--stats-json", str(stats), *args]
-            result = net.run(net.receiver, command, timeout=RECEIVER_TIMEOUT + seconds)
-        finally:
-            sender.stop()
-        dropped = dropped_by_rules(net) if rules else []
-        if random_percent:
-            dropped.append(net.dropped_packets())
-    detail = f"receiver exited {result.returncode}: {result.stderr[-4000:]}\nsender: {sender.stderr()[-2000:]}"
-    assert result.returncode == 0, detail
-    summary = json.loads(stats.read_text())
-    print(f"dropped {dropped}: {json.dumps(summary)}")
-    return Run(summary, dropped, result.stderr, f"{json.dumps(summary)}\n{detail}")
 
 
 def check_picture(run: Run, seconds: int) -> None:
@@ -96,14 +30,15 @@ def check_picture(run: Run, seconds: int) -> None:
     assert summary["stamped_frames"] >= 0.9 * summary["frames"], detail
 
 
-def test_random_loss_for_a_minute_without_a_freeze(tmp_path: Path) -> None:
+def test_random_loss_for_a_minute_without_a_freeze(lossy_minute: Run) -> None:
     """5% random UDP loss for 60 s: fps >= 29, p95 capture-to-decoded <= 80 ms, no gap
     between decoded frames over 250 ms. Measured (sender at 1 Mbit/s, two runs): p95 40
     and 40 ms, longest gap 165 and 123 ms. With aiortc's single NACK (``--nack-retries 0``,
-    giving up off) this fails: 5 and 3 freezes, longest gap 1201 and 570 ms."""
-    seconds = 60
-    run = run_lossy(tmp_path, seconds, [], 5)
-    check_picture(run, seconds)
+    giving up off) this fails: 5 and 3 freezes, longest gap 1201 and 570 ms. The minute
+    (``lossy_minute``) also carries the fake audio and is recorded: ``test_av_sync`` reads
+    its lip sync from the same run."""
+    run = lossy_minute
+    check_picture(run, LOSSY_SECONDS)
     summary, detail = run.summary, run.detail
     assert run.dropped[0] > 0 and 0.03 <= summary["loss"] <= 0.08, detail
     assert summary["fps"] >= 29, detail
@@ -119,17 +54,18 @@ BURSTS = "numgen inc mod 1200 { 392-399, 401-402, 795-799, 801-803, 1190-1199 }"
 
 
 def test_burst_loss_without_a_long_freeze(tmp_path: Path) -> None:
-    """Loss in runs of 5-10 packets (``BURSTS``) for 50 s: no gap over 500 ms, and latency
+    """Loss in runs of 5-10 packets (``BURSTS``) for 30 s: no gap over 500 ms, and latency
     as low as under random loss. Measured (two runs): longest gap 316 and 200 ms (a run of
     10 packets is a third of a second of video at 300 kbit/s), p95 9 and 10 ms. With
     aiortc's single NACK this fails: the lost retransmissions are never asked for again,
     the picture stops until the 3 s stall timeout reconnects (2 reconnections, 3.3 s gaps,
-    in both runs)."""
-    seconds = 50
+    in both runs). 30 s hold at least one whole cycle of bursts (measured: at 80 packets a
+    second, 1200 packets take 15 s)."""
+    seconds = 30
     run = run_lossy(tmp_path, seconds, [BURSTS])
     check_picture(run, seconds)
     summary, detail = run.summary, run.detail
-    # at least one whole cycle: every kind of burst (at 300 kbit/s, 1200 packets take 25 s)
+    # at least one whole cycle: every kind of burst (at 70-80 packets a second, 15-17 s)
     assert run.dropped[0] >= 28, detail
     assert summary["packets_lost"] > 0 and 0.01 <= summary["loss"] <= 0.05, detail
     assert summary["max_gap_ms"] <= 500, detail
