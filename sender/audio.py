@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms: Opus's usual frame, one RTP packet each
+FOLLOW_SAMPLES = 24  # a frame's pts this far from the count: a jump the packets follow
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 BITRATE = 48000
 VIEWER_QUEUE_PACKETS = 25  # half a second; a listener further behind loses the oldest
@@ -241,14 +242,20 @@ class OpusEncoder:
         self._resampler = av.AudioResampler(
             format="s16", layout="mono", rate=SAMPLE_RATE, frame_size=FRAME_SAMPLES
         )
-        self._next: int | None = None  # the pts of the next sample into the resampler
+        self._next: int | None = None  # the pts of the next sample out of the resampler
+        self._fed: int | None = None  # the pts just after the last sample into it
 
     def encode(self, frame: av.AudioFrame) -> list[av.Packet[Any]]:
         """Packets for ``frame`` (some frames only fill libopus's look-ahead)."""
         assert frame.pts is not None
         pts = frame.pts if frame.time_base == TIME_BASE else capture_pts_of(frame)
-        if self._next is None or abs(pts - self._next) > FRAME_SAMPLES:
-            self._next = pts  # the first frame, or after a gap: follow the capture clock
+        if self._next is None or self._fed is None:
+            self._next = pts  # the first frame
+        elif abs(pts - self._fed) > FOLLOW_SAMPLES:
+            # A jump (a gap, a resync): follow the capture clock, the samples still in the
+            # resampler's FIFO just before this frame's.
+            self._next = pts - (self._fed - self._next)
+        self._fed = pts + frame.samples
         frame.pts = None  # the resampler's FIFO wants contiguous pts: we count them here
         packets: list[av.Packet[Any]] = []
         for chunk in self._resampler.resample(frame):

@@ -12,11 +12,15 @@ gets, once, to the 48 kHz mono s16 the Opus encoder takes, and hands out frames 
   its duration: lavfi and RTSP count stream time from 0, AVFoundation and DirectShow
   were not tried here, and ALSA's time is off where its delay is (the tests' ``null``
   device reports seconds). A file's samples are counted from when it started.
-- Samples are counted from there, so the stream stays seamless; the count follows the
-  capture time again when the two part by more than ``RESYNC_SECONDS`` (samples lost,
-  a device clock slower than ours), and a frame is never handed out before its last
-  sample is due on the capture clock: files (and graphs without ``arealtime``) play in
-  real time, files loop.
+- Samples are counted from there, so the stream stays seamless; the count jumps ahead to
+  the capture time when that runs more than ``RESYNC_SECONDS`` ahead of it (samples lost,
+  a device clock slower than ours; ``EXACT_SECONDS`` for a camera's audio on its video's
+  timeline, exact times rather than arrivals), and never goes back: a frame whose capture time is
+  more than that behind the count (a device clock faster than ours, a camera's timeline
+  anchored afresh) is dropped, since its time was handed out already (RTP timestamps
+  that go back read as a wrap to aiortc's receivers, and the recorder drops what
+  follows). A frame is never handed out before its last sample is due on the capture
+  clock: files (and graphs without ``arealtime``) play in real time, files loop.
 
 A device (or camera) that fails or ends mid-stream is reopened with backoff
 (``common.backoff``, as video devices are) until it comes back, with one INFO line when
@@ -63,13 +67,18 @@ from .audio import (
     resolve,
 )
 from .fanout import SharedSource
+from .h264_stream import REANCHOR_SECONDS
 from .sources import CLOCK_ORIGIN, SourceSpec
 
 logger = logging.getLogger(__name__)
 
 TRUSTED_SECONDS = 1.0  # a device's packet time this close to arrival is on the wall clock
 RESYNC_SECONDS = 0.1  # the sample count follows the capture time again past this
+EXACT_SECONDS = 0.005  # ...or past this, for a stream's own time (not an arrival's)
 QUEUE_FRAMES = 50  # about a second; a reader further behind loses the oldest
+# A camera's frames may be timed up to REANCHOR_SECONDS ahead (on its video's timeline) and
+# are held until due: its queue keeps those besides the second a reader may fall behind.
+CAMERA_QUEUE_FRAMES = QUEUE_FRAMES + round(REANCHOR_SECONDS * SAMPLE_RATE / FRAME_SAMPLES)
 REOPEN_FIRST = 0.5  # seconds before a lost device is first reopened, doubling...
 REOPEN_CAP = 5.0  # ...up to this
 OPEN_SECONDS = 5.0  # opening a device, file or camera
@@ -246,7 +255,9 @@ class CameraAudioSource(AudioSource):
     def __init__(self, spec: AudioSpec, camera: SharedSource) -> None:
         self._spec = spec
         self._camera = camera
-        self._frames: collections.deque[av.AudioFrame] = collections.deque(maxlen=QUEUE_FRAMES)
+        self._frames: collections.deque[av.AudioFrame] = collections.deque(
+            maxlen=CAMERA_QUEUE_FRAMES
+        )
         self._ready = asyncio.Event()
         self._ended = False
 
@@ -294,33 +305,47 @@ class Stamper:
     ``sender.live``): resampled once to 48 kHz mono s16, gathered into frames of at least
     ``FRAME_SAMPLES`` (``Batch``), and timed: ``pts`` counts samples on the capture clock
     from the first one's capture time, following it again past ``RESYNC_SECONDS`` (see the
-    module's docstring). A new connection (or a gap) takes a new Stamper."""
+    module's docstring), or past ``EXACT_SECONDS`` for an exact capture time (a camera's
+    audio on its video's timeline). A new connection (or a gap) takes a new Stamper."""
 
     def __init__(self) -> None:
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._batch = Batch()
         self._next: int | None = None  # the pts of the next sample handed out
+        self._dropping = False  # frames whose time was handed out already
+        self._resync = RESYNC_SECONDS * SAMPLE_RATE  # samples the count may part from it
 
-    def add(self, frame: av.AudioFrame, captured: float | None) -> list[av.AudioFrame]:
+    def add(
+        self, frame: av.AudioFrame, captured: float | None, exact: bool = False
+    ) -> list[av.AudioFrame]:
         """The frames ready to hand out after ``frame`` (whose first sample was captured
         at ``captured``, on ``time.monotonic()``; None: counted from the first one), each
-        timed; ``due_in()`` says when each may go."""
+        timed; ``due_in()`` says when each may go. ``exact``: ``captured`` is no estimate
+        from the arrival but the stream's own time (the count follows it closely)."""
         frame.pts = None  # counted here: the resampler wants no gaps in them
+        self._resync = (EXACT_SECONDS if exact else RESYNC_SECONDS) * SAMPLE_RATE
         ready = []
         for out in self._resampler.resample(frame):
             batch = self._batch.add(out, captured)
-            if batch is not None:
-                ready.append(self._stamp(*batch))
+            if batch is not None and (stamped := self._stamp(*batch)) is not None:
+                ready.append(stamped)
         return ready
 
-    def _stamp(self, frame: av.AudioFrame, captured: float | None) -> av.AudioFrame:
+    def _stamp(self, frame: av.AudioFrame, captured: float | None) -> av.AudioFrame | None:
+        """``frame`` timed; None: dropped, its time was handed out already."""
         if self._next is None:
             self._next = capture_pts(time.monotonic() if captured is None else captured)
         elif captured is not None:
-            at = capture_pts(captured)
-            if abs(at - self._next) > RESYNC_SECONDS * SAMPLE_RATE:
-                logger.debug("audio resynced by %d samples", at - self._next)
-                self._next = at
+            ahead = capture_pts(captured) - self._next
+            if ahead < -self._resync or (self._dropping and ahead < 0):
+                # Dropped until the capture time is back at the count, then on time again.
+                logger.debug("audio frame dropped: %d samples behind its count", -ahead)
+                self._dropping = True
+                return None
+            if ahead > self._resync or self._dropping:
+                logger.debug("audio resynced: %d samples ahead", ahead)
+                self._next += ahead
+                self._dropping = False
         frame.pts = self._next
         frame.time_base = TIME_BASE
         self._next += frame.samples

@@ -9,9 +9,9 @@ packet, before any decoding, through ``AnnexB`` (in its thread) to the event loo
 - every IDR carries the SPS and PPS in front (the last ones seen, from the extradata or
   in-band), so that a viewer joining at any IDR can decode;
 - presentation times on the sender's capture clock (``sources.CLOCK_ORIGIN``, 90 kHz,
-  ``Timeline``): the camera's own pts differences, anchored where the connection's first
-  packet arrived, so RTP timestamps follow the camera's clock and
-  ``sources.capture_time()`` gives the packet's arrival at the sender.
+  ``Timeline``): the camera's own pts differences, anchored on the connection's least
+  delayed packet, so RTP timestamps follow the camera's clock and
+  ``sources.capture_time()`` gives the packet's arrival at the sender (no later).
 
 ``StreamInfo`` says what the stream is (codec, size, H.264 profile), for negotiating with
 each viewer.
@@ -101,7 +101,15 @@ class PacketSink(Protocol):
 
 
 class Timeline:
-    """Packet times on the capture clock, 90 kHz, rising across connections and loops."""
+    """Packet times on the capture clock, 90 kHz, rising across connections and loops.
+
+    The anchor (capture clock minus stream time) is the least delayed packet's: nothing
+    is captured after it arrives, so a packet that arrives before the time the anchor
+    gives it shows the anchor came from a late one. At a connection's start the reader
+    may stall (a busy machine) and the packets behind the first come in a burst; anchored
+    on the first alone, every later time stayed that stall ahead of the arrivals, and so
+    did the camera's audio on this timeline (held until due: up to 2 s of delay, and
+    frames lost from its one-second queue)."""
 
     def __init__(self, origin: float) -> None:
         self._origin = origin  # sources.CLOCK_ORIGIN
@@ -109,7 +117,7 @@ class Timeline:
         self._last = -1
 
     def restart(self) -> None:
-        """A new connection or loop: its times are anchored at its first packet."""
+        """A new connection or loop: its times are anchored afresh, from its first packet."""
         self._anchor = None
 
     def capture(self, media: float) -> float | None:
@@ -125,10 +133,12 @@ class Timeline:
         arrival = now - self._origin
         if media is None:
             media = arrival - (self._anchor or 0.0)
-        if self._anchor is None or abs(self._anchor + media - arrival) > REANCHOR_SECONDS:
-            self._anchor = arrival - media
-        pts = round((self._anchor + media) * CLOCK_RATE)
-        if pts <= self._last:  # never back: a restart close to the last packet
+        offset = arrival - media
+        anchor = self._anchor
+        if anchor is None or offset < anchor or offset - anchor > REANCHOR_SECONDS:
+            anchor = self._anchor = offset  # earlier than the anchor says, or re-based
+        pts = round((anchor + media) * CLOCK_RATE)
+        if pts <= self._last:  # never back: a restart, or a late anchor put right
             pts = self._last + 1
         self._last = pts
         return pts

@@ -25,8 +25,8 @@ Opus with ``audio_sources.Stamper`` (48 kHz mono, timed on the capture clock), i
 thread, and hands the frames to the sink. Sync: FFmpeg gives both streams of an RTSP
 session times on one clock (from the PLAY answer's RTP-Info, re-based on the camera's RTCP
 sender reports), so an H.264 camera's audio is timed on the video's ``Timeline``: the
-camera's own time between audio and video is kept, anchored where the video's first packet
-arrived (the audio starts with the video: what comes before is dropped). Where that is
+camera's own time between audio and video is kept, anchored on the video's least delayed
+packet (the audio starts with the video: what comes before is dropped). Where that is
 not there (another video codec) or is far from the arrival (over ``REANCHOR_SECONDS``: a
 re-basing), the audio is timed by its arrival, less its duration. When the camera drops,
 audio and video pause together; the next connection's audio starts afresh on the capture
@@ -468,14 +468,15 @@ class LiveReader:
         arrived = time.monotonic()
         for frame in frames:
             captured = capture_time(frame, arrived, wall_clock=False)
+            exact = False
             if timed and frame.pts is not None and frame.time_base is not None:
                 at = self._timeline.capture(float(frame.pts * frame.time_base))
                 if at is None:
                     continue  # before the video's first packet
                 if abs(at - captured) <= REANCHOR_SECONDS:
-                    captured = at
+                    captured, exact = at, True
             stamper = stamper or Stamper()
-            for out in stamper.add(frame, captured):
+            for out in stamper.add(frame, captured, exact):
                 self._post(self._heard, out)
         return stamper
 

@@ -20,8 +20,9 @@ import pytest
 
 from bench.rtsp_camera import AUDIO_HZ, RtspCamera
 from receiver import Receiver
-from sender.audio import DEVICE, FILE, NETWORK, AudioSpec, resolve
-from sender.audio_sources import AvAudioSource, capture_time
+from sender.audio import DEVICE, FILE, NETWORK, TIME_BASE, AudioSpec, OpusEncoder, resolve
+from sender.audio_sources import AvAudioSource, Stamper, capture_time
+from sender.sources import CLOCK_ORIGIN
 
 from .helpers import SenderProcess, assert_one_line_error, run_sender, wait_until
 from .rtsp_camera import rtsp_camera
@@ -361,3 +362,46 @@ def test_audio_sources_are_spelled_as_video_devices_are(
     spec = resolve(text)
     assert spec is not None and (spec.kind, spec.url, spec.format) == (kind, url, demuxer)
     assert "p@" not in spec.describe()  # never a password in the logs
+
+
+def pcm(samples: int, rate: int = RATE) -> av.AudioFrame:
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.int16), "s16", "mono")
+    frame.sample_rate = rate
+    return frame
+
+
+def test_the_audio_count_never_goes_back() -> None:
+    """A camera's audio on its video's timeline (exact times): when the timeline is
+    anchored afresh 0.5 s earlier, the frames whose time was handed out already are
+    dropped, and the count goes on exactly at the capture time: RTP timestamps that go
+    back read as a wrap to aiortc's receivers (one such run recorded one click in 15 s)."""
+    stamper = Stamper()
+    start = CLOCK_ORIGIN + 100.0
+    times = [start + k * 0.02 for k in range(10)]  # 20 ms frames, on time
+    times += [start + 0.2 - 0.5 + k * 0.02 for k in range(40)]  # then 0.5 s earlier
+    out = [f for t in times for f in stamper.add(pcm(960), t, exact=True)]
+    pts = [f.pts for f in out]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    assert len(out) == 10 + 40 - 25  # 0.5 s of frames dropped
+    assert out[-1].pts == round((times[-1] - CLOCK_ORIGIN) * RATE)  # on time again
+    # An estimate from the arrival (not exact) may wander 0.1 s before the count follows.
+    loose = Stamper()
+    first = loose.add(pcm(960), start)[0].pts
+    assert loose.add(pcm(960), start + 0.02 + 0.05)[0].pts == first + 960
+
+
+def test_the_opus_packets_follow_a_jump_in_the_frames_times() -> None:
+    """Frames of 1024 samples (AAC) leave samples in the resampler's FIFO; after a 100 ms
+    gap the packets are timed by the new frames' times, the FIFO's samples just before."""
+    encoder = OpusEncoder()
+    packets = []
+    pts = 48_000
+    for k in range(30):
+        if k == 16:
+            pts += 4800  # a gap, with 64 samples in the FIFO
+        frame = pcm(1024)
+        frame.pts, frame.time_base = pts, TIME_BASE
+        packets += encoder.encode(frame)
+        pts += 1024
+    steps = [b.pts - a.pts for a, b in itertools.pairwise(packets)]
+    assert sorted(set(steps)) == [960, 960 + 4800], steps

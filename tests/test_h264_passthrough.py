@@ -22,7 +22,7 @@ from common.aiortc_ext import AIORTC_VERSION, h264_profiles
 from receiver import Receiver
 from receiver.stats import read_stamp
 from sender import live
-from sender.h264_stream import StreamInfo
+from sender.h264_stream import CLOCK_RATE, StreamInfo, Timeline
 from sender.passthrough import choose, offered_h264
 from sender.sources import TestPattern
 
@@ -265,3 +265,20 @@ def test_file_clip_profiles(tmp_path: Path) -> None:
         context = container.streams.video[0].codec_context
         assert context.profile == "High"
         assert (context.extradata or b"")[:1] == b"\x01"  # AVCC: needs h264_mp4toannexb
+
+
+def test_a_late_first_packet_does_not_keep_the_timeline_ahead() -> None:
+    """The reader stalls 1.5 s on a connection's first packet (a busy machine); the 45
+    behind it come in a burst, then the packets arrive on time. Anchored on the first
+    alone, every later time (and the camera's audio on it) stayed 1.5 s ahead of its
+    arrival; now the least delayed packet anchors it, and times never go back."""
+    timeline = Timeline(origin=0.0)
+    pts = [timeline.pts(0.0, 101.5)]
+    pts += [timeline.pts(k / 30, 101.5 + k * 0.001) for k in range(1, 46)]
+    pts += [timeline.pts(k / 30, 100.0 + k / 30 + 0.002) for k in range(46, 90)]
+    assert all(b > a for a, b in itertools.pairwise(pts))
+    assert pts[-1] / CLOCK_RATE == pytest.approx(100.0 + 89 / 30 + 0.002, abs=1e-3)
+    assert timeline.capture(3.0) == pytest.approx(103.002, abs=1e-3)
+    # A re-based stream (its time jumps 10 s back) is anchored afresh, still rising.
+    later = timeline.pts(0.0, 103.1)
+    assert later > pts[-1] and timeline.capture(0.0) == pytest.approx(103.1, abs=1e-3)

@@ -3,11 +3,13 @@ sender's RTCP reports speak of the capture clock, and the receiver reads them. F
 an aiortc upgrade renames what they rely on or stops honouring it."""
 
 import statistics
+from typing import cast
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.rtp import RtcpSenderInfo, RtcpSrPacket
 
 from common import stamp
-from common.aiortc_ext import sender_reports
+from common.aiortc_ext import sender_report_tap, sender_reports
 from receiver import Receiver
 from receiver.stats import read_stamp
 from sender.audio import AudioSpec
@@ -47,3 +49,20 @@ async def test_other_peer_connections_keep_stock_reports(sender_factory) -> None
             assert not sender_reports.applied(transceiver.sender)
     finally:
         await plain.close()
+
+
+def test_a_report_before_any_packet_is_skipped() -> None:
+    """aiortc 1.16 sends reports before its first packet with NTP 0 and RTP 0: mapped,
+    they put a stalled start's first audio hours away, and the recorder kept none after."""
+    tap = sender_report_tap.ReportTap(cast(RTCRtpReceiver, None), 48000)
+
+    def report(ntp: int, rtp: int, packets: int) -> RtcpSrPacket:
+        info = RtcpSenderInfo(ntp_timestamp=ntp, rtp_timestamp=rtp, packet_count=packets,
+                              octet_count=packets * 100)  # fmt: skip
+        return RtcpSrPacket(ssrc=1, sender_info=info)
+
+    tap.received(report(0, 0, 0))
+    assert tap.last is None and tap.reports == 0
+    ntp = (sender_report_tap.NTP_EPOCH_OFFSET + 1_700_000_000) << 32
+    tap.received(report(ntp, 1234, 5))
+    assert tap.last == sender_report_tap.Report(1_700_000_000.0, 1234) and tap.reports == 1

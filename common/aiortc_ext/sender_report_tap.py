@@ -7,7 +7,8 @@ report's NTP time (for the round-trip time) and hands frames on with timestamps 
 from the first frame (its private ``TimestampMapper``). ``tap()`` wraps one receiver's
 ``_handle_rtcp_packet`` (an instance attribute: every other receiver is untouched) to
 keep the last full report, and reads the mapper's origin to turn a frame's timestamp
-back into the RTP timestamp the reports speak of.
+back into the RTP timestamp the reports speak of. A report sent before any packet (aiortc
+fills it with NTP 0 and RTP 0) says nothing and is skipped.
 ``tests/test_sender_reports.py`` fails if an upgrade renames what this relies on.
 """
 
@@ -48,6 +49,11 @@ class ReportTap:
 
     def received(self, packet: RtcpSrPacket) -> None:
         info = packet.sender_info
+        if info.packet_count == 0 or info.ntp_timestamp == 0:
+            # aiortc 1.16 reports before its first packet: NTP 0, RTP 0 (nothing to map;
+            # mapped anyway, a stalled start put the first audio hours away)
+            logger.debug("sender report before any packet: ignored")
+            return
         wall = (info.ntp_timestamp >> 32) - NTP_EPOCH_OFFSET
         wall_f = wall + (info.ntp_timestamp & 0xFFFFFFFF) / RTP_WRAP
         self.last = Report(wall_f, info.rtp_timestamp)
