@@ -16,7 +16,8 @@ line on stderr, exit 1.
 
 With ``--audio SECONDS`` it also offers a recvonly Opus transceiver and, when the answer
 accepts it, waits for that much decoded audio too; the line then also has
-``"audio": {"codec", "packets", "rate", "channels", "seconds", "rms_median", "rms_max"}``
+``"audio": {"codec", "packets", "rate", "channels", "seconds", "rms_median", "rms_max",
+"peak"}``
 (RTP packets counted as they leave webrtcbin; RMS of each decoded buffer, 0 to 1).
 """
 
@@ -97,6 +98,7 @@ class Audio:
         self.channels = 0
         self.samples = 0  # per channel
         self.levels: list[float] = []  # RMS of each decoded buffer
+        self.peak = 0.0  # the loudest sample, full scale 1
 
     @property
     def seconds(self) -> float:
@@ -116,6 +118,7 @@ class Audio:
             "seconds": round(self.seconds, 3),
             "rms_median": levels[len(levels) // 2] if levels else 0.0,
             "rms_max": levels[-1] if levels else 0.0,
+            "peak": self.peak,
         }
 
 
@@ -290,6 +293,7 @@ class Viewer:
             if samples:
                 power = sum(x * x for x in samples) / len(samples)
                 self.audio.levels.append(math.sqrt(power) / 32768)
+                self.audio.peak = max(self.audio.peak, max(map(abs, samples)) / 32768)
                 self.audio.samples += len(samples) // max(1, self.audio.channels)
         if self.frames >= self.wanted and self.audio.enough:
             self.done.set()

@@ -277,9 +277,10 @@ def test_gstreamer_webrtcbin_hears_the_senders_audio(
     assert audio["rate"] == 48000 and audio["seconds"] >= AUDIO_SECONDS, result
     assert audio["packets"] >= AUDIO_SECONDS * 50, result  # 20 ms Opus packets
     # GStreamer's own Opus decoder hears the tone (0.1 of full scale, RMS 0.07) and, in
-    # two seconds, a click.
+    # two seconds, a click (0.8 of full scale for 5 ms: by its peak, since a buffer's RMS
+    # depends on where the click falls: 0.29 once, split between two 20 ms buffers).
     assert abs(audio["rms_median"] - TONE_AMPLITUDE / math.sqrt(2)) < 0.02, result
-    assert audio["rms_max"] > 0.3, result
+    assert audio["peak"] > 0.5, result
     assert sender.health()["viewers"] == 0
 
 
