@@ -313,7 +313,6 @@ class Stamper:
         self._batch = Batch()
         self._next: int | None = None  # the pts of the next sample handed out
         self._dropping = False  # frames whose time was handed out already
-        self._resync = RESYNC_SECONDS * SAMPLE_RATE  # samples the count may part from it
 
     def add(
         self, frame: av.AudioFrame, captured: float | None, exact: bool = False
@@ -323,26 +322,29 @@ class Stamper:
         timed; ``due_in()`` says when each may go. ``exact``: ``captured`` is no estimate
         from the arrival but the stream's own time (the count follows it closely)."""
         frame.pts = None  # counted here: the resampler wants no gaps in them
-        self._resync = (EXACT_SECONDS if exact else RESYNC_SECONDS) * SAMPLE_RATE
+        resync = (EXACT_SECONDS if exact else RESYNC_SECONDS) * SAMPLE_RATE  # samples it may part
         ready = []
         for out in self._resampler.resample(frame):
             batch = self._batch.add(out, captured)
-            if batch is not None and (stamped := self._stamp(*batch)) is not None:
+            if batch is not None and (stamped := self._stamp(*batch, resync)) is not None:
                 ready.append(stamped)
         return ready
 
-    def _stamp(self, frame: av.AudioFrame, captured: float | None) -> av.AudioFrame | None:
-        """``frame`` timed; None: dropped, its time was handed out already."""
+    def _stamp(
+        self, frame: av.AudioFrame, captured: float | None, resync: float
+    ) -> av.AudioFrame | None:
+        """``frame`` timed (the count follows ``captured`` past ``resync`` samples); None:
+        dropped, its time was handed out already."""
         if self._next is None:
             self._next = capture_pts(time.monotonic() if captured is None else captured)
         elif captured is not None:
             ahead = capture_pts(captured) - self._next
-            if ahead < -self._resync or (self._dropping and ahead < 0):
+            if ahead < -resync or (self._dropping and ahead < 0):
                 # Dropped until the capture time is back at the count, then on time again.
                 logger.debug("audio frame dropped: %d samples behind its count", -ahead)
                 self._dropping = True
                 return None
-            if ahead > self._resync or self._dropping:
+            if ahead > resync or self._dropping:
                 logger.debug("audio resynced: %d samples ahead", ahead)
                 self._next += ahead
                 self._dropping = False
