@@ -29,6 +29,12 @@ TIME_BASE = fractions.Fraction(1, 90000)  # the RTP video clock
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 RTP_WRAP = 1 << 32
 QUEUE_FRAMES = 240  # three seconds of video frames and audio packets
+# A copied segment may end at a keyframe this long before it is due. A sender makes the
+# keyframe asked for at the due time no sooner than this after its previous one (ours:
+# ``sender.encoding.KEYFRAME_INTERVAL_MIN``: requests that close share one), so a keyframe
+# made just before for its own reasons (a bitrate change) would otherwise make the segment
+# that much longer: one 2 s segment of a CI run came out 2.3 s.
+KEYFRAME_GRACE_SECONDS = 0.3
 # Matroska: a cluster a second, flushed as written. MP4: fragmented, a fragment a second.
 CONTAINER_OPTIONS = {
     ".mkv": {"cluster_time_limit": "1000", "flush_packets": "1"},
@@ -180,6 +186,10 @@ class Recorder:
         self.audio_codec = audio_codec_for(pattern, audio_codec)
         self._fps = fps
         self._segment_ticks = int(segment_seconds * 90000) if segment_seconds else None
+        # Never more than half a segment: short segments end near their time too.
+        self._grace_ticks = min(
+            int(KEYFRAME_GRACE_SECONDS * 90000), (self._segment_ticks or 0) // 2
+        )
         self._clock = RtpClock()
         self._segment: Segment | None = None
         self._segment_start = 0
@@ -255,15 +265,18 @@ class Recorder:
         self.frames += 1
 
     def _copy(self, frame: EncodedFrame) -> None:
-        """Write a received frame as it is; files and segments start at keyframes."""
+        """Write a received frame as it is; files and segments start at keyframes. A
+        segment ends at the first keyframe in its last ``KEYFRAME_GRACE_SECONDS``, or after
+        them (one is asked for when it is due)."""
         pts = self._clock(frame.timestamp)
         if pts <= self._last_pts:
             return
         ticks = self._segment_ticks
-        due = self._segment is not None and ticks and pts - self._segment_start >= ticks
-        if due and frame.keyframe:
+        # How long until the open segment is due (None: it never is).
+        left = None if self._segment is None or not ticks else ticks - (pts - self._segment_start)
+        if left is not None and left <= self._grace_ticks and frame.keyframe:
             self._finish_segment()
-        elif due or (self._segment is None and not frame.keyframe):
+        elif (left is not None and left <= 0) or (self._segment is None and not frame.keyframe):
             self._ask_for_keyframe()
             if self._segment is None:
                 return

@@ -1,15 +1,21 @@
 """Recordings a user can rely on: timed by the stream, playable after a crash, split
 into segments, and a clean stop when the disk fills up."""
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
 import pytest
+
+from receiver.encoded import EncodedFrame
+from receiver.recorder import Recorder
+from sender.encoding import PROFILES
 
 from .ci import require_or_skip
 from .helpers import ROOT, assert_one_line_error, child_env, run_receiver
@@ -116,3 +122,48 @@ def test_disk_full_stops_cleanly_and_keeps_what_was_written(sender_process, tiny
     assert "recording stopped" in result.stderr and "No space left" in result.stderr
     frames, _ = probe(clip)
     assert frames >= 1
+
+
+def vp8_frames(count: int, keyframes: set[int]) -> list[EncodedFrame]:
+    """``count`` VP8 frames at 30 fps (3000 ticks apart) from the sender's encoder,
+    keyframes where asked."""
+    encoder = PROFILES["vp8"].create(160, 120, 300_000, 30)
+    frames = []
+    for n in range(count):
+        picture = av.VideoFrame(160, 120, "yuv420p")
+        for plane in picture.planes:
+            plane.update(bytes([n % 256]) * plane.buffer_size)
+        picture.pts, picture.time_base = n * 3000, Fraction(1, 90000)
+        if n in keyframes:
+            picture.pict_type = av.video.frame.PictureType.I
+        [packet] = encoder.encode(picture)
+        assert packet.is_keyframe == (n in keyframes), n
+        frames.append(EncodedFrame("vp8", bytes(packet), n * 3000, packet.is_keyframe))
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("keyframes", "starts", "asked"),
+    [
+        # The sender's own keyframe 0.17 s before the segment is due ends it: the one asked
+        # for then would come 0.3 s after it (frame 70: a 2.33 s segment).
+        ({0, 55, 70}, [0, 55], 0),
+        # One before the last 0.3 s does not: the segment is due at frame 60, asks, and
+        # ends at the keyframe that answers.
+        ({0, 40, 63}, [0, 63], 1),
+    ],
+)
+async def test_a_copied_segment_ends_at_the_keyframe_nearest_its_time(
+    tmp_path: Path, keyframes: set[int], starts: list[int], asked: int
+) -> None:
+    requests: list[float] = []
+    recorder = Recorder(
+        str(tmp_path / "seg.mkv"), segment_seconds=2, mode="copy",
+        request_keyframe=lambda: requests.append(time.monotonic()),
+    )  # fmt: skip
+    for frame in vp8_frames(90, keyframes):
+        await recorder.write(frame)
+    await recorder.close()
+    lengths = [end - start for start, end in itertools.pairwise([*starts, 90])]
+    assert [probe(Path(name))[0] for name in recorder.files] == lengths
+    assert len(requests) == asked
