@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.senders import ROOT, SenderProcess, child_env
 
-SENDER_STAGES = ("capture_to_encoded", "encoded_to_sent")
+SENDER_STAGES = ("capture_to_encoded", "encoding", "encoded_to_sent")
 RECEIVER_STAGES = ("capture_to_receive", "receive_to_complete", "complete_to_decoded")
 
 

@@ -664,6 +664,7 @@ class SharedEncoder:
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
         self.totals.encode_seconds += seconds
+        self.totals.stages.encoding_took(self.profile.name, encoder.tier.name, seconds)
 
     def _time_encoded(self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]]) -> None:
         """Capture to encoded, per tier: until the packets are handed to the viewers."""

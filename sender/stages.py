@@ -5,7 +5,9 @@ Two stages, labelled by codec and tier:
 - ``webcam_capture_to_encoded_seconds``: from capture (``sources.capture_time``: the
   frame's presentation time) until the tier's packets are handed to its viewers; it
   includes the wait for the encoder and, with two tiers, for the slower of the two. One
-  observation per frame and tier.
+  observation per frame and tier. Of it, ``webcam_encoding_seconds`` is the encoder's own
+  time (scaling included, in its worker thread); the rest is waiting: the hops to and
+  from that thread, a busy event loop, a busy CPU.
 - ``webcam_encoded_to_sent_seconds``: from then until aiortc has sent the frame's RTP
   packets to that viewer (waiting in the viewer's queue, packetizing, encryption); one
   observation per frame and viewer.
@@ -54,6 +56,13 @@ class StageTimes:
             buckets=BUCKETS_SECONDS,
             registry=None,
         )
+        self.encoding = Histogram(
+            "webcam_encoding_seconds",
+            "The encoder's own time per frame (part of capture to encoded)",
+            LABELS,
+            buckets=BUCKETS_SECONDS,
+            registry=None,
+        )
         self.encoded_to_sent = Histogram(
             "webcam_encoded_to_sent_seconds",
             "From then until the viewer's RTP packets of the frame were sent",
@@ -65,9 +74,13 @@ class StageTimes:
     def encoded(self, codec: str, tier: str, seconds: float) -> None:
         self.capture_to_encoded.labels(codec, tier).observe(max(0.0, seconds))
 
+    def encoding_took(self, codec: str, tier: str, seconds: float) -> None:
+        self.encoding.labels(codec, tier).observe(max(0.0, seconds))
+
     def sent(self, codec: str, tier: str, seconds: float) -> None:
         self.encoded_to_sent.labels(codec, tier).observe(max(0.0, seconds))
 
     def collect(self) -> Iterator[Metric]:
         yield from self.capture_to_encoded.collect()
+        yield from self.encoding.collect()
         yield from self.encoded_to_sent.collect()

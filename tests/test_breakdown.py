@@ -62,6 +62,9 @@ async def test_stages_on_both_sides_after_a_real_viewer(sender) -> None:
     counts = [count for _, count in buckets]
     assert counts == sorted(counts) and buckets[-1] == (float("inf"), encoded)
     assert encoded_sum / encoded < 0.2, "a frame's encode stage should take milliseconds"
+    # The encoder's own time is part of that stage, for every frame.
+    encoding, encoding_sum, _ = histogram(families, "webcam_encoding_seconds")
+    assert encoding == encoded and 0 < encoding_sum <= encoded_sum
     # The receiver: every decoded frame timed and stamped, every stage >= 0.
     for name in STAGES:
         assert len(stages[name]) >= FRAMES - 1, name
