@@ -53,7 +53,7 @@ TARGETS = {1: 0.05, 8: 0.1}  # the issue's CPU targets (cores) per viewer count
 
 async def camera_latency(url: str, frames: int) -> float:
     """p50 capture-to-decoded (ms) of the camera read directly, after 10 frames."""
-    reader = live.LiveReader(url, live.options(url), lambda f: f)
+    reader = live.LiveReader(url, live.options(url), lambda frame, _: frame)
     reader.start()
     ages: list[float] = []
     try:

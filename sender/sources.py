@@ -78,6 +78,7 @@ class Source(ABC):
         self.height = height
         self.fps = fps
         self._started = time.monotonic()
+        self._last_pts = -1  # the last frame's (``_stamp_time``)
 
     async def open(self) -> None:
         """Acquire the device or file; the fake camera has nothing to acquire."""
@@ -126,9 +127,12 @@ class Source(ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _stamp_time(self, frame: av.VideoFrame) -> av.VideoFrame:
-        """Give ``frame`` a 90 kHz presentation time: now, on the capture clock."""
-        frame.pts = int((time.monotonic() - CLOCK_ORIGIN) * VIDEO_CLOCK_RATE)
+    def _stamp_time(self, frame: av.VideoFrame, captured: float | None = None) -> av.VideoFrame:
+        """Give ``frame`` a 90 kHz presentation time on the capture clock: ``captured``
+        (``time.monotonic()``) when the source knows it, else now; never back."""
+        at = time.monotonic() if captured is None else captured
+        pts = max(int((at - CLOCK_ORIGIN) * VIDEO_CLOCK_RATE), self._last_pts + 1)
+        self._last_pts = frame.pts = pts
         frame.time_base = TIME_BASE
         return frame
 
@@ -398,10 +402,11 @@ class LiveSource(Source):
             spec.url, opts, self._convert, patience=patience, paced=paced, origin=CLOCK_ORIGIN
         )
 
-    def _convert(self, frame: av.VideoFrame) -> av.VideoFrame:
-        """In the reader's thread: the frame at our size and format, timed as it arrives."""
+    def _convert(self, frame: av.VideoFrame, captured: float | None) -> av.VideoFrame:
+        """In the reader's thread: the frame at our size and format, timed when it was
+        captured if the stream says (``live.LiveReader``), else as it arrives."""
         converted = frame.reformat(width=self.width, height=self.height, format=PIXEL_FORMAT)
-        return self._stamp_time(converted)
+        return self._stamp_time(converted, captured)
 
     async def open(self) -> None:
         self._reader.start()

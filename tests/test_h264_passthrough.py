@@ -53,7 +53,7 @@ def assert_nothing_decoded_or_encoded(sender: SenderProcess) -> dict[str, float]
 
 async def camera_latency(url: str, frames: int = 60) -> float:
     """p50 capture-to-decoded of the camera read directly (PyAV, as the sender reads)."""
-    reader = live.LiveReader(url, live.options(url), lambda f: f)
+    reader = live.LiveReader(url, live.options(url), lambda frame, _: frame)
     reader.start()
     ages = []
     try:

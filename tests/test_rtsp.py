@@ -181,7 +181,7 @@ async def test_a_reader_that_falls_behind_skips_to_a_keyframe(
     """Decoding at 20 of the camera's 30 fps (``convert`` made slow): without skipping the
     picture would be two seconds old after six; it stays within about a second."""
 
-    def slow(frame: av.VideoFrame) -> av.VideoFrame:
+    def slow(frame: av.VideoFrame, _: float | None) -> av.VideoFrame:
         time.sleep(0.05)
         return frame.reformat(format="yuv420p")
 
@@ -226,7 +226,9 @@ async def test_an_mjpeg_camera_over_http_is_live() -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/video.mjpg"
     assert sources.resolve(url).kind == "network"
-    reader = live.LiveReader(url, live.options(url), lambda f: f.reformat(format="yuv420p"))
+    reader = live.LiveReader(
+        url, live.options(url), lambda frame, _: frame.reformat(format="yuv420p")
+    )
     reader.start()
     sequences, ages_ms = [], []
     try:
