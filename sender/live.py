@@ -32,9 +32,9 @@ re-basing), the audio is timed by its arrival, less its duration. A decoded H.26
 (``--transcode``, or any viewer that needs decoding) is timed on that timeline too, not by
 when its decoding ended: the least delayed packet's anchor moves earlier as the stream
 goes on, and the audio with it, so pictures timed as decoded drifted behind their audio
-(19 ms in 14 s in a CI run). Other codecs' pictures are timed as decoded. When the camera drops,
-audio and video pause together; the next connection's audio starts afresh on the capture
-clock.
+(19 ms in 14 s in a CI run). Other codecs' pictures are timed as decoded. When the
+camera drops, audio and video pause together; the next connection's audio starts afresh
+on the capture clock.
 """
 
 from __future__ import annotations
@@ -235,12 +235,13 @@ class LiveReader:
 
     ``convert`` turns each decoded frame into the one handed out (scaled, timed; it runs
     in the thread), given the frame's capture time when the stream tells it (an H.264
-    stream's ``Timeline``; None: timed as it is decoded). ``patience``: seconds to wait for the first frame before giving up
-    (``next_frame()`` then raises LiveError; a refusal gives up at once); None: never
-    give up, as while viewers watch. ``state``, ``reconnects`` and ``error`` are for
-    /healthz and /metrics. ``paced``: a file, read at its own pace and looped; ``fmt``:
-    FFmpeg's demuxer (None: guessed from the URL); ``origin``: the capture clock's origin
-    (``sources.CLOCK_ORIGIN``) for the packets' times.
+    stream's ``Timeline``; None: timed as it is decoded). ``patience``: seconds to wait
+    for the first frame before giving up (``next_frame()`` then raises LiveError; a
+    refusal gives up at once); None: never give up, as while viewers watch. ``state``,
+    ``reconnects`` and ``error`` are for /healthz and /metrics. ``paced``: a file, read
+    at its own pace and looped; ``fmt``: FFmpeg's demuxer (None: guessed from the URL);
+    ``origin``: the capture clock's origin (``sources.CLOCK_ORIGIN``) for the packets'
+    times.
 
     Set from the event loop: ``sink`` gets an H.264 stream's packets (``h264_stream``),
     ``decode`` says whether frames are wanted (decoding restarts at a keyframe), ``audio``
