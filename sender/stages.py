@@ -1,6 +1,6 @@
 """Where a frame's milliseconds go in the sender, as Prometheus histograms (``/metrics``).
 
-Two stages, labelled by codec and tier:
+Two stages, labelled by codec and tier (and the encoder's share of the first):
 
 - ``webcam_capture_to_encoded_seconds``: from capture (``sources.capture_time``: the
   frame's presentation time) until the tier's packets are handed to its viewers; it
@@ -44,31 +44,26 @@ BUCKETS_SECONDS = (
 LABELS = ("codec", "tier")
 
 
+def _histogram(name: str, documentation: str) -> Histogram:
+    return Histogram(name, documentation, LABELS, buckets=BUCKETS_SECONDS, registry=None)
+
+
 class StageTimes:
     """The sender's per-frame stage histograms; registered nowhere, so that several
     senders in one process keep their own (``sender.metrics`` collects them)."""
 
     def __init__(self) -> None:
-        self.capture_to_encoded = Histogram(
+        self.capture_to_encoded = _histogram(
             "webcam_capture_to_encoded_seconds",
             "From capture until the frame's packets are handed to the viewers of its tier",
-            LABELS,
-            buckets=BUCKETS_SECONDS,
-            registry=None,
         )
-        self.encoding = Histogram(
+        self.encoding = _histogram(
             "webcam_encoding_seconds",
             "The encoder's own time per frame (part of capture to encoded)",
-            LABELS,
-            buckets=BUCKETS_SECONDS,
-            registry=None,
         )
-        self.encoded_to_sent = Histogram(
+        self.encoded_to_sent = _histogram(
             "webcam_encoded_to_sent_seconds",
             "From then until the viewer's RTP packets of the frame were sent",
-            LABELS,
-            buckets=BUCKETS_SECONDS,
-            registry=None,
         )
 
     def encoded(self, codec: str, tier: str, seconds: float) -> None:
