@@ -27,6 +27,7 @@ from common.aiortc_ext import AIORTC_VERSION, jitterbuffer
 from common.aiortc_ext.nack_retry import (
     GIVE_UP_SECONDS,
     INTERVAL_SECONDS,
+    KEYFRAME_AFTER_SECONDS,
     MAX_INTERVAL_SECONDS,
     MAX_TRIES,
     MIN_INTERVAL_SECONDS,
@@ -257,9 +258,10 @@ async def test_a_hole_older_than_the_senders_history_is_given_up_at_once(
 async def test_a_packet_that_never_comes_is_given_up_within_300_ms(
     codec: RTCRtpCodecParameters,
 ) -> None:
-    """Every retransmission is lost: it is asked for again each interval, given up
-    GIVE_UP_SECONDS after it went missing, and a keyframe is asked for at once; until it
-    comes the frames are dropped, then the picture goes on from it."""
+    """Every retransmission is lost and no keyframe comes: it is asked for again each
+    interval, a keyframe is asked for KEYFRAME_AFTER_SECONDS after it went missing, the
+    hole is given up GIVE_UP_SECONDS after it and a keyframe asked for again at once; until
+    one comes the frames are dropped, then the picture goes on from it."""
     sent = encoded_stream(codec, 40, keyframes={0, 30})
     viewer = Viewer(codec)
     await viewer.play(sent[:5])
@@ -267,15 +269,45 @@ async def test_a_packet_that_never_comes_is_given_up_within_300_ms(
     await viewer.play(sent[5:7], lost={lost})
     missing_since = viewer.now - FRAME_SECONDS  # frame 6 showed the gap
     await viewer.play(sent[7:30], lost={lost})  # 690 ms
-    assert viewer.retry.given_up == 1 and len(viewer.plis) == 2
-    assert viewer.plis[0] - missing_since <= GIVE_UP_SECONDS + 2 * TICK_SECONDS
-    assert viewer.plis[1] - viewer.plis[0] == pytest.approx(PLI_REPEAT_SECONDS)  # none came
+    assert viewer.retry.given_up == 1 and len(viewer.plis) == 3
+    early, gave_up, again = viewer.plis
+    assert KEYFRAME_AFTER_SECONDS <= early - missing_since <= KEYFRAME_AFTER_SECONDS + 0.02
+    assert GIVE_UP_SECONDS <= gave_up - missing_since <= GIVE_UP_SECONDS + 2 * TICK_SECONDS
+    assert again - gave_up == pytest.approx(PLI_REPEAT_SECONDS)  # none came
     asked_again = [n for n in viewer.nacks[1:] if lost in n]
     assert 3 <= len(asked_again) < MAX_TRIES  # repeated until given up
     assert viewer.indexes(sent) == [0, 1, 2, 3, 4]
     await viewer.play(sent[30:])
     assert viewer.indexes(sent) == [0, 1, 2, 3, 4, *range(30, 40)]
-    assert len(viewer.plis) == 2
+    assert len(viewer.plis) == 3
+
+
+@pytest.mark.parametrize("codec", [VP8, H264], ids=["vp8", "h264"])
+async def test_the_keyframe_asked_for_early_ends_the_freeze(
+    codec: RTCRtpCodecParameters, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every retransmission is lost (or either peer stalled): the keyframe asked for
+    KEYFRAME_AFTER_SECONDS after the packet went missing comes, and the hole is given up
+    as soon as the keyframe is complete, not GIVE_UP_SECONDS after; nothing is asked for
+    again. Without the early request the picture would wait for GIVE_UP_SECONDS and a
+    keyframe's round trip after it (``test_loss``: a 400 ms gap, end to end)."""
+    sent = encoded_stream(codec, 20, keyframes={0, 10})
+    viewer = Viewer(codec)
+    await viewer.play(sent[:5])
+    lost = sent[5].packets[-1].sequence_number
+    await viewer.play(sent[5:7], lost={lost})
+    missing_since = viewer.now - FRAME_SECONDS  # frame 6 showed the gap
+    await viewer.play(sent[7:10], lost={lost})
+    assert len(viewer.plis) == 1 and viewer.retry.given_up == 0  # asked early
+    assert viewer.plis[0] - missing_since <= KEYFRAME_AFTER_SECONDS + 2 * TICK_SECONDS
+    with caplog.at_level(logging.INFO, logger="common.aiortc_ext.nack_retry"):
+        await viewer.play(sent[10:11])  # the sender's answer
+    assert viewer.retry.given_up == 1 and "a keyframe came after it" in caplog.text
+    assert viewer.indexes(sent) == [0, 1, 2, 3, 4, 10]
+    assert viewer.now - missing_since < GIVE_UP_SECONDS
+    await viewer.play(sent[11:])
+    assert viewer.indexes(sent) == [0, 1, 2, 3, 4, *range(10, 20)]
+    assert len(viewer.plis) == 1
 
 
 async def test_a_hole_is_given_up_when_its_retries_are_used_up() -> None:
@@ -294,8 +326,8 @@ async def test_a_hole_is_given_up_when_its_retries_are_used_up() -> None:
 
 
 async def test_a_repaired_hole_is_not_given_up() -> None:
-    """The retransmission comes after several tries, before the deadline: no keyframe
-    request, every frame reaches the decoder in order."""
+    """The retransmission comes after several tries, before the deadline and before the
+    keyframe asked for early: every frame reaches the decoder in order."""
     sent = encoded_stream(VP8, 15, keyframes={0})
     viewer = Viewer()
     await viewer.play(sent[:3])
@@ -306,13 +338,28 @@ async def test_a_repaired_hole_is_not_given_up() -> None:
     assert viewer.indexes(sent) == list(range(9))  # all at once, not one per later packet
     await viewer.play(sent[9:])
     assert viewer.indexes(sent) == list(range(15))
+    assert len(viewer.plis) == 1 and viewer.retry.given_up == 0  # the early request
+
+
+async def test_a_hole_repaired_in_time_asks_for_no_keyframe() -> None:
+    """Repaired by the third NACK (80 ms): no keyframe is asked for."""
+    sent = encoded_stream(VP8, 8, keyframes={0})
+    viewer = Viewer(interval=0.04)
+    await viewer.play(sent[:3])
+    packet = sent[3].packets[-1]  # a marker packet: seen missing one frame later
+    await viewer.play(sent[3:5], lost={packet.sequence_number})
+    await viewer.run_until(viewer.now - FRAME_SECONDS + 0.09)
+    await viewer.deliver(packet)
+    await viewer.play(sent[5:])
+    assert viewer.indexes(sent) == list(range(8))
+    assert len([n for n in viewer.nacks if packet.sequence_number in n]) == 3
     assert viewer.plis == [] and viewer.retry.given_up == 0
 
 
 async def test_a_keyframe_already_behind_the_hole_is_used_at_once() -> None:
-    """A keyframe arrived complete behind the hole: giving up jumps to it, no frame in
-    between reaches the decoder, and it goes to the decoder at once with the frame after
-    it."""
+    """A keyframe arrived complete behind the hole: the hole is given up at the next
+    tick (whatever its age), no frame in between reaches the decoder, and the keyframe goes
+    to the decoder at once with the frame after it; nothing is asked for."""
     sent = encoded_stream(VP8, 12, keyframes={0, 6})
     viewer = Viewer(max_tries=0, interval=0.04)
     await viewer.play(sent[:3])
@@ -320,9 +367,9 @@ async def test_a_keyframe_already_behind_the_hole_is_used_at_once() -> None:
     for packet in [p for s in sent[3:8] for p in s.packets if p.sequence_number != lost]:
         await viewer.deliver(packet)
     assert viewer.indexes(sent) == [0, 1, 2]
-    await viewer.run_until(viewer.now + 0.1)  # 2 intervals: given up
+    await viewer.run_until(viewer.now + TICK_SECONDS)
     assert viewer.retry.given_up == 1
-    assert viewer.indexes(sent) == [0, 1, 2, 6, 7]
+    assert viewer.indexes(sent) == [0, 1, 2, 6, 7] and viewer.plis == []
     await viewer.play(sent[8:])
     assert viewer.indexes(sent) == [0, 1, 2, *range(6, 12)]
 

@@ -212,6 +212,23 @@ class LowLatencyJitterBuffer(JitterBuffer):
             return False  # behind the origin
         return self._packets[sequence_number % self._capacity] is None
 
+    def keyframe_after_hole(self) -> bool:
+        """Whether a complete keyframe waits behind the first hole. What the hole holds
+        back is older than that keyframe and not needed to decode it: skipping to it beats
+        any repair (libwebrtc's frame buffer decodes such a keyframe at once too)."""
+        hole = self.head_hole()
+        if hole is None or self._newest is None or not self._keyframes_known:
+            return False
+        for offset in range(1, uint16_add(self._newest, -hole) + 1):
+            packet = self._packets[(hole + offset) % self._capacity]
+            if (
+                packet is not None
+                and self._keyframe_start(packet)
+                and self._frame_length(packet.sequence_number) is not None
+            ):
+                return True
+        return False
+
     def give_up(self) -> int:
         """Skip the first hole (those packets will not come) and the incomplete frame it
         is in; frames await a keyframe from then on. Returns how many sequence numbers
@@ -318,16 +335,21 @@ class LowLatencyJitterBuffer(JitterBuffer):
             )
 
     def _head_frame_length(self) -> int | None:
-        """How many packets the frame at the origin has, once it is complete; else None.
+        """How many packets the frame at the origin has, once it is complete; else None."""
+        return self._frame_length(self._head)
+
+    def _frame_length(self, start: int) -> int | None:
+        """How many packets the frame whose first packet is ``start`` has, once it is
+        complete; else None.
 
         It ends at its marker packet (the addition) or before a packet with another
         timestamp (stock aiortc), with no sequence number missing in between.
         """
-        first = self._packets[self._head % self._capacity]
+        first = self._packets[start % self._capacity]
         if first is None:
             return None
         for count in range(self._capacity):
-            packet = self._packets[(self._head + count) % self._capacity]
+            packet = self._packets[(start + count) % self._capacity]
             if packet is None:
                 return None
             if packet.timestamp != first.timestamp:

@@ -15,13 +15,22 @@ packets overflow the buffer: seconds.
   ``MIN_INTERVAL_SECONDS``; ``INTERVAL_SECONDS`` without one). Each packet has its own
   timer, checked every 10 ms: on a LAN a twice-lost packet is asked for again 40 ms after
   the first NACK, not 50-100 ms later as with one 50 ms period for all.
+- **A keyframe early.** A hole at the buffer's head still missing after
+  ``keyframe_after`` (``KEYFRAME_AFTER_SECONDS``, at least two intervals) asks the sender
+  for a keyframe while its repair is still asked for: whichever comes first ends the
+  freeze. A complete keyframe behind the hole (asked for or not) ends it at once: the hole
+  is given up and the picture goes on from the keyframe. A hole that outlives a stall of
+  either peer, or every retransmission, so freezes the picture for about
+  ``KEYFRAME_AFTER_SECONDS`` plus a keyframe's round trip, not ``GIVE_UP_SECONDS`` plus it
+  (a CI run at 5% random loss: one hole unrepaired for 300 ms, a 415 ms gap).
 - **Giving up.** The packet that holds the buffer's head is given up when it cannot come
-  any more: aiortc no longer asks for it (it is older than the sender's history), its
-  retries are used up (two intervals after the last), or it has been missing for
-  ``give_up_after`` (``GIVE_UP_SECONDS``, stretched to two intervals on long round trips).
-  The buffer (``jitterbuffer.LowLatencyJitterBuffer.give_up``) then skips the hole and
-  drops frames until a keyframe, and a PLI asks the sender for one at once (again every
-  ``PLI_REPEAT_SECONDS`` while none has come).
+  any more: a keyframe came after it (above), aiortc no longer asks for it (it is older
+  than the sender's history), its retries are used up (two intervals after the last), or
+  it has been missing for ``give_up_after`` (``GIVE_UP_SECONDS``, stretched to two
+  intervals on long round trips). The buffer (``jitterbuffer.LowLatencyJitterBuffer.
+  give_up``) then skips the hole and drops frames until a keyframe, and a PLI asks the
+  sender for one at once unless one is in hand (again every ``PLI_REPEAT_SECONDS`` while
+  none has come).
 
 It reads the receiver's private NACK generator and stream table and needs the buffer of
 ``jitterbuffer.apply``. ``Connection`` starts one for each video receiver it creates
@@ -57,6 +66,8 @@ RTT_MARGIN_SECONDS = 0.01
 MAX_INTERVAL_SECONDS = 1.0
 MAX_TRIES = 10
 GIVE_UP_SECONDS = 0.3  # a hole older than this is given up (at least two intervals)
+KEYFRAME_AFTER_SECONDS = 0.1  # a hole older than this asks for a keyframe (at least two intervals)
+KEYFRAME_CAME = "a keyframe came after it"
 PLI_REPEAT_SECONDS = 0.3  # ask again while no keyframe has come
 EPSILON = 1e-6  # timer comparisons: a tick on the due time counts
 
@@ -73,6 +84,7 @@ class NackRetry:
 
     ``rtt``: returns the latest round-trip time in seconds (None when unknown).
     ``give_up_after``: None turns giving up off (the buffer then waits for its overflow).
+    ``keyframe_after``: None asks for a keyframe only once a hole is given up.
     """
 
     def __init__(
@@ -83,6 +95,7 @@ class NackRetry:
         *,
         rtt: Callable[[], float | None] | None = None,
         give_up_after: float | None = GIVE_UP_SECONDS,
+        keyframe_after: float | None = KEYFRAME_AFTER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         check(__name__)
@@ -94,6 +107,7 @@ class NackRetry:
         self.fixed_interval = interval  # None: follow the round trip
         self.max_tries = max_tries
         self.give_up_after = give_up_after
+        self.keyframe_after = keyframe_after
         self.sent = 0  # NACKs we repeated
         self.given_up = 0  # holes given up
         self.packets_given_up = 0  # sequence numbers skipped with them
@@ -167,6 +181,15 @@ class NackRetry:
             self.sent += 1
         return due
 
+    def _keyframe_due(self, seq: int, now: float, interval: float) -> bool:
+        """The missing packet ``seq`` has waited long enough to ask for a keyframe too."""
+        state = self._missing.get(seq)
+        return (
+            self.keyframe_after is not None
+            and state is not None
+            and now - state.first >= max(self.keyframe_after, 2 * interval) - EPSILON
+        )
+
     def _hopeless(self, seq: int, now: float, interval: float) -> str | None:
         """Why the missing packet ``seq`` will not be repaired in time, or None."""
         state = self._missing.get(seq)
@@ -183,24 +206,30 @@ class NackRetry:
         self, buffer: jitterbuffer.LowLatencyJitterBuffer, ssrc: int, now: float, interval: float
     ) -> bool:
         """Give up the head's hole if it is hopeless, and ask for a keyframe while the
-        buffer awaits one; True if a hole was given up."""
+        buffer awaits one or its hole is overdue; True if a hole was given up."""
         gave_up = False
         hole = buffer.head_hole()
-        reason = self._hopeless(hole, now, interval) if hole is not None else None
+        reason = None
+        if hole is not None:
+            keyframe = buffer.keyframe_after_hole()
+            reason = KEYFRAME_CAME if keyframe else self._hopeless(hole, now, interval)
         if reason is not None:
             skipped = buffer.give_up()
             jitterbuffer.drain(self._receiver)  # a keyframe already behind the hole goes now
             gave_up = True
             self.given_up += 1
             self.packets_given_up += skipped
-            self._last_pli = None  # ask at once
+            if reason != KEYFRAME_CAME:
+                self._last_pli = None  # ask at once
             logger.info(
                 "gave up %d lost packet(s) from %d (%s): skipping to a keyframe",
                 skipped,
                 hole,
                 reason,
             )
-        if not buffer.awaiting_keyframe:
+        hole = buffer.head_hole()
+        overdue = hole is not None and self._keyframe_due(hole, now, interval)
+        if not buffer.awaiting_keyframe and not overdue:
             self._last_pli = None
         elif self._last_pli is None or now - self._last_pli >= PLI_REPEAT_SECONDS - EPSILON:
             self._last_pli = now
