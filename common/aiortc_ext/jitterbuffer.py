@@ -212,12 +212,12 @@ class LowLatencyJitterBuffer(JitterBuffer):
             return False  # behind the origin
         return self._packets[sequence_number % self._capacity] is None
 
-    def keyframe_after_hole(self) -> bool:
-        """Whether a complete keyframe waits behind the first hole. What the hole holds
-        back is older than that keyframe and not needed to decode it: skipping to it beats
-        any repair (libwebrtc's frame buffer decodes such a keyframe at once too)."""
-        hole = self.head_hole()
-        if hole is None or self._newest is None or not self._keyframes_known:
+    def keyframe_after_hole(self, hole: int) -> bool:
+        """Whether a complete keyframe waits behind ``hole`` (the first: ``head_hole()``).
+        What the hole holds back is older than that keyframe and not needed to decode it:
+        skipping to it beats any repair (libwebrtc's frame buffer decodes such a keyframe
+        at once too)."""
+        if self._newest is None or not self._keyframes_known:
             return False
         for offset in range(1, uint16_add(self._newest, -hole) + 1):
             packet = self._packets[(hole + offset) % self._capacity]

@@ -84,7 +84,8 @@ class NackRetry:
 
     ``rtt``: returns the latest round-trip time in seconds (None when unknown).
     ``give_up_after``: None turns giving up off (the buffer then waits for its overflow).
-    ``keyframe_after``: None asks for a keyframe only once a hole is given up.
+    ``keyframe_after``: None asks for a keyframe only once a hole is given up. Either way
+    only while giving up is on: ``give_up_after=None`` asks for none for a hole.
     """
 
     def __init__(
@@ -211,7 +212,7 @@ class NackRetry:
         hole = buffer.head_hole()
         reason = None
         if hole is not None:
-            keyframe = buffer.keyframe_after_hole()
+            keyframe = buffer.keyframe_after_hole(hole)
             reason = KEYFRAME_CAME if keyframe else self._hopeless(hole, now, interval)
         if reason is not None:
             skipped = buffer.give_up()
