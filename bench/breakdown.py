@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -71,10 +73,17 @@ def sender_stages(url: str, codec: str) -> dict[str, object]:
     return result
 
 
-def measure(size: str, codec: str, seconds: float, bitrate: int | None, logs: Path) -> dict:
+def measure(
+    size: str,
+    codec: str,
+    seconds: float,
+    bitrate: int | None,
+    logs: Path,
+    options: Sequence[str] = (),
+) -> dict:
     fixed = ["--bitrate", str(bitrate)] if bitrate else []
     sender = SenderProcess(
-        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed],
+        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed, *options],
         logs / f"sender-{size}.log",
     )
     stats = logs / f"receiver-{size}.json"
@@ -131,11 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bitrate", type=int, help="fixed bitrate (one tier: 1280x720 at full size from the start)"
     )
+    parser.add_argument(
+        "--sender-options",
+        default="",
+        metavar="ARGS",
+        help='more webcam-sender options, one string (e.g. "--loop-encode-ms 0")',
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as logs:
         results = [
-            measure(size, args.codec, args.seconds, args.bitrate, Path(logs))
+            measure(
+                size,
+                args.codec,
+                args.seconds,
+                args.bitrate,
+                Path(logs),
+                shlex.split(args.sender_options),
+            )
             for size in args.sizes.split(",")
         ]
     print("p50 / p95 ms per stage\n" + table(results))

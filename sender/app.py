@@ -14,11 +14,12 @@ from aiortc import RTCConfiguration
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
 
-from . import audio, audio_metrics, encoders, metrics, signalling, sources
+from . import audio, audio_metrics, encoders, loop_budget, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
 from .encoders import EncoderFactory
 from .fanout import SharedSource
+from .loop_budget import LoopBudget
 from .signalling import CAMERAS, ICE_LINKS, SESSIONS
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class SenderConfig:
     local: bool = True  # serve our own viewers (WHEP, /offer, the page)
     encoder: str = encoders.AUTO  # "auto", "software" or an encoder's name (sender.encoders)
     encoder_speed: encoders.Speed = encoders.DEFAULT_SPEED
+    # The longest encode the event loop does itself (s); 0: all in threads (sender.loop_budget)
+    loop_encode: float = loop_budget.MAX_ENCODE_SECONDS
     # The hardware encoders "auto" tries per codec (None: those FFmpeg has, in
     # sender.encoders.HARDWARE order); tests give stand-ins that fail mid-stream.
     hardware_encoders: Mapping[str, Sequence[encoders.Candidate]] | None = field(
@@ -72,6 +75,7 @@ class CameraMaker:
     settings: CameraSettings
     configuration: RTCConfiguration
     factories: Mapping[str, EncoderFactory]
+    budget: LoopBudget  # the event loop's time for encodes, shared by every camera
     labelled: bool
     shared_audio: audio.SharedAudio | None
 
@@ -83,6 +87,7 @@ class CameraMaker:
             self.factories,
             self.labelled,
             self.shared_audio,
+            self.budget,
         )
 
 
@@ -123,7 +128,10 @@ async def media(app: web.Application) -> AsyncIterator[None]:
         if config.audio
         else None
     )
-    make = CameraMaker(settings, app[ICE_LINKS].configuration(), factories, labelled, shared_audio)
+    budget = LoopBudget(config.loop_encode)
+    make = CameraMaker(
+        settings, app[ICE_LINKS].configuration(), factories, budget, labelled, shared_audio
+    )
     app[MAKE_CAMERA] = make
     cameras = Cameras([make(c) for c in configs])
     app[CAMERAS] = cameras

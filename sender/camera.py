@@ -29,6 +29,7 @@ from .audio import SharedAudio
 from .encoders import EncoderFactory
 from .fanout import SharedSource
 from .janus_publisher import JanusPublication
+from .loop_budget import LoopBudget
 from .sessions import CONNECT_TIMEOUT_SECONDS, OfferError, Session, Sessions
 from .shared_capture import IDLE_CLOSE_SECONDS
 
@@ -108,6 +109,7 @@ class Camera:
         factories: Mapping[str, EncoderFactory],
         labelled: bool,
         shared_audio: SharedAudio | None = None,
+        budget: LoopBudget | None = None,
     ) -> None:
         self.name = config.name
         self.labelled = labelled  # its metrics and logs carry its name
@@ -130,6 +132,7 @@ class Camera:
             passthrough=not settings.transcode and sources.has_packets(config.spec),
             name=tag,
             shared_audio=shared_audio,
+            budget=budget,
         )
         display = f"{settings.display_name}-{self.name}" if labelled else settings.display_name
         self.publications = [

@@ -22,6 +22,7 @@ from common import config, ice, turn_check
 from common.cli import (
     CliError,
     add_logging_options,
+    count,
     fail,
     not_empty,
     port,
@@ -35,7 +36,7 @@ from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 from common.sdnotify import Notifier
 
-from . import audio, audio_sources, cameras, encoders, formats, live, sources
+from . import audio, audio_sources, cameras, encoders, formats, live, loop_budget, sources
 from .app import SenderConfig, create_app
 from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 from .reload import Reloader
@@ -125,6 +126,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fast: least CPU (x264 ultrafast, VP8 cpu-used -11); balanced (default: "
         "veryfast, above 1280x720 superfast; cpu-used -10); quality: aiortc's own "
         "settings (x264 medium, VP8 cpu-used -6 with its denoiser), 2-5x the CPU",
+    )
+    parser.add_argument(
+        "--loop-encode-ms",
+        type=count(1000),
+        default=round(loop_budget.MAX_ENCODE_SECONDS * 1000),
+        metavar="MS",
+        help="encode a frame on the event loop, saving two thread hand-overs (about "
+        "1 ms), while one encode takes at most this long and encodes use under 30%% of "
+        "the loop (default 10; 0: every encode in a worker thread)",
     )
     ice.add_arguments(parser, sender=True)
     parser.add_argument(
@@ -310,6 +320,7 @@ async def serve(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
         local=not args.no_local,
         encoder=args.encoder,
         encoder_speed=args.encoder_speed,
+        loop_encode=args.loop_encode_ms / 1000,
     )
     runner = web.AppRunner(
         create_app(config), handle_signals=False, access_log=None, shutdown_timeout=1.0

@@ -32,6 +32,7 @@ from . import tiers
 from .congestion import BandwidthEstimator
 from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
+from .loop_budget import LoopBudget
 from .sources import capture_time
 from .stages import StageTimes
 
@@ -58,6 +59,7 @@ class Totals:
     """Counters that outlive encoders and viewers (for /metrics)."""
 
     frames_encoded: int = 0
+    frames_encoded_on_loop: int = 0  # not in a worker thread (``sender.loop_budget``)
     keyframes: int = 0
     encode_seconds: float = 0.0
     frames_sent: int = 0
@@ -286,6 +288,7 @@ class TierEncoder:
     below_since: float | None = None  # since when the target is below the bitrate
     frames_encoded: int = 0
     keyframes: int = 0
+    last_encode_seconds: float | None = None  # its last frame's encode
     # The packets from the last keyframe on, while it is recent (see ``remember``).
     recent: list[av.Packet[Any]] = field(default_factory=list)
     recent_since: float = -1e9  # when that keyframe was handed over
@@ -372,7 +375,8 @@ class Scaler:
 class SharedEncoder:
     """One codec's encoders, one per tier in use, fed from the shared source while
     anyone watches. Every captured frame is encoded once per tier in use (the tiers in
-    parallel threads) and the packets go to the viewers on that tier."""
+    parallel threads; a lone quick one on the event loop, as ``budget`` allows) and the
+    packets go to the viewers on that tier."""
 
     def __init__(
         self,
@@ -384,6 +388,7 @@ class SharedEncoder:
         totals: Totals | None = None,
         scaler: Scaler | None = None,
         factory: EncoderFactory | None = None,
+        budget: LoopBudget | None = None,
     ) -> None:
         self.profile = profile
         self.factory = factory if factory is not None else EncoderFactory(profile.name)
@@ -393,6 +398,7 @@ class SharedEncoder:
         self._fixed_bitrate = fixed_bitrate
         self._on_idle = on_idle
         self._scaler = scaler if scaler is not None else Scaler()
+        self._budget = budget if budget is not None else LoopBudget()
         self._viewers: set[EncodedTrack] = set()
         self._frames: ViewerTrack | None = None
         self._task: asyncio.Task[None] | None = None
@@ -538,9 +544,7 @@ class SharedEncoder:
                 self._follow_size(frame, now)
                 self.update_bitrate(now)
                 jobs = self._plan(now)
-                results = await asyncio.gather(
-                    *(asyncio.to_thread(self._encode, job, frame, key) for job, key in jobs)
-                )
+                results = await self._encode_all(jobs, frame, now)
                 self.frames_encoded += 1
                 packets = {}
                 for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
@@ -637,10 +641,24 @@ class SharedEncoder:
             jobs.append((encoder, keyframe))
         return jobs
 
+    async def _encode_all(
+        self, jobs: list[tuple[TierEncoder, bool]], frame: av.VideoFrame, now: float
+    ) -> list[tuple[list[av.Packet[Any]], float]]:
+        """Each tier's encode of ``frame``: a lone quick one on the loop (two thread
+        hand-overs less), else each in a worker thread, in parallel."""
+        if len(jobs) == 1 and self._budget.allows(jobs[0][0].last_encode_seconds, now):
+            result = self._encode(*jobs[0], frame)
+            self._budget.spent(result[1], time.monotonic())
+            self.totals.frames_encoded_on_loop += 1
+            return [result]
+        return await asyncio.gather(
+            *(asyncio.to_thread(self._encode, job, key, frame) for job, key in jobs)
+        )
+
     def _encode(
-        self, encoder: TierEncoder, frame: av.VideoFrame, keyframe: bool
+        self, encoder: TierEncoder, keyframe: bool, frame: av.VideoFrame
     ) -> tuple[list[av.Packet[Any]], float]:
-        """One tier's encode of one captured frame (in a worker thread), and its time."""
+        """One tier's encode of one captured frame, and its time."""
         assert encoder.codec is not None
         started = time.perf_counter()
         picture = self._scaler.scale(frame, encoder.tier.width, encoder.tier.height)
@@ -660,6 +678,7 @@ class SharedEncoder:
         keyframes = sum(packet.is_keyframe for packet in packets)
         encoder.keyframes += keyframes
         encoder.frames_encoded += 1
+        encoder.last_encode_seconds = seconds
         self.keyframes += keyframes
         self.totals.keyframes += keyframes
         self.totals.frames_encoded += 1
@@ -708,6 +727,7 @@ class Encoders:
         fps: float,
         fixed_bitrate: int | None = None,
         factories: Mapping[str, EncoderFactory] | None = None,
+        budget: LoopBudget | None = None,
     ) -> None:
         self._source = source
         self._fps = fps
@@ -718,6 +738,8 @@ class Encoders:
             self.factories.setdefault(codec, EncoderFactory(codec))
         self._encoders: dict[str, SharedEncoder] = {}
         self._scaler = Scaler()  # shared by every codec: one scaled copy per frame
+        # The event loop's time for encodes: the sender's, shared by every camera.
+        self.budget = budget if budget is not None else LoopBudget()
         self.totals = Totals()
 
     def subscribe(self, codec: str) -> EncodedTrack:
@@ -732,6 +754,7 @@ class Encoders:
                 self.totals,
                 self._scaler,
                 self.factories[codec],
+                self.budget,
             )
             self._encoders[codec] = encoder
         return encoder.subscribe()

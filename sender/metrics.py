@@ -119,6 +119,11 @@ class CameraCollector(Collector):
             ),
             ("webcam_frames_captured", "Frames read from the camera", self._source.frames_captured),
             ("webcam_frames_encoded", "Frames encoded (once per codec)", totals.frames_encoded),
+            (
+                "webcam_frames_encoded_on_loop",
+                "Of those, encoded on the event loop, not in a worker thread",
+                totals.frames_encoded_on_loop,
+            ),
             ("webcam_keyframes", "Keyframes encoded", totals.keyframes),
             ("webcam_encode_seconds", "Time spent encoding", totals.encode_seconds),
             ("webcam_frames_sent", "Encoded frames handed to viewers", totals.frames_sent),

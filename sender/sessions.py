@@ -26,6 +26,7 @@ from . import audio
 from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
+from .loop_budget import LoopBudget
 from .passthrough import Passthrough
 from .sources import CLOCK_ORIGIN, VIDEO_CLOCK_RATE
 
@@ -220,8 +221,9 @@ class Sessions:
         passthrough: bool = False,
         name: str = "",
         shared_audio: audio.SharedAudio | None = None,
+        budget: LoopBudget | None = None,
     ) -> None:
-        self.encoders = Encoders(source, fps, bitrate, factories)
+        self.encoders = Encoders(source, fps, bitrate, factories, budget)
         # The camera's own H.264 to the viewers that take it (sender.passthrough).
         self.passthrough = Passthrough(source, self.encoders.totals, passthrough)
         self.name = name  # the camera's, for the logs of a sender with several

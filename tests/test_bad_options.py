@@ -38,6 +38,8 @@ SENDER_CASES: list[tuple[list[str], str]] = [
     (["--codec", "av1"], "invalid choice"),
     (["--encoder", ""], "--encoder: no vp8 encoder ''"),
     (["--encoder-speed", "ludicrous"], "invalid choice"),
+    (["--loop-encode-ms", "-1"], "must be 0-1000"),
+    (["--loop-encode-ms", "2.5"], "not a whole number"),
     (["--input-format", ""], "unknown format ''"),
     (["--rtsp-transport", "sctp"], "invalid choice"),
     (["--token", ""], "--token: must not be empty"),

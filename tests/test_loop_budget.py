@@ -1,0 +1,65 @@
+"""A lone quick encode runs on the sender's event loop (``sender.loop_budget``): real
+senders and viewers on 127.0.0.1, and the budget's own rules."""
+
+import pytest
+
+from receiver import Receiver
+from receiver.stats import read_stamp
+from sender.loop_budget import MAX_SHARE, WINDOW_SECONDS, LoopBudget
+
+from .test_breakdown import scrape
+
+FRAMES = 60
+
+
+def test_an_encode_of_unknown_or_long_duration_stays_off_the_loop() -> None:
+    budget = LoopBudget(max_encode=0.010)
+    assert not budget.allows(None, now=0.0), "a tier's first encode: its time is unknown"
+    assert not budget.allows(0.011, now=0.0)
+    assert budget.allows(0.010, now=0.0)
+    assert not LoopBudget(max_encode=0).allows(0.001, now=0.0), "0 turns it off"
+
+
+def test_the_loop_spends_at_most_its_share_of_each_second() -> None:
+    budget = LoopBudget(max_encode=0.010)
+    for frame in range(300):  # 8 ms encodes at 30 fps: 240 ms a second, within the share
+        now = frame / 30
+        assert budget.allows(0.008, now), f"frame {frame}"
+        budget.spent(0.008, now)
+    budget = LoopBudget(max_encode=0.010)
+    fit = int(MAX_SHARE * WINDOW_SECONDS / 0.008)  # 37
+    for frame in range(fit):  # at 120 fps: four encodes in a frame's time
+        budget.spent(0.008, frame / 120)
+    assert not budget.allows(0.008, fit / 120), "one more would be over the share"
+    assert budget.allows(0.008, fit / 120 + WINDOW_SECONDS), "a second later it has expired"
+
+
+async def metric(url: str, name: str) -> float:
+    families = await scrape(url)
+    [sample] = families[name][name + "_total"]
+    return sample.value
+
+
+@pytest.mark.parametrize("loop_ms", ["10", "0"])
+async def test_a_lone_viewers_frames_are_encoded_on_the_loop(sender_process, loop_ms) -> None:
+    """With the default budget (10 ms), a lone 640x480 tier encodes on the loop (its
+    first frame, of unknown cost, in a thread); ``--loop-encode-ms 0`` keeps every
+    encode in a thread. Either way the viewer decodes the right frames."""
+    sender = sender_process("--source", "testsrc", "--size", "640x480", "--loop-encode-ms", loop_ms)
+    sequences = []
+    async with Receiver(sender.url, connect_timeout=60) as rx:
+        async for frame in rx.frames():
+            found = read_stamp(frame)
+            assert found is not None, "a frame decoded without its stamp"
+            sequences.append(found.sequence)
+            if len(sequences) >= FRAMES:
+                break
+        encoded = await metric(sender.url, "webcam_frames_encoded")
+        on_loop = await metric(sender.url, "webcam_frames_encoded_on_loop")
+    assert sequences == sorted(set(sequences)), "frames out of order or repeated"
+    assert encoded >= FRAMES
+    if loop_ms == "0":
+        assert on_loop == 0
+    else:
+        # A frame that took over 10 ms (a busy machine) sends the next to a thread.
+        assert on_loop >= encoded / 2, f"{on_loop} of {encoded} frames encoded on the loop"
