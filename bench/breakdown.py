@@ -80,6 +80,7 @@ def measure(
     bitrate: int | None,
     logs: Path,
     options: Sequence[str] = (),
+    receiver_options: Sequence[str] = (),
 ) -> dict:
     fixed = ["--bitrate", str(bitrate)] if bitrate else []
     sender = SenderProcess(
@@ -90,7 +91,7 @@ def measure(
     try:
         subprocess.run(
             [sys.executable, "-m", "receiver", sender.url, "--quiet",
-             "--duration", str(seconds), "--stats-json", str(stats)],
+             "--duration", str(seconds), "--stats-json", str(stats), *receiver_options],
             check=True, cwd=ROOT, env=child_env(), timeout=seconds + 120,
         )  # fmt: skip
         sending = sender_stages(sender.url, codec)
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARGS",
         help='more webcam-sender options, one string (e.g. "--loop-encode-ms 0")',
     )
+    parser.add_argument(
+        "--receiver-options",
+        default="",
+        metavar="ARGS",
+        help='more webcam-receiver options, one string (e.g. "--loop-decode-ms 0")',
+    )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as logs:
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.bitrate,
                 Path(logs),
                 shlex.split(args.sender_options),
+                shlex.split(args.receiver_options),
             )
             for size in args.sizes.split(",")
         ]

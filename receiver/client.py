@@ -33,6 +33,7 @@ from common.aiortc_ext.nack_retry import MAX_TRIES
 from common.backoff import Backoff
 from common.ice import fetch_link_ice_servers, is_turn, rtc_configuration
 from common.janus import JanusError, JanusTarget, parse_janus_url
+from common.loop_budget import MAX_DECODE_SECONDS
 from common.tasks import cancel
 from common.turn_check import TurnError
 
@@ -82,7 +83,9 @@ class Receiver:
     lossless recording; ``decode=False`` then skips decoding altogether. ``retry``: how to
     wait between attempts when connecting fails or the connection is lost (None: one
     connection only). ``nack_retries``: how often a lost packet is asked for again after
-    aiortc's single NACK (0: aiortc's behaviour).
+    aiortc's single NACK (0: aiortc's behaviour). ``loop_decode``: the longest decode (s)
+    done on the event loop rather than in a thread (``common.aiortc_ext.loop_decode``; 0:
+    aiortc's decoder thread decodes every frame).
 
     ``video=False`` asks for the audio alone (``audio_frames()``; with ``encoded=True``
     also its packets as received, ``AudioPacket``): the audio's packets then say that the
@@ -109,6 +112,7 @@ class Receiver:
         codecs: Sequence[str] | None = None,
         retry: Backoff | None = None,
         nack_retries: int = MAX_TRIES,
+        loop_decode: float = MAX_DECODE_SECONDS,
         audio: bool = True,
         decoded_audio: bool = False,
         video: bool = True,
@@ -131,6 +135,7 @@ class Receiver:
         self.codecs = [c.lower() for c in codecs] if codecs else None
         self.retry = retry
         self.nack_retries = nack_retries
+        self.loop_decode = loop_decode
         self.audio = audio
         self.video = video
         self.media = "video" if video else "audio"  # what must keep arriving
@@ -239,6 +244,7 @@ class Receiver:
             on_frame=self._on_frame,
             on_encoded=self._on_encoded if self.encoded else None,
             nack_retries=self.nack_retries,
+            loop_decode=self.loop_decode,
             receive_audio=self.audio,
             receive_video=self.video,
             on_audio_arrival=None if self.video else self._arrived,

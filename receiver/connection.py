@@ -32,11 +32,14 @@ from common.aiortc_ext import (
     h264_profiles,
     ice_rtt,
     jitterbuffer,
+    loop_decode,
     passthrough,
     remb_rtt,
     streams,
 )
+from common.aiortc_ext.loop_decode import LoopDecoder
 from common.aiortc_ext.nack_retry import MAX_TRIES, NackRetry
+from common.loop_budget import MAX_DECODE_SECONDS
 from common.turn_check import turn_failure
 
 from . import audio
@@ -65,6 +68,7 @@ class Connection:
         on_frame: Callable[[av.VideoFrame], None],
         on_encoded: Callable[[EncodedFrame], None] | None = None,
         nack_retries: int = MAX_TRIES,
+        loop_decode: float = MAX_DECODE_SECONDS,
         receive_audio: bool = False,
         receive_video: bool = True,
         on_audio_arrival: Callable[[], None] | None = None,
@@ -83,6 +87,9 @@ class Connection:
         self._on_frame = on_frame
         self._on_encoded = on_encoded
         self._nack_retries = nack_retries
+        self._loop_decode = loop_decode
+        # Decodes quick frames on the event loop (None: aiortc's decoder thread does all).
+        self.loop_decoder: LoopDecoder | None = None
         self._receiver: RTCRtpReceiver | None = None
         self._clock: frame_timing.FrameClock | None = None  # times the decoded frames
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,6 +120,8 @@ class Connection:
         # a keyframe (with nack_retries=0 too: then only aiortc's single NACK is sent).
         self._nack_retry = NackRetry(receiver, max_tries=self._nack_retries, rtt=self._rtt)
         self._nack_retry.start()
+        if self._decode and self._loop_decode > 0:  # before the tap, which wraps it
+            self.loop_decoder = loop_decode.apply(receiver, self._loop_decode)
         if self._on_encoded is not None:
             on_encoded = self._on_encoded
             passthrough.tap(

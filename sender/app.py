@@ -13,13 +13,13 @@ from aiortc import RTCConfiguration
 
 from common.ice import IceServers, TurnSecret
 from common.janus import JanusTarget
+from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
 
-from . import audio, audio_metrics, encoders, loop_budget, metrics, signalling, sources
+from . import audio, audio_metrics, encoders, metrics, signalling, sources
 from .access import ACCESS, AccessPolicy, access_control
 from .camera import DEFAULT_NAME, Camera, CameraConfig, Cameras, CameraSettings
 from .encoders import EncoderFactory
 from .fanout import SharedSource
-from .loop_budget import LoopBudget
 from .signalling import CAMERAS, ICE_LINKS, SESSIONS
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ class SenderConfig:
     local: bool = True  # serve our own viewers (WHEP, /offer, the page)
     encoder: str = encoders.AUTO  # "auto", "software" or an encoder's name (sender.encoders)
     encoder_speed: encoders.Speed = encoders.DEFAULT_SPEED
-    # The longest encode the event loop does itself (s); 0: all in threads (sender.loop_budget)
-    loop_encode: float = loop_budget.MAX_ENCODE_SECONDS
+    # The longest encode the event loop does itself (s); 0: all in threads (common.loop_budget)
+    loop_encode: float = MAX_ENCODE_SECONDS
     # The hardware encoders "auto" tries per codec (None: those FFmpeg has, in
     # sender.encoders.HARDWARE order); tests give stand-ins that fail mid-stream.
     hardware_encoders: Mapping[str, Sequence[encoders.Candidate]] | None = field(

@@ -23,13 +23,13 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 
 from common.backoff import Backoff
 from common.janus import JanusTarget
+from common.loop_budget import LoopBudget
 
 from . import live, sources
 from .audio import SharedAudio
 from .encoders import EncoderFactory
 from .fanout import SharedSource
 from .janus_publisher import JanusPublication
-from .loop_budget import LoopBudget
 from .sessions import CONNECT_TIMEOUT_SECONDS, OfferError, Session, Sessions
 from .shared_capture import IDLE_CLOSE_SECONDS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from common import config, ice, turn_check
+from common import config, ice, loop_budget, turn_check
 from common.cli import (
     CliError,
     add_logging_options,
@@ -36,7 +36,7 @@ from common.janus import JanusError, JanusTarget, parse_janus_url
 from common.logs import setup_logging
 from common.sdnotify import Notifier
 
-from . import audio, audio_sources, cameras, encoders, formats, live, loop_budget, sources
+from . import audio, audio_sources, cameras, encoders, formats, live, sources
 from .app import SenderConfig, create_app
 from .camera import DEFAULT_NAME, CameraConfig, mask, parse_source
 from .reload import Reloader

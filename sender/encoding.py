@@ -27,12 +27,13 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpReceiverInfo
 from av.video.reformatter import VideoReformatter
 
+from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
+
 from . import encoders as video_encoders
 from . import tiers
 from .congestion import BandwidthEstimator
 from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
-from .loop_budget import LoopBudget
 from .sources import capture_time
 from .stages import StageTimes
 
@@ -59,7 +60,7 @@ class Totals:
     """Counters that outlive encoders and viewers (for /metrics)."""
 
     frames_encoded: int = 0
-    frames_encoded_on_loop: int = 0  # not in a worker thread (``sender.loop_budget``)
+    frames_encoded_on_loop: int = 0  # not in a worker thread (``common.loop_budget``)
     keyframes: int = 0
     encode_seconds: float = 0.0
     frames_sent: int = 0
@@ -398,7 +399,7 @@ class SharedEncoder:
         self._fixed_bitrate = fixed_bitrate
         self._on_idle = on_idle
         self._scaler = scaler if scaler is not None else Scaler()
-        self._budget = budget if budget is not None else LoopBudget()
+        self._budget = budget if budget is not None else LoopBudget(MAX_ENCODE_SECONDS)
         self._viewers: set[EncodedTrack] = set()
         self._frames: ViewerTrack | None = None
         self._task: asyncio.Task[None] | None = None
@@ -739,7 +740,7 @@ class Encoders:
         self._encoders: dict[str, SharedEncoder] = {}
         self._scaler = Scaler()  # shared by every codec: one scaled copy per frame
         # The event loop's time for encodes: the sender's, shared by every camera.
-        self.budget = budget if budget is not None else LoopBudget()
+        self.budget = budget if budget is not None else LoopBudget(MAX_ENCODE_SECONDS)
         self.totals = Totals()
 
     def subscribe(self, codec: str) -> EncodedTrack:

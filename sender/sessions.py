@@ -21,12 +21,12 @@ from aiortc.sdp import MediaDescription, SessionDescription
 from common import aiortc_ext
 from common.aiortc_ext import rtcp_feedback, sender_reports
 from common.codecs import prefer_codec
+from common.loop_budget import LoopBudget
 
 from . import audio
 from .encoders import EncoderFactory
 from .encoding import EncodedTrack, Encoders
 from .fanout import SharedSource
-from .loop_budget import LoopBudget
 from .passthrough import Passthrough
 from .sources import CLOCK_ORIGIN, VIDEO_CLOCK_RATE
 

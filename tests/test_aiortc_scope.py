@@ -33,6 +33,7 @@ from common.aiortc_ext import (
     rtcp_feedback,
 )
 from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
+from common.aiortc_ext.loop_decode import LoopDecoder
 from common.aiortc_ext.passthrough import TapQueue
 from receiver import Receiver
 from sender.audio import AudioSpec
@@ -128,7 +129,9 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             our_receiver = our_pc.getReceivers()[0]
             assert type(jitter_buffer(our_receiver)) is LowLatencyJitterBuffer
             assert frame_timing.applied(our_receiver)
-            assert isinstance(our_receiver._RTCRtpReceiver__decoder_queue, TapQueue)  # type: ignore[attr-defined]  # aiortc's private queue
+            decoder_queue = our_receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]  # aiortc's private queue
+            assert isinstance(decoder_queue, TapQueue)
+            assert isinstance(decoder_queue.inner, LoopDecoder)  # the tap wraps it
             assert ours.connection.audio is not None
             our_audio = ours.connection.audio.receiver
             assert type(jitter_buffer(our_audio)) is audio_jitter.SkippingAudioBuffer

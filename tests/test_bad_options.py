@@ -78,6 +78,7 @@ RECEIVER_CASES: list[tuple[list[str], str]] = [
     (["--max-retries", "-1"], "must be 0-1000"),
     (["--max-retries", "1e9"], "not a whole number"),
     (["--nack-retries", "100000"], "must be 0-1000"),
+    (["--loop-decode-ms", "-5"], "must be 0-1000"),
     (["--stall-timeout", "-1"], "must be positive"),
     (["--ice-server", "stun:"], "--ice-server"),
     (["--log-format", ""], "invalid choice"),

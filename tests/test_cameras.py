@@ -152,7 +152,7 @@ async def test_each_camera_has_its_own_picture_viewers_and_lifetime(
     )
     assert looks_like_testsrc(frames_a[-1]), "camera a does not show the flat fake camera"
     assert not looks_like_testsrc(frames_b[-1]), "camera b shows camera a's picture"
-    # One sender, one event loop: its time for encodes is shared (sender.loop_budget).
+    # One sender, one event loop: its time for encodes is shared (common.loop_budget).
     assert sender.cameras.get("a").sessions.encoders.budget is (
         sender.cameras.get("b").sessions.encoders.budget
     )

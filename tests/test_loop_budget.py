@@ -1,11 +1,11 @@
-"""A lone quick encode runs on the sender's event loop (``sender.loop_budget``): real
+"""A lone quick encode runs on the sender's event loop (``common.loop_budget``): real
 senders and viewers on 127.0.0.1, and the budget's own rules."""
 
 import pytest
 
+from common.loop_budget import MAX_SHARE, WINDOW_SECONDS, LoopBudget
 from receiver import Receiver
 from receiver.stats import read_stamp
-from sender.loop_budget import MAX_SHARE, WINDOW_SECONDS, LoopBudget
 
 from .test_breakdown import scrape
 
@@ -13,20 +13,20 @@ FRAMES = 60
 
 
 def test_an_encode_of_unknown_or_long_duration_stays_off_the_loop() -> None:
-    budget = LoopBudget(max_encode=0.010)
+    budget = LoopBudget(max_seconds=0.010)
     assert not budget.allows(None, now=0.0), "a tier's first encode: its time is unknown"
     assert not budget.allows(0.011, now=0.0)
     assert budget.allows(0.010, now=0.0)
-    assert not LoopBudget(max_encode=0).allows(0.001, now=0.0), "0 turns it off"
+    assert not LoopBudget(max_seconds=0).allows(0.001, now=0.0), "0 turns it off"
 
 
 def test_the_loop_spends_at_most_its_share_of_each_second() -> None:
-    budget = LoopBudget(max_encode=0.010)
+    budget = LoopBudget(max_seconds=0.010)
     for frame in range(300):  # 8 ms encodes at 30 fps: 240 ms a second, within the share
         now = frame / 30
         assert budget.allows(0.008, now), f"frame {frame}"
         budget.spent(0.008, now)
-    budget = LoopBudget(max_encode=0.010)
+    budget = LoopBudget(max_seconds=0.010)
     fit = int(MAX_SHARE * WINDOW_SECONDS / 0.008)  # 37
     for frame in range(fit):  # at 120 fps: four encodes in a frame's time
         budget.spent(0.008, frame / 120)

@@ -298,7 +298,7 @@ async def test_lossy_viewers_move_to_the_reduced_tier_alone(sender_factory, code
         on_loop = encoder.totals.frames_encoded_on_loop
         assert on_loop > 0, "the lone full tier's frames were encoded on the event loop"
         await asyncio.sleep(0.5)  # a few more frames on the reduced tier
-        # Two tiers encode each frame in parallel threads (sender.loop_budget).
+        # Two tiers encode each frame in parallel threads (common.loop_budget).
         assert encoder.totals.frames_encoded_on_loop == on_loop
         for name in ("first", "second"):
             frames = [e for e in seen[name] if e[0] == "frame"]
