@@ -38,6 +38,7 @@ __all__ = [
     "start_sender",
     "wait_until",
     "wait_until_recorded",
+    "watch_stamps",
 ]
 
 # The fake camera and the fake audio: what the recording tests record.
@@ -75,6 +76,25 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+async def watch_stamps(url: str, frames: int) -> list[int]:
+    """Decode ``frames`` frames of the fake camera at ``url`` and return their stamped
+    sequence numbers (every frame must carry its stamp)."""
+    # Here, not at the top: this module imports av, and cv2 (which receiver loads for
+    # --display) must be imported before av.
+    from receiver import Receiver
+    from receiver.stats import read_stamp
+
+    sequences = []
+    async with Receiver(url, connect_timeout=60) as rx:
+        async for frame in rx.frames():
+            found = read_stamp(frame)
+            assert found is not None, "a viewer decoded a frame without its stamp"
+            sequences.append(found.sequence)
+            if len(sequences) >= frames:
+                break
+    return sequences
 
 
 def run_receiver(

@@ -19,22 +19,9 @@ from sender.encoding import (
 from sender.fanout import SharedSource
 from sender.sources import TestPattern
 
-from .helpers import wait_until
+from .helpers import wait_until, watch_stamps
 
 VIEWERS = 8
-
-
-async def watch_stamps(url: str, frames: int) -> list[int]:
-    """Decode ``frames`` frames and return the stamped sequence numbers."""
-    sequences = []
-    async with Receiver(url, connect_timeout=60) as rx:
-        async for frame in rx.frames():
-            found = read_stamp(frame)
-            assert found is not None, "a viewer decoded a frame without its stamp"
-            sequences.append(found.sequence)
-            if len(sequences) >= frames:
-                break
-    return sequences
 
 
 async def test_eight_viewers_decode_the_right_stamped_frames(sender_process) -> None:

@@ -4,9 +4,8 @@ senders and viewers on 127.0.0.1, and the budget's own rules."""
 import pytest
 
 from common.loop_budget import MAX_SHARE, WINDOW_SECONDS, LoopBudget
-from receiver import Receiver
-from receiver.stats import read_stamp
 
+from .helpers import watch_stamps
 from .test_breakdown import scrape
 
 FRAMES = 60
@@ -46,16 +45,9 @@ async def test_a_lone_viewers_frames_are_encoded_on_the_loop(sender_process, loo
     first frame, of unknown cost, in a thread); ``--loop-encode-ms 0`` keeps every
     encode in a thread. Either way the viewer decodes the right frames."""
     sender = sender_process("--source", "testsrc", "--size", "640x480", "--loop-encode-ms", loop_ms)
-    sequences = []
-    async with Receiver(sender.url, connect_timeout=60) as rx:
-        async for frame in rx.frames():
-            found = read_stamp(frame)
-            assert found is not None, "a frame decoded without its stamp"
-            sequences.append(found.sequence)
-            if len(sequences) >= FRAMES:
-                break
-        encoded = await metric(sender.url, "webcam_frames_encoded")
-        on_loop = await metric(sender.url, "webcam_frames_encoded_on_loop")
+    sequences = await watch_stamps(sender.url, FRAMES)
+    encoded = await metric(sender.url, "webcam_frames_encoded")  # counters outlive viewers
+    on_loop = await metric(sender.url, "webcam_frames_encoded_on_loop")
     assert sequences == sorted(set(sequences)), "frames out of order or repeated"
     assert encoded >= FRAMES
     if loop_ms == "0":

@@ -119,3 +119,21 @@ async def test_a_receiver_decodes_the_right_frames_on_the_loop(
                 assert decoder.on_loop == 0
     assert sequences == sorted(set(sequences)), "frames out of order or repeated"
     assert sequences[-1] - sequences[0] < 2 * FRAMES, "frames should be mostly consecutive"
+
+
+async def test_a_decoder_that_raises_costs_only_its_frame() -> None:
+    """On the loop the decode runs inside aiortc's DTLS transport task: anything it
+    raises would end the connection, so it must not escape."""
+
+    class Broken:
+        def decode(self, frame: JitterFrame) -> list:
+            raise RuntimeError("a bug")
+
+    output: asyncio.Queue = asyncio.Queue()
+    error = threading.Event()
+    decoder = LoopDecoder(output, error, LoopBudget(1.0))
+    decoder._decoder, decoder._codec_name = Broken(), VP8.name  # type: ignore[assignment]
+    decoder._last_seconds = 0.001  # known and quick: on the loop
+    decoder.put((VP8, JitterFrame(data=b"x", timestamp=0)))
+    assert error.is_set() and output.empty() and decoder.on_loop == 1
+    decoder.put(None)

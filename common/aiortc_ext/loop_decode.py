@@ -106,6 +106,12 @@ class LoopDecoder(queue.Queue[DecoderItem]):
             logger.warning("failed to decode a %s frame: %s", codec.name, exc)
             self._error.set()  # aiortc asks the sender for a keyframe
             return []
+        except Exception:
+            # On the loop this runs inside aiortc's DTLS transport task, which an error
+            # would end (and the connection with it): a bad frame costs only itself.
+            logger.exception("decoding a %s frame failed", codec.name)
+            self._error.set()
+            return []
         finally:
             self._last_seconds = time.perf_counter() - started
         return [p for p in pictures if isinstance(p, av.VideoFrame)]
