@@ -106,6 +106,7 @@ class Capture:
     unstamped: int = 0
 
     def add(self, frame: av.VideoFrame) -> None:
+        now = stamp.now_us()  # as it arrived: reading the stamp is the measurement's
         self.decoded += 1
         if (frame.width, frame.height) != (self.width, self.height):
             self.other_size += 1
@@ -114,7 +115,7 @@ class Capture:
         if found is None:
             self.unstamped += 1
             return
-        self.latencies_ms.append(stamp.age_us(found) / 1000)
+        self.latencies_ms.append(stamp.age_us(found, now) / 1000)
         if self.decoded % KEEP_EVERY == 0 and len(self.luma) < KEEP_AT_MOST:
             # The Y plane as decoded (a conversion to "gray" would rescale its range).
             self.luma[found.sequence] = frame.to_ndarray()[: self.height]

@@ -200,8 +200,9 @@ async def latency(
     samples: list[float] = []
 
     def on_frame(frame: av.VideoFrame) -> None:
+        now = stamp.now_us()  # as it arrived: reading the stamp is the measurement's
         if (found := read_stamp(frame)) is not None:
-            samples.append(stamp.age_us(found) / 1000)
+            samples.append(stamp.age_us(found, now) / 1000)
 
     watched = await watch(url, impl, seconds, on_frame, size, settle)
     return {

@@ -211,9 +211,10 @@ class Connection:
             while True:
                 frame = await track.recv()
                 assert isinstance(frame, av.VideoFrame)
-                if self._clock is not None and (times := self._clock.decoded(frame.pts)):
-                    self.stats.breakdown.add(frame, times)
+                times = self._clock.decoded(frame.pts) if self._clock is not None else None
                 self._on_frame(frame)
+                if times is not None:  # once the reader has the frame (it runs first)
+                    asyncio.get_running_loop().call_soon(self.stats.decoded, frame, times)
         except MediaStreamError:
             self.end("the sender ended the stream")
 

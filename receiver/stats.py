@@ -75,11 +75,11 @@ class Breakdown:
         default_factory=lambda: {name: deque(maxlen=LATENCY_SAMPLES) for name in STAGES}
     )
 
-    def add(self, frame: av.VideoFrame, times: FrameTimes) -> None:
+    def add(self, times: FrameTimes, found: stamp.Stamp | None) -> None:
+        """One decoded frame's times, and its stamp (None: it carries none)."""
         stages = self.stages_ms
         stages["receive_to_complete"].append(times.receive_to_complete * 1000)
         stages["complete_to_decoded"].append(times.complete_to_decoded * 1000)
-        found = read_stamp(frame)
         if found is None:
             return
         # the stamp's wall clock, at the moment the first packet arrived
@@ -141,6 +141,7 @@ class FrameStats(Span):
     audio: AudioStats = field(default_factory=AudioStats)  # the sender's audio, if any
     video: bool = True  # False: audio alone (--no-video); the video's part is left out
     _window: deque[float] = field(default_factory=deque)  # arrival times, last second
+    _stamped: tuple[av.VideoFrame, stamp.Stamp | None] | None = field(default=None, repr=False)
 
     def _count(self) -> None:
         now = time.monotonic()
@@ -154,13 +155,26 @@ class FrameStats(Span):
         while self._window[0] < now - FPS_WINDOW_SECONDS:
             self._window.popleft()
 
+    def stamp_of(self, frame: av.VideoFrame) -> stamp.Stamp | None:
+        """``frame``'s stamp, read once for both the latency and the breakdown."""
+        if self._stamped is None or self._stamped[0] is not frame:
+            self._stamped = (frame, read_stamp(frame))
+        return self._stamped[1]
+
+    def decoded(self, frame: av.VideoFrame, times: FrameTimes) -> None:
+        """A decoded frame's stage times (``Connection`` calls this once its reader has
+        the frame, so that reading the stamp does not delay it)."""
+        self.breakdown.add(times, self.stamp_of(frame))
+
     def update(self, frame: av.VideoFrame) -> stamp.Stamp | None:
+        """Count a decoded frame as its reader gets it; its latency is up to now."""
+        now = stamp.now_us()  # before reading the stamp: that is ours, not the pipeline's
         self._count()
         self.width, self.height = frame.width, frame.height
-        found = read_stamp(frame)
+        found = self.stamp_of(frame)
         if found is not None:
             self.stamped += 1
-            self.latencies_ms.append(stamp.age_us(found) / 1000)
+            self.latencies_ms.append(stamp.age_us(found, now) / 1000)
             last = self.last_sequence
             if last is None or found.sequence > last:
                 if last is not None:

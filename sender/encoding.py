@@ -546,14 +546,18 @@ class SharedEncoder:
                 self.update_bitrate(now)
                 jobs = self._plan(now)
                 results = await self._encode_all(jobs, frame, now)
-                self.frames_encoded += 1
                 packets = {}
+                for (job, _), (encoded, _) in zip(jobs, results, strict=True):
+                    job.remember(encoded, now)  # before a newcomer can join (below)
+                    packets[job.tier.name] = encoded
+                handed = time.monotonic()
+                self._deliver(packets)
+                # The viewers' RTP senders run first; the bookkeeping can wait for them.
+                await asyncio.sleep(0)
+                self.frames_encoded += 1
                 for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
                     self._count(job, encoded, seconds)
-                    job.remember(encoded, now)
-                    packets[job.tier.name] = encoded
-                self._time_encoded(frame, packets)
-                self._deliver(packets)
+                self._time_encoded(frame, packets, handed)
         except Exception:
             # Its viewers' video ends (below); say why, once, rather than silently.
             logger.exception("the %s encoder failed", self.profile.name)
@@ -686,12 +690,14 @@ class SharedEncoder:
         self.totals.encode_seconds += seconds
         self.totals.stages.encoding_took(self.profile.name, encoder.tier.name, seconds)
 
-    def _time_encoded(self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]]) -> None:
-        """Capture to encoded, per tier: until the packets are handed to the viewers."""
+    def _time_encoded(
+        self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]], handed: float
+    ) -> None:
+        """Capture to encoded, per tier: until the packets were ``handed`` to the viewers."""
         captured = capture_time(frame)
         if captured is None:
             return
-        seconds = time.monotonic() - captured
+        seconds = handed - captured
         for name, encoded in packets.items():
             if encoded:
                 self.totals.stages.encoded(self.profile.name, name, seconds)

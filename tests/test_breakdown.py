@@ -140,10 +140,8 @@ def test_the_default_status_line_stays_short() -> None:
     frame = av.VideoFrame.from_ndarray(image, format="yuv420p")
     now = time.monotonic()
     stats = FrameStats()
-    stats.breakdown.add(
-        frame, FrameTimes(first_packet=now - 0.004, complete=now - 0.003, decoded=now)
-    )
     stats.update(frame)
+    stats.decoded(frame, FrameTimes(first_packet=now - 0.004, complete=now - 0.003, decoded=now))
     assert "capture>receive" not in stats.status_line()
     line = stats.status_line(breakdown=True)
     assert "receive>complete 1/1" in line and "complete>decoded 3/3" in line, line
