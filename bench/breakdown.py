@@ -79,12 +79,12 @@ def measure(
     seconds: float,
     bitrate: int | None,
     logs: Path,
-    options: Sequence[str] = (),
+    sender_options: Sequence[str] = (),
     receiver_options: Sequence[str] = (),
 ) -> dict:
     fixed = ["--bitrate", str(bitrate)] if bitrate else []
     sender = SenderProcess(
-        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed, *options],
+        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed, *sender_options],
         logs / f"sender-{size}.log",
     )
     stats = logs / f"receiver-{size}.json"
