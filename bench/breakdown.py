@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.senders import ROOT, SenderProcess, child_env
 
 SENDER_STAGES = ("capture_to_encoded", "encoding", "encoded_to_sent")
-RECEIVER_STAGES = ("capture_to_receive", "receive_to_complete", "complete_to_decoded")
+RECEIVER_STAGES = ("capture_to_receive", "receive_to_complete", "complete_to_decoded", "decoding")
 
 
 def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:
@@ -45,20 +45,55 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float | 
     return lower
 
 
-def sender_stages(url: str, codec: str) -> dict[str, object]:
-    """p50/p95 (ms) of the sender's stage histograms, for the tier of ``codec`` that
-    encoded the most frames (a lone viewer above 640x480 starts on the reduced one)."""
+Histograms = dict[tuple[str, str, str], list[tuple[float, float]]]
+
+
+def sender_histograms(url: str) -> Histograms:
+    """The sender's stage histograms from its ``/metrics``: (stage, codec, tier) ->
+    cumulative (upper bound, count) buckets."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    series: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (stage, tier) -> buckets
+    series: Histograms = {}
     for family in text_string_to_metric_families(text):
         stage = family.name.removeprefix("webcam_").removesuffix("_seconds")
         if stage not in SENDER_STAGES:
             continue
         for sample in family.samples:
-            if sample.name.endswith("_bucket") and sample.labels.get("codec") == codec:
-                key = (stage, sample.labels["tier"])
+            if sample.name.endswith("_bucket"):
+                key = (stage, sample.labels["codec"], sample.labels["tier"])
                 series.setdefault(key, []).append((float(sample.labels["le"]), sample.value))
+    return series
+
+
+def since(before: Histograms, after: Histograms) -> Histograms:
+    """What was observed between two readings of the same sender."""
+    return {
+        key: [
+            (bound, count - earlier)
+            for (bound, count), (_, earlier) in zip(
+                buckets, before.get(key, [(b, 0.0) for b, _ in buckets]), strict=True
+            )
+        ]
+        for key, buckets in after.items()
+    }
+
+
+def encoding_p50_ms(series: Histograms) -> float | None:
+    """The encoder's median time per frame (ms) in the tier that encoded the most frames."""
+    encodes = {key: b for key, b in series.items() if key[0] == "encoding" and b and b[-1][1]}
+    if not encodes:
+        return None
+    busiest = max(encodes.values(), key=lambda buckets: buckets[-1][1])
+    p50 = histogram_quantile(0.5, busiest)
+    return None if p50 is None else p50 * 1000
+
+
+def sender_stages(url: str, codec: str) -> dict[str, object]:
+    """p50/p95 (ms) of the sender's stage histograms, for the tier of ``codec`` that
+    encoded the most frames (a lone viewer above 640x480 starts on the reduced one)."""
+    series = {
+        (stage, tier): b for (stage, c, tier), b in sender_histograms(url).items() if c == codec
+    }
     counts = {tier: b[-1][1] for (stage, tier), b in series.items() if stage == SENDER_STAGES[0]}
     if not counts:
         return {}

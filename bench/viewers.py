@@ -1,7 +1,9 @@
 """Benchmark viewers, run in their own process so the sender's CPU is the sender's.
 
 ``latency``: one decoding viewer; ``project`` uses our Receiver (WHEP, low-latency
-jitter buffer), ``stock`` a plain aiortc RTCPeerConnection with aiortc's defaults.
+jitter buffer), ``stock`` a plain aiortc RTCPeerConnection with aiortc's defaults; for
+ours it also gives the codec's own time on the measured frames (the sender's encoder from
+its ``/metrics``, the receiver's decoder from its breakdown).
 ``load``: N viewers that count complete frames without decoding them, while the
 sender's CPU time is read from /proc. ``cycles``: connect, get a frame, leave, K times,
 reading the sender's resident memory. Prints one JSON object on stdout.
@@ -21,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import statistics
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from bench import breakdown
 from common import stamp
 from common.cli import size as parse_size
 from receiver import Receiver
@@ -115,6 +120,11 @@ class Watched:
     settled: bool = True  # False: no full-size frame within ``settle``; measured anyway
     frame_size: str = ""  # WxH of the last frame
     encoding: Any = None  # what the sender was encoding at the end (``encoding()``)
+    # The codec's own time on the measured frames, project only (None: not known): the
+    # sender's encoder, p50 of its ``webcam_encoding_seconds`` over the measurement, and
+    # our receiver's decoder, p50 of its decode times (``LoopDecoder``) of those frames.
+    encoding_ms: float | None = None
+    decoding_ms: float | None = None
 
 
 async def _track_frames(track: MediaStreamTrack) -> AsyncIterator[av.VideoFrame]:
@@ -146,10 +156,12 @@ async def watch(
     first_frame: float | None = None
     measuring: float | None = None  # since when (from the start)
     shape = ""
+    decodes: deque[float] | None = None  # project: our receiver's decode times (ms)
     async with contextlib.AsyncExitStack() as stack:
         if impl == "project":
             rx = await stack.enter_async_context(Receiver(url, connect_timeout=30))
             frames = rx.frames()
+            decodes = rx.stats.breakdown.stages_ms["decoding"]
 
             def pc() -> RTCPeerConnection:
                 assert rx.connection is not None
@@ -173,6 +185,9 @@ async def watch(
                     continue
                 measuring, settled = now, right
                 first_bytes = await _bytes_received(pc())
+                if decodes is not None:
+                    encodes_before = await asyncio.to_thread(breakdown.sender_histograms, url)
+                    decodes_before = len(decodes)
             on_frame(frame)
             if time.monotonic() - started - measuring >= seconds:
                 break
@@ -182,6 +197,11 @@ async def watch(
         elapsed = time.monotonic() - started - measuring
         received = await _bytes_received(pc()) - first_bytes
         after = await health(url)  # still connected
+        encoding_ms = decoding_ms = None
+        if decodes is not None:
+            encodes_after = await asyncio.to_thread(breakdown.sender_histograms, url)
+            encoding_ms = breakdown.encoding_p50_ms(breakdown.since(encodes_before, encodes_after))
+            decoding_ms = percentile(list(itertools.islice(decodes, decodes_before, None)), 50)
     return Watched(
         first_frame,
         elapsed,
@@ -190,6 +210,8 @@ async def watch(
         settled=settled,
         frame_size=shape,
         encoding=encoding(after),
+        encoding_ms=encoding_ms,
+        decoding_ms=decoding_ms,
     )
 
 
@@ -215,6 +237,8 @@ async def latency(
         "frames": len(samples),
         "received_kbps": round(watched.bitrate / 1000, 1),
         "encoding": watched.encoding,
+        "encoding_p50_ms": rounded(watched.encoding_ms, 3),
+        "decoding_p50_ms": rounded(watched.decoding_ms, 3),
     }
 
 

@@ -131,6 +131,8 @@ class Connection:
             )
         if self._decode:
             self._clock = frame_timing.apply(receiver)  # for the stats' breakdown
+            if self.loop_decoder is not None:
+                self.loop_decoder.clock = self._clock  # each frame's decode time too
             self._tasks.append(asyncio.create_task(self._read(track), name="decoded frames"))
         self._tasks.append(asyncio.create_task(self._measure_rtt(), name="rtt"))
         if self._janus is not None:

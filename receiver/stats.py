@@ -58,8 +58,9 @@ def _recent(values: deque[float], count: int) -> list[float]:
 STAGES = {
     "capture_to_receive": "capture>receive",  # the sender and the network (stamp needed)
     "receive_to_complete": "receive>complete",  # first packet to complete in the buffer
-    "complete_to_decoded": "complete>decoded",  # the decoder
-    "capture_to_decoded": "capture>decoded",  # all of it: the three above (stamp needed)
+    "complete_to_decoded": "complete>decoded",  # the decoder, and the hand-overs around it
+    "decoding": "decoding",  # of that, the decoder's own time (when ours decoded it)
+    "capture_to_decoded": "capture>decoded",  # all of it: the first three (stamp needed)
 }
 
 
@@ -68,8 +69,9 @@ class Breakdown:
     """Where each decoded frame's milliseconds went, measured as it leaves the decoder:
     capture to its first RTP packet here (the sender's stages and the network; from the
     stamp, so only as good as the two clocks' agreement), first packet to complete (the
-    jitter buffer: the frame's transmission, and repairs), complete to decoded. For a
-    frame with a stamp, capture to decoded is exactly the sum of the three."""
+    jitter buffer: the frame's transmission, and repairs), complete to decoded (and of it
+    the decoder's own time, when our ``LoopDecoder`` decoded the frame). For a frame with a
+    stamp, capture to decoded is exactly the sum of the first three."""
 
     stages_ms: dict[str, deque[float]] = field(
         default_factory=lambda: {name: deque(maxlen=LATENCY_SAMPLES) for name in STAGES}
@@ -80,6 +82,8 @@ class Breakdown:
         stages = self.stages_ms
         stages["receive_to_complete"].append(times.receive_to_complete * 1000)
         stages["complete_to_decoded"].append(times.complete_to_decoded * 1000)
+        if times.decoding is not None:
+            stages["decoding"].append(times.decoding * 1000)
         if found is None:
             return
         # the stamp's wall clock, at the moment the first packet arrived

@@ -73,6 +73,9 @@ async def test_stages_on_both_sides_after_a_real_viewer(sender) -> None:
     total = stages["capture_to_decoded"]
     for name in ("capture_to_receive", "receive_to_complete", "complete_to_decoded"):
         assert all(s <= t + 1e-6 for s, t in zip(stages[name], total, strict=True)), name
+    # ...and the decoder's own time is part of complete to decoded.
+    pairs = zip(stages["decoding"], stages["complete_to_decoded"], strict=True)
+    assert all(0 < d <= c + 1e-6 for d, c in pairs)
     # ...and the first packet cannot arrive before the frame was encoded (one clock here).
     assert statistics.mean(stages["capture_to_receive"]) >= encoded_sum / encoded * 1000 - 1
     summary = rx.stats.summary()
@@ -145,3 +148,7 @@ def test_the_default_status_line_stays_short() -> None:
     assert "capture>receive" not in stats.status_line()
     line = stats.status_line(breakdown=True)
     assert "receive>complete 1/1" in line and "complete>decoded 3/3" in line, line
+    assert "decoding" not in line  # aiortc's decoder thread decoded it: not timed
+    times = FrameTimes(now - 0.004, now - 0.003, decoded=now, decoding=0.002)
+    stats.decoded(frame, times)
+    assert "decoding 2/2" in stats.status_line(breakdown=True)

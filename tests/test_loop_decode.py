@@ -107,9 +107,15 @@ async def test_a_receiver_decodes_the_right_frames_on_the_loop(
                 break
         assert rx.connection is not None
         decoder = rx.connection.loop_decoder
+        # Our decoder times each frame for the breakdown; aiortc's thread does not.
+        decodes = rx.stats.breakdown.stages_ms["decoding"]
+        decoded_times = rx.stats.breakdown.stages_ms["complete_to_decoded"]
         if loop_decode == 0:
             assert decoder is None
+            assert not decodes and rx.stats.summary()["breakdown_ms"]["decoding"] is None
         else:
+            assert len(decodes) == len(decoded_times) >= FRAMES - 1
+            assert all(0 < d <= t for d, t in zip(decodes, decoded_times, strict=True))
             assert decoder is not None
             decoded = decoder.on_loop + decoder.in_thread
             assert decoded >= FRAMES

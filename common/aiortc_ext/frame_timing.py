@@ -3,7 +3,8 @@
 To show where a receiver's milliseconds go, each decoded frame gets three times on the
 monotonic clock: its first RTP packet arrived (any of its packets, a retransmission
 too), it was complete (the jitter buffer released it to the decoder), and its decoded
-picture came out (the caller says when: ``FrameClock.decoded``).
+picture came out (the caller says when: ``FrameClock.decoded``); and, when our decoder
+(``loop_decode``) decoded it, the decoder's own time (``FrameClock.took``).
 
 aiortc 1.16.0 has no hook for either of the first two. ``apply()`` wraps two per-object
 callables of one video ``RTCRtpReceiver`` of ours (instance attributes, as
@@ -46,6 +47,7 @@ class FrameTimes:
     first_packet: float
     complete: float
     decoded: float
+    decoding: float | None = None  # seconds the decoder took (part of complete to decoded)
 
     @property
     def receive_to_complete(self) -> float:
@@ -58,11 +60,12 @@ class FrameTimes:
 
 class FrameClock:
     """One receiver's notes, RTP timestamp -> first packet, and decoded pts -> (first
-    packet, complete); both bounded."""
+    packet, complete) and -> the decoder's time; all bounded."""
 
     def __init__(self) -> None:
         self._arrivals: dict[int, float] = {}
         self._completed: dict[int, tuple[float, float]] = {}
+        self._decoding: dict[int, float] = {}
 
     def arrived(self, timestamp: int) -> None:
         if timestamp not in self._arrivals:
@@ -75,13 +78,22 @@ class FrameClock:
             self._completed[pts] = (first, time.monotonic())
             _bound(self._completed)
 
+    def took(self, pts: int | None, seconds: float) -> None:
+        """The decoder took ``seconds`` for the picture with this ``pts``."""
+        if pts is not None:
+            self._decoding[pts] = seconds
+            _bound(self._decoding)
+
     def decoded(self, pts: int | None, at: float | None = None) -> FrameTimes | None:
         """The times of the frame decoded (now, or ``at``) with this ``pts``; None for a
         frame not seen complete."""
-        noted = self._completed.pop(pts, None) if pts is not None else None
+        if pts is None:
+            return None
+        decoding = self._decoding.pop(pts, None)
+        noted = self._completed.pop(pts, None)
         if noted is None:
             return None
-        return FrameTimes(*noted, decoded=time.monotonic() if at is None else at)
+        return FrameTimes(*noted, decoded=time.monotonic() if at is None else at, decoding=decoding)
 
 
 def _bound(notes: dict[int, Any]) -> None:

@@ -13,7 +13,9 @@ decoder serves both, so a stream can move between them at any frame: a frame goe
 loop only when the worker has nothing left, so pictures keep their order. aiortc's own
 decoder thread still starts, waits on this queue and ends the track when aiortc stops it
 (it puts None here), as before. A decode error asks for a keyframe as aiortc's thread
-does (its private decoder-error event). Other receivers keep aiortc's queue.
+does (its private decoder-error event). Each picture's decode time goes to ``clock``
+(``frame_timing.FrameClock``) when one is set: the receiver's "decoding" stage. Other
+receivers keep aiortc's queue.
 ``tests/test_loop_decode.py`` fails if an upgrade renames the queue, the event or the
 track's queue, or stops using them.
 """
@@ -32,9 +34,11 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs import get_decoder
 from aiortc.codecs.base import Decoder
 from aiortc.rtcrtpreceiver import RemoteStreamTrack
+from av.frame import Frame
 
 from ..loop_budget import MAX_DECODE_SECONDS, LoopBudget
 from . import check, private
+from .frame_timing import FrameClock
 from .passthrough import QUEUE_ATTRIBUTE, DecoderItem
 
 logger = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class LoopDecoder(queue.Queue[DecoderItem]):
         self._last_seconds: float | None = None  # the last decode's time
         self.on_loop = 0  # frames decoded on the loop, and in the worker
         self.in_thread = 0
+        self.clock: FrameClock | None = None  # told each picture's decode time
 
     def put(self, item: DecoderItem, block: bool = True, timeout: float | None = None) -> None:
         if item is None:  # aiortc stops: its decoder thread ends the track
@@ -71,10 +76,10 @@ class LoopDecoder(queue.Queue[DecoderItem]):
             return
         now = time.monotonic()
         if not self._pending and self._budget.allows(self._last_seconds, now):
-            pictures = self._decode(item)
-            self._budget.spent(self._last_seconds or 0.0, time.monotonic())
+            pictures, seconds = self._decode(item)
+            self._budget.spent(seconds, time.monotonic())
             self.on_loop += 1
-            self._deliver(pictures)
+            self._deliver(pictures, seconds)
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="video-decoder-ours")
@@ -82,16 +87,17 @@ class LoopDecoder(queue.Queue[DecoderItem]):
         self._worker.submit(self._decode_in_worker, item)
 
     def _decode_in_worker(self, item: DecoderItem) -> None:
-        pictures = self._decode(item)
-        self._loop.call_soon_threadsafe(self._delivered_from_worker, pictures)
+        pictures, seconds = self._decode(item)
+        self._loop.call_soon_threadsafe(self._delivered_from_worker, pictures, seconds)
 
-    def _delivered_from_worker(self, pictures: list[av.VideoFrame]) -> None:
+    def _delivered_from_worker(self, pictures: list[av.VideoFrame], seconds: float) -> None:
         self._pending -= 1
         self.in_thread += 1
-        self._deliver(pictures)
+        self._deliver(pictures, seconds)
 
-    def _decode(self, item: DecoderItem) -> list[av.VideoFrame]:
-        """Decode one frame, as aiortc's decoder thread does; timed for the budget."""
+    def _decode(self, item: DecoderItem) -> tuple[list[av.VideoFrame], float]:
+        """Decode one frame, as aiortc's decoder thread does: its pictures, and the
+        seconds it took (for the budget and the breakdown)."""
         assert item is not None
         codec, frame = item
         if codec.name != self._codec_name:
@@ -99,25 +105,25 @@ class LoopDecoder(queue.Queue[DecoderItem]):
             self._codec_name = codec.name
         assert self._decoder is not None
         started = time.perf_counter()
+        pictures: list[Frame] = []
         try:
             pictures = self._decoder.decode(frame)
         except av.FFmpegError as exc:
             # Keep the decoder: resetting it would fail every frame until a keyframe.
             logger.warning("failed to decode a %s frame: %s", codec.name, exc)
             self._error.set()  # aiortc asks the sender for a keyframe
-            return []
         except Exception:
             # On the loop this runs inside aiortc's DTLS transport task, which an error
             # would end (and the connection with it): a bad frame costs only itself.
             logger.exception("decoding a %s frame failed", codec.name)
             self._error.set()
-            return []
-        finally:
-            self._last_seconds = time.perf_counter() - started
-        return [p for p in pictures if isinstance(p, av.VideoFrame)]
+        self._last_seconds = seconds = time.perf_counter() - started
+        return [p for p in pictures if isinstance(p, av.VideoFrame)], seconds
 
-    def _deliver(self, pictures: list[av.VideoFrame]) -> None:
+    def _deliver(self, pictures: list[av.VideoFrame], seconds: float) -> None:
         for picture in pictures:
+            if self.clock is not None:
+                self.clock.took(picture.pts, seconds)
             self._output.put_nowait(picture)
 
 
