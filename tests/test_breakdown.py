@@ -1,6 +1,7 @@
 """Where the milliseconds go: the sender's stage histograms on /metrics, the receiver's
 breakdown in its statistics and --stats-json, measured with real peers on 127.0.0.1."""
 
+import asyncio
 import json
 import statistics
 import time
@@ -138,9 +139,7 @@ def test_stats_json_and_status_line_have_the_breakdown(sender_process, tmp_path:
 
 
 def test_the_default_status_line_stays_short() -> None:
-    image = np.full((480 * 3 // 2, 640), 128, dtype=np.uint8)  # yuv420p: luma, then chroma
-    stamp.draw(image[:480], stamp.Stamp(capture_us=stamp.now_us(), sequence=1))
-    frame = av.VideoFrame.from_ndarray(image, format="yuv420p")
+    frame = stamped_frame(1, age_us=0)
     now = time.monotonic()
     stats = FrameStats()
     stats.update(frame)
@@ -152,3 +151,24 @@ def test_the_default_status_line_stays_short() -> None:
     times = FrameTimes(now - 0.004, now - 0.003, decoded=now, decoding=0.002)
     stats.decoded(frame, times)
     assert "decoding 2/2" in stats.status_line(breakdown=True)
+
+
+def stamped_frame(sequence: int, age_us: int) -> av.VideoFrame:
+    image = np.full((480 * 3 // 2, 640), 128, dtype=np.uint8)  # yuv420p: luma, then chroma
+    stamp.draw(image[:480], stamp.Stamp(capture_us=stamp.now_us() - age_us, sequence=sequence))
+    return av.VideoFrame.from_ndarray(image, format="yuv420p")
+
+
+async def test_the_reader_gets_the_frame_before_its_stamp_is_read() -> None:
+    """Reading the stamp (0.1-0.2 ms) waits for the reader's turn; the latency is still
+    up to when the reader got the frame, and the summary counts every frame."""
+    stats = FrameStats()
+    stats.update(stamped_frame(1, age_us=5000))
+    assert stats.frames == 1 and stats.stamped == 0  # counted now, not read yet
+    await asyncio.sleep(0.05)  # the reader's turn, and more
+    assert stats.stamped == 1 and 5 <= stats.latencies_ms[0] < 30, stats.latencies_ms
+    stats.update(stamped_frame(2, age_us=5000))
+    stats.update(stamped_frame(4, age_us=5000))  # taken without a pause: 2 is read then
+    assert stats.stamped == 2 and stats.last_sequence == 2
+    summary = stats.summary()  # settles the last one
+    assert summary["stamped_frames"] == 3 and summary["dropped"] == 1
