@@ -39,6 +39,20 @@ def test_frames_are_a_function_of_their_number() -> None:
     assert np.mean(np.abs(luma(later) - luma(frames[0])) > 8) > 0.3
 
 
+def test_the_pan_moves_by_fractions_of_a_pixel() -> None:
+    """As a camera's does: a picture moved by whole pixels only is predicted exactly by an
+    encoder's whole-pixel motion search, which flatters the fastest presets."""
+    picture = scene.Scene(WIDTH, HEIGHT)
+    steps = [picture.pan(n + 1)[0] - picture.pan(n)[0] for n in range(60)]
+    assert any(step % 1 for step in steps), steps
+    # Half a pixel along, the landscape lies between its whole-pixel neighbours.
+    whole = [luma.astype(np.float32) for luma, _, _ in picture._phases[::2]]  # 0, 1 px
+    half = picture._phases[1][0].astype(np.float32)
+    between = (whole[0] + whole[1]) / 2
+    for neighbour in whole:
+        assert np.mean(np.abs(half - between)) < np.mean(np.abs(half - neighbour)) / 2
+
+
 def test_odd_sizes_are_refused() -> None:
     with pytest.raises(ValueError, match="even width and height"):
         scene.Scene(641, 480)
