@@ -34,6 +34,7 @@ from common.aiortc_ext import (
     jitterbuffer,
     loop_decode,
     passthrough,
+    remb_later,
     remb_rtt,
     streams,
 )
@@ -94,6 +95,7 @@ class Connection:
         self._clock: frame_timing.FrameClock | None = None  # times the decoded frames
         self._tasks: list[asyncio.Task[None]] = []
         self._nack_retry: NackRetry | None = None
+        self.remb_later: remb_later.LaterEstimate | None = None
         self._requests: set[asyncio.Future[None]] = set()  # keyframe requests in flight
         self._closed = False
         self._receive_audio = receive_audio or not receive_video
@@ -116,6 +118,7 @@ class Connection:
             self.audio.set_sync(audio.Lipsync(receiver, self.audio.receiver))
         # Our changes to this receiver (common/aiortc_ext), before its first packet.
         jitterbuffer.apply(receiver)  # frames leave on their marker packet
+        self.remb_later = remb_later.apply(receiver)  # the estimator fed after the frame
         # NACKs repeated at the round-trip time; holes that will not be repaired skipped to
         # a keyframe (with nack_retries=0 too: then only aiortc's single NACK is sent).
         self._nack_retry = NackRetry(receiver, max_tries=self._nack_retries, rtt=self._rtt)
@@ -282,6 +285,8 @@ class Connection:
             await self.audio.close()
         if self._nack_retry is not None:
             await self._nack_retry.close()
+        if self.remb_later is not None:
+            await self.remb_later.close()
         self._read_transport_stats()
         if self._signalling is not None:
             await self._signalling.close()

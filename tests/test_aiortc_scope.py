@@ -29,6 +29,7 @@ from common.aiortc_ext import (
     frame_timing,
     jitterbuffer,
     relay_pairs,
+    remb_later,
     remb_rtt,
     rtcp_feedback,
 )
@@ -129,6 +130,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             our_receiver = our_pc.getReceivers()[0]
             assert type(jitter_buffer(our_receiver)) is LowLatencyJitterBuffer
             assert frame_timing.applied(our_receiver)
+            assert remb_later.applied(our_receiver)
             decoder_queue = our_receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]  # aiortc's private queue
             assert isinstance(decoder_queue, TapQueue)
             assert isinstance(decoder_queue.inner, LoopDecoder)  # the tap wraps it
@@ -160,6 +162,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
                 assert type(jitter_buffer(receiver)) is JitterBuffer
                 assert not jitterbuffer.applied(receiver)
                 assert not frame_timing.applied(receiver)
+                assert not remb_later.applied(receiver)
                 assert type(receiver._RTCRtpReceiver__decoder_queue) is queue.Queue  # type: ignore[attr-defined]  # aiortc's private queue
                 assert remb_rtt.rtt_ms(receiver) == STOCK_REMB_RTT_MS
             # The plain viewer's audio keeps aiortc's prefetching buffer.
