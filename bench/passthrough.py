@@ -139,6 +139,10 @@ def measure_mode(camera: RtspCamera, args: argparse.Namespace, mode: str, log: P
             measured += ["--seconds", f"{args.seconds:g}", "--warmup", f"{args.warmup:g}"]
             loads.append(in_child("load", "--url", sender.url, *measured))
         health = sender.health()
+    except SystemExit as failed:  # a measurement failed: say what the sender said too
+        raise SystemExit(
+            f"{failed}\n{mode} sender's log (end):\n{sender.stderr()[-3000:]}"
+        ) from None
     finally:
         sender.stop()
     return {
