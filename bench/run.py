@@ -10,10 +10,11 @@ capture-to-decoded latency (frame stamp), time to the first decoded frame, the s
 CPU per wall second with 1, 4 and 8 viewers (viewers in another process, counting
 complete frames without decoding) and the frames each viewer got, and the picture
 quality when ``bench/quality.py`` is there; and once per repetition the encode + decode
-floor (``bench/floor.py``, paced, in a process of its own). Ours also gives the codec's own
-time on the very frames whose latency is measured (the sender's encoder, the receiver's
-decoder: ``pipeline_floor_ms``); the latency target is judged on that one where present. Then the sender's resident memory over repeated viewer
-connect/disconnect cycles, interleaved the same way.
+floor (``bench/floor.py``, paced, in a process of its own). Ours also gives the codec's
+own time on the very frames whose latency is measured (the sender's encoder, the
+receiver's decoder: ``pipeline_floor_ms``); the latency target is judged on that one
+where present. Then the sender's resident memory over repeated viewer connect/disconnect
+cycles, interleaved the same way.
 
 Every repetition's numbers go to the JSON (with the machine, the date, the versions and
 the options); the tables, each figure the median and min-max over the repetitions, and
