@@ -29,9 +29,31 @@ class Stamp:
     sequence: int
 
 
+STALL_SECONDS = 0.001  # two monotonic reads further apart: the thread was descheduled
+
+
 def now_us() -> int:
     """Wall-clock microseconds modulo 2**40, the clock the stamp carries."""
     return time.time_ns() // 1000 % MODULUS
+
+
+def wall_offset() -> float:
+    """Wall clock minus ``time.monotonic()``, in seconds, now: what puts an instant on the
+    capture clock on the stamp's. The wall clock is read between two monotonic reads and
+    read again if they lie far apart: a thread descheduled between two plain reads (a
+    busy virtual machine) would skew the pair by as long as it waited."""
+    for _ in range(3):
+        before = time.monotonic()
+        wall = time.time()
+        after = time.monotonic()
+        if after - before < STALL_SECONDS:
+            break
+    return wall - (before + after) / 2
+
+
+def wall_us(monotonic: float) -> int:
+    """The stamp's clock (``now_us``) at the ``time.monotonic()`` instant ``monotonic``."""
+    return round((monotonic + wall_offset()) * 1e6) % MODULUS
 
 
 def cell_size(width: int) -> int:

@@ -38,6 +38,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from common import stamp
 from common.aiortc_ext import sender_reports
 
 from . import live
@@ -202,7 +203,7 @@ class ToneSource(AudioSource):
             self._next = capture_pts(time.monotonic()) - FRAME_SAMPLES
         first = self._next
         self._next += FRAME_SAMPLES
-        samples = tone(first, FRAME_SAMPLES, time.time() - time.monotonic())
+        samples = tone(first, FRAME_SAMPLES, stamp.wall_offset())
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = SAMPLE_RATE
         frame.pts = first

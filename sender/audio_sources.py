@@ -47,6 +47,7 @@ import av
 import av.device
 import numpy as np
 
+from common import stamp
 from common.backoff import Backoff
 
 from . import alsa_log, live
@@ -397,7 +398,7 @@ def capture_time(frame: av.AudioFrame, arrived: float, wall_clock: bool) -> floa
     the arrival, else the arrival less the frame's duration."""
     by_arrival = arrived - frame.samples / frame.sample_rate
     if wall_clock and frame.pts is not None and frame.time_base is not None:
-        device = float(frame.pts * frame.time_base) - (time.time() - time.monotonic())
+        device = float(frame.pts * frame.time_base) - stamp.wall_offset()
         if abs(device - by_arrival) < TRUSTED_SECONDS:
             return device
     return by_arrival

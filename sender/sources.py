@@ -169,7 +169,7 @@ class Synthetic(Source):
         """Frame ``sequence`` as one flat yuv420p buffer, stamped now: what the test RTSP
         camera (``bench.rtsp_camera``) encodes, so the same stamp survives one more hop."""
         image = self.render(sequence)
-        self._stamp_into(sequence, *scene.planes(image, self.width, self.height))
+        self._stamp_into(sequence, time.monotonic(), *scene.planes(image, self.width, self.height))
         return image
 
     async def read(self) -> av.VideoFrame:
@@ -191,15 +191,19 @@ class Synthetic(Source):
             for p in frame.planes
         )
         self.render_into(sequence, luma, u, v)
-        self._stamp_into(sequence, luma, u, v)
-        return self._stamp_time(frame)
+        captured = time.monotonic()  # one reading for the stamp and the pts
+        self._stamp_into(sequence, captured, luma, u, v)
+        return self._stamp_time(frame, captured)
 
-    def _stamp_into(self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-        """Draw the stamp (captured now) over a rendered frame's planes."""
+    def _stamp_into(
+        self, sequence: int, captured: float, luma: np.ndarray, u: np.ndarray, v: np.ndarray
+    ) -> None:
+        """Draw the stamp (captured at the monotonic instant ``captured``) over a rendered
+        frame's planes."""
         # Neutral chroma under the stamp, so its cells are true white and black.
         s = stamp.cell_size(self.width)
         u[:s] = v[:s] = 128
-        stamp.draw(luma, stamp.Stamp(capture_us=stamp.now_us(), sequence=sequence))
+        stamp.draw(luma, stamp.Stamp(capture_us=stamp.wall_us(captured), sequence=sequence))
 
 
 class TestPattern(Synthetic):

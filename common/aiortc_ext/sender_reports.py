@@ -16,9 +16,18 @@ sender is untouched):
 - ``_next_encoded_frame``: aiortc asks for the next frame only once every RTP packet of
   the last one is sent, so the sender's last RTP timestamp then belongs to the last frame
   handed out; their difference is the sender's random RTP timestamp origin;
-- ``_send_rtcp``: each of its sender reports gets NTP now and the RTP timestamp of now,
-  and aiortc's own note of the last report (``__lsr``, for the round-trip time from the
-  receiver's echo) follows.
+- ``_send_rtcp``: each of its sender reports gets the NTP and the RTP timestamp of one
+  instant, and aiortc's own note of the last report (``__lsr``, for the round-trip time
+  from the receiver's echo) follows.
+
+Both come from one reading of ``time.monotonic()``: the NTP time through the wall clock's
+offset from it, taken once when the sender is set up (``common.stamp.wall_offset``).
+aiortc reads the wall clock for each report, and a second read for the RTP time would
+come after it: a thread descheduled between the two (a busy virtual machine), or a step
+of the system clock between one stream's report and the other's, put audio that much off
+the video until both streams had reported again (a click 60 ms late in a recording at 5%
+loss, once in a CI run). Only the NTP times' differences matter to a receiver, and aiortc
+times the round trip from its own clock, not from the report's NTP time.
 
 Until the first frame is sent the reports are left as aiortc makes them (they describe
 nothing yet). ``tests/test_sender_reports.py`` fails if an upgrade renames what this
@@ -31,14 +40,17 @@ import logging
 import time
 from typing import Any
 
-from aiortc import RTCRtpSender, clock
+from aiortc import RTCRtpSender
 from aiortc.rtp import RtcpSrPacket
+
+from common import stamp
 
 from . import check, private
 
 logger = logging.getLogger(__name__)
 
 RTP_WRAP = 1 << 32
+NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
 class CaptureClock:
@@ -47,6 +59,7 @@ class CaptureClock:
     def __init__(self, clock_rate: int, origin: float) -> None:
         self.clock_rate = clock_rate
         self.origin = origin  # the monotonic instant a pts of 0 stands for
+        self.wall_offset = stamp.wall_offset()  # wall clock minus monotonic, once
         self.rtp_origin: int | None = None
         self._last: int | None = None  # the last frame's timestamp, without the origin
 
@@ -64,6 +77,13 @@ class CaptureClock:
         if self.rtp_origin is None:
             return None
         return (self.rtp_origin + round((now - self.origin) * self.clock_rate)) % RTP_WRAP
+
+    def ntp_at(self, now: float) -> int:
+        """The 64-bit NTP time of the monotonic instant ``now``, on the wall clock as it
+        stood when this sender was set up."""
+        seconds = now + self.wall_offset + NTP_EPOCH_OFFSET
+        whole = int(seconds)
+        return (whole << 32) | int((seconds - whole) * RTP_WRAP)
 
 
 def apply(sender: RTCRtpSender, clock_rate: int, origin: float) -> CaptureClock:
@@ -86,9 +106,10 @@ def apply(sender: RTCRtpSender, clock_rate: int, origin: float) -> CaptureClock:
     async def _send_rtcp(packets: list[Any]) -> None:
         for packet in packets:
             if isinstance(packet, RtcpSrPacket) and packet.ssrc == sender._ssrc:
-                ntp = clock.current_ntp_time()
-                rtp = capture.rtp_now(time.monotonic())
+                now = time.monotonic()
+                rtp = capture.rtp_now(now)
                 if rtp is not None:
+                    ntp = capture.ntp_at(now)
                     packet.sender_info.ntp_timestamp = ntp
                     packet.sender_info.rtp_timestamp = rtp
                     vars(sender)["_RTCRtpSender__lsr"] = (ntp >> 16) & 0xFFFFFFFF
