@@ -24,10 +24,10 @@ Both come from one reading of ``time.monotonic()``: the NTP time through the wal
 offset from it, taken once when the sender is set up (``common.stamp.wall_offset``).
 aiortc reads the wall clock for each report, and a second read for the RTP time would
 come after it: a thread descheduled between the two (a busy virtual machine), or a step
-of the system clock between one stream's report and the other's, put audio that much off
-the video until both streams had reported again (a click 60 ms late in a recording at 5%
-loss, once in a CI run). Only the NTP times' differences matter to a receiver, and aiortc
-times the round trip from its own clock, not from the report's NTP time.
+of the system clock between one stream's report and the other's, would put audio that
+much off the video until both streams had reported again. Only the NTP times'
+differences matter to a receiver, and aiortc times the round trip from its own clock,
+not from the report's NTP time.
 
 Until the first frame is sent the reports are left as aiortc makes them (they describe
 nothing yet). ``tests/test_sender_reports.py`` fails if an upgrade renames what this
