@@ -46,11 +46,11 @@ from aiortc.rtp import RtcpSrPacket
 from common import stamp
 
 from . import check, private
+from .sender_report_tap import NTP_EPOCH_OFFSET
 
 logger = logging.getLogger(__name__)
 
 RTP_WRAP = 1 << 32
-NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
 class CaptureClock:
