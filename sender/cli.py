@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=encoders.SPEEDS,
         default=encoders.DEFAULT_SPEED,
         help="fast: least CPU (x264 ultrafast, VP8 cpu-used -11); balanced (default: "
-        "veryfast, above 1280x720 superfast; cpu-used -10); quality: aiortc's own "
+        "veryfast, above 1280x720 as fast; cpu-used -10); quality: aiortc's own "
         "settings (x264 medium, VP8 cpu-used -6 with its denoiser), 2-5x the CPU",
     )
     parser.add_argument(

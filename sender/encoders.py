@@ -5,10 +5,12 @@ out, no lookahead, no B-frames; keyframes when a viewer asks (a new viewer, a PL
 one every ``KEYFRAME_INTERVAL`` frames only as a backstop; the bitrate respected frame by
 frame, so a keyframe is a few frames' worth of bits, not a burst a narrow link queues.
 
-- ``fast``: x264 ``ultrafast``; libvpx ``cpu-used -11``, no denoiser.
-- ``balanced`` (default): x264 ``veryfast`` up to 1280x720, ``superfast`` above (on
-  camera-like content within 0.1 dB PSNR of x264's default preset, at a third and a fifth
-  of its time); libvpx ``cpu-used -10``, no denoiser.
+- ``fast``: x264 ``ultrafast`` (with its deblocking filter); libvpx ``cpu-used -11``, no
+  denoiser.
+- ``balanced`` (default): x264 ``veryfast`` up to 1280x720 (on camera-like content within
+  0.1 dB PSNR of x264's default preset, at a third of its time), above it ``fast``'s
+  (0.4 dB above the default preset, at a sixth of its time);
+  libvpx ``cpu-used -10``, no denoiser.
 - ``quality``: what aiortc itself uses: x264's default preset (``medium``); libvpx
   ``cpu-used -6`` with its temporal denoiser (``noise-sensitivity 4``).
 
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import av
 import av.logging
@@ -68,14 +70,28 @@ VBV_FRAMES = 5  # x264's rate buffer, in frames: a keyframe is about 4 frames' w
 # max-intra-rate: 3). Measured at 1280x720 and 2 Mbit/s: 38 KB instead of 125 KB without
 # one; with 3 frames, a 320x240 start at 115 kbit/s was too blurred to read and the next
 # frames were skipped to refill the buffer.
-# x264's preset per speed: up to 1280x720, and above. At "balanced", larger pictures take a
-# faster preset: veryfast at 1920x1080 took 16 ms a frame on a 2-core machine (half a core
-# at 30 fps), superfast 9.5; on the fake camera's sharp bands superfast lost 1.5 dB more
-# than veryfast against medium (5.9), on camera-like texture and noise neither lost 0.1.
-X264_PRESETS: dict[Speed, tuple[str, str]] = {
-    "fast": ("ultrafast", "ultrafast"),
-    "balanced": ("veryfast", "superfast"),
-    "quality": ("medium", "medium"),
+
+
+class X264Preset(NamedTuple):
+    """An x264 preset and what we set on top of it (``x264-params``)."""
+
+    preset: str
+    params: str = ""
+
+
+# x264's preset per speed: up to 1280x720, and above. ultrafast always with its deblocking
+# filter back on: on the camera-like scene (2 cores, bench.encoder_speed --scene scene) it
+# costs no measurable CPU and is worth 1.5 dB PSNR at 1920x1080 and 3 Mbit/s (ultrafast's
+# blocks stay in the picture and in its references). At "balanced", larger pictures take
+# it too: 14 ms of CPU a frame against superfast's 16-19 and the default preset's 84, and
+# 0.4-0.5 dB PSNR above both (SSIM 0.915 against 0.912 and 0.910): superfast's adaptive
+# quantization (ultrafast has none) spends bits where PSNR and SSIM do not look. Up to
+# 1280x720 veryfast stays: there an encode is cheap already.
+ULTRAFAST = X264Preset("ultrafast", "deblock=0,0")
+X264_PRESETS: dict[Speed, tuple[X264Preset, X264Preset]] = {
+    "fast": (ULTRAFAST, ULTRAFAST),
+    "balanced": (X264Preset("veryfast"), ULTRAFAST),
+    "quality": (X264Preset("medium"), X264Preset("medium")),
 }
 X264_LARGE = 1280 * 720  # pixels
 # libvpx: cpu-used (negative: that speed, fixed) and noise-sensitivity (its denoiser).
@@ -169,13 +185,15 @@ def settings(name: str, params: EncoderParams, cpus: int | None = None) -> Setti
             qrange=(2, 56),
         )
     if name == "libx264":
+        preset = X264_PRESETS[speed][params.width * params.height > X264_LARGE]
         return Settings(
             "yuv420p",
             {
-                "preset": X264_PRESETS[speed][params.width * params.height > X264_LARGE],
+                "preset": preset.preset,
                 "tune": "zerolatency",  # no lookahead, no B-frames, sliced threads
                 "level": "31",
-                "x264-params": "scenecut=0",  # no keyframes nobody asked for
+                # no keyframes nobody asked for
+                "x264-params": ":".join(p for p in ("scenecut=0", preset.params) if p),
             }
             | rate_buffer(params),
             threads=x264_threads(params.width, params.height, cpus),

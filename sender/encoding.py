@@ -27,6 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpReceiverInfo
 from av.video.reformatter import VideoReformatter
 
+from common.aiortc_ext.rtp_send import Payloads, packetize
 from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
 
 from . import encoders as video_encoders
@@ -34,6 +35,7 @@ from . import tiers
 from .congestion import BandwidthEstimator
 from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
+from .outgoing import Outgoing, PictureIds
 from .sources import capture_time
 from .stages import StageTimes
 
@@ -108,9 +110,9 @@ PROFILES = {
 
 
 class Queued(NamedTuple):
-    """A packet waiting in a viewer's queue: its tier, and when the encoder handed it over."""
+    """A frame waiting in a viewer's queue: its tier, and when the encoder handed it over."""
 
-    packet: av.Packet[Any]
+    item: Outgoing
     tier: str
     handed_at: float
 
@@ -140,7 +142,7 @@ class EncodedTrack(MediaStreamTrack):
         super().__init__()
         self._encoder = encoder
         self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
-        self._sending: Queued | None = None  # the packet aiortc took last, being sent
+        self._sending: Queued | None = None  # the frame aiortc took last, being sent
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
         self._highest_sequence: int | None = None  # in the last receiver report
@@ -168,7 +170,7 @@ class EncodedTrack(MediaStreamTrack):
         """This viewer's bandwidth estimate (bit/s)."""
         return self.estimator.estimate
 
-    def offer(self, packet: av.Packet[Any] | None) -> None:
+    def offer(self, packet: Outgoing | None) -> None:
         if packet is None:
             self._put(None)
             return
@@ -188,7 +190,7 @@ class EncodedTrack(MediaStreamTrack):
             return
         self._put(packet)
 
-    def _put(self, packet: av.Packet[Any] | None) -> None:
+    def _put(self, packet: Outgoing | None) -> None:
         if self._queue.full():
             self._queue.get_nowait()
         queued = None if packet is None else Queued(packet, self.tier or "", time.monotonic())
@@ -203,12 +205,20 @@ class EncodedTrack(MediaStreamTrack):
             self.stop()
             raise MediaStreamError
         self._sending = queued
-        packet = queued.packet
+        item = queued.item
         self.packets_sent += 1
-        self.estimator.on_sent(packet.size)
+        self.estimator.on_sent(item.size)
         self._encoder.totals.frames_sent += 1
-        self._encoder.totals.bytes_sent += packet.size
-        return packet
+        self._encoder.totals.bytes_sent += item.size
+        return item.packet
+
+    def payloads(self, packet: av.Packet[Any]) -> Payloads:
+        """The RTP payloads of the packet ``recv()`` just gave aiortc, made once for every
+        viewer on its tier (``common.aiortc_ext.rtp_send``)."""
+        sending = self._sending
+        if sending is None or sending.item.packet is not packet:
+            return packetize(self.codec, packet)  # not ours: packetized on its own
+        return sending.item.payloads(self.codec)
 
     def _sent(self) -> None:
         """aiortc 1.16's ``RTCRtpSender._run_rtp`` asks for the next packet only once it
@@ -291,10 +301,11 @@ class TierEncoder:
     keyframes: int = 0
     last_encode_seconds: float | None = None  # its last frame's encode
     # The packets from the last keyframe on, while it is recent (see ``remember``).
-    recent: list[av.Packet[Any]] = field(default_factory=list)
+    recent: list[Outgoing] = field(default_factory=list)
+    picture_ids: PictureIds = field(default_factory=PictureIds)
     recent_since: float = -1e9  # when that keyframe was handed over
 
-    def remember(self, packets: list[av.Packet[Any]], now: float) -> None:
+    def remember(self, packets: list[Outgoing], now: float) -> None:
         """Keep the packets since the last keyframe while it is younger than
         ``KEYFRAME_INTERVAL_MIN``: a newcomer starts from them (``start_packets``) instead
         of waiting for the next keyframe, which that close to the last one would come only
@@ -306,7 +317,7 @@ class TierEncoder:
         else:
             self.recent = []
 
-    def start_packets(self, now: float) -> list[av.Packet[Any]]:
+    def start_packets(self, now: float) -> list[Outgoing]:
         """A recent keyframe and the packets after it, to start a newcomer; [] when none."""
         return self.recent if now - self.recent_since < KEYFRAME_INTERVAL_MIN else []
 
@@ -548,15 +559,16 @@ class SharedEncoder:
                 results = await self._encode_all(jobs, frame, now)
                 packets = {}
                 for (job, _), (encoded, _) in zip(jobs, results, strict=True):
-                    job.remember(encoded, now)  # before a newcomer can join (below)
-                    packets[job.tier.name] = encoded
+                    outgoing = job.picture_ids.wrap(encoded)
+                    job.remember(outgoing, now)  # before a newcomer can join (below)
+                    packets[job.tier.name] = outgoing
                 handed = time.monotonic()
                 self._deliver(packets)
                 # The viewers' RTP senders run first; the bookkeeping can wait for them.
                 await asyncio.sleep(0)
                 self.frames_encoded += 1
-                for (job, _), (encoded, seconds) in zip(jobs, results, strict=True):
-                    self._count(job, encoded, seconds)
+                for (done, _), (_, seconds) in zip(jobs, results, strict=True):
+                    self._count(done, packets[done.tier.name], seconds)
                 self._time_encoded(frame, packets, handed)
         except Exception:
             # Its viewers' video ends (below); say why, once, rather than silently.
@@ -678,7 +690,7 @@ class SharedEncoder:
         encoder.codec, packets = self.factory.encode(encoder.codec, picture)
         return packets, time.perf_counter() - started
 
-    def _count(self, encoder: TierEncoder, packets: list[av.Packet[Any]], seconds: float) -> None:
+    def _count(self, encoder: TierEncoder, packets: list[Outgoing], seconds: float) -> None:
         """Counters, in the event loop (the tiers encode in parallel threads)."""
         keyframes = sum(packet.is_keyframe for packet in packets)
         encoder.keyframes += keyframes
@@ -691,7 +703,7 @@ class SharedEncoder:
         self.totals.stages.encoding_took(self.profile.name, encoder.tier.name, seconds)
 
     def _time_encoded(
-        self, frame: av.VideoFrame, packets: dict[str, list[av.Packet[Any]]], handed: float
+        self, frame: av.VideoFrame, packets: dict[str, list[Outgoing]], handed: float
     ) -> None:
         """Capture to encoded, per tier: until the packets were ``handed`` to the viewers."""
         captured = capture_time(frame)
@@ -702,7 +714,7 @@ class SharedEncoder:
             if encoded:
                 self.totals.stages.encoded(self.profile.name, name, seconds)
 
-    def _deliver(self, packets: dict[str, list[av.Packet[Any]]]) -> None:
+    def _deliver(self, packets: dict[str, list[Outgoing]]) -> None:
         """Each viewer gets its tier's packets; one moving to another tier switches when
         that tier's packets start with a keyframe."""
         for viewer in list(self._viewers):

@@ -34,7 +34,7 @@ from aiortc.sdp import SessionDescription
 from aiortc.stats import RTCOutboundRtpStreamStats
 
 from common import aiortc_ext
-from common.aiortc_ext import rtcp_feedback
+from common.aiortc_ext import rtcp_feedback, rtp_send
 from common.backoff import Backoff
 from common.codecs import preferred_codecs
 from common.ice import rtc_configuration
@@ -321,6 +321,7 @@ class _Attempt:
         track.on("ended", lambda: self.end("the camera track ended"))
         transceiver = pc.addTransceiver(track, direction="sendonly")
         rtcp_feedback.apply(transceiver.sender, track)  # Janus's PLI/REMB reach the encoder
+        rtp_send.apply(transceiver.sender, track.payloads)  # packetized once for all viewers
         # Only VP8 (and its retransmissions): the track's packets are VP8.
         transceiver.setCodecPreferences(
             [c for c in preferred_codecs(CODEC) if c.name.lower() in (CODEC, "rtx")]

@@ -41,6 +41,7 @@ from . import live
 from .encoding import PROFILES, EncodedTrack, Totals
 from .fanout import SharedSource
 from .h264_stream import CONSTRAINT_SET1, StreamInfo
+from .outgoing import Outgoing
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,9 @@ class Passthrough:
         self.packets += 1
         self.bytes += packet.size
         logger.debug("%s passthrough: packet of %d bytes", CODEC, packet.size)
+        outgoing = Outgoing(packet)  # packetized once for every viewer
         for viewer in list(self._viewers):
-            viewer.offer(packet)
+            viewer.offer(outgoing)
 
     # -- reporting -------------------------------------------------------------------------
 

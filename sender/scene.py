@@ -17,10 +17,10 @@ a benchmark can score a decoded frame against its source (``bench.quality``).
 It is cheap per frame (1920x1080: about half a millisecond of one core, ``python -m
 bench.scene_cost``): the landscape and a bank of noise fields are made once (about two
 seconds at 1080p), in yuv420p, once per half-pixel phase of the pan (``PAN_PHASES``
-copies, shifted by bicubic interpolation); a frame is a slice of one of them, the car
-pasted in, and
-one noise field added and another subtracted with OpenCV's saturating uint8 arithmetic,
-written straight into the video frame's planes. Pure numpy and OpenCV: no PyAV, no clock.
+copies, shifted by bicubic interpolation); a frame is a slice of one of them with one
+noise field added (one pass, written straight into the video frame's planes), the car
+pasted in with the same field on it, and another field subtracted, with OpenCV's
+saturating uint8 arithmetic. Pure numpy and OpenCV: no PyAV, no clock.
 """
 
 from __future__ import annotations
@@ -310,7 +310,8 @@ class Scene:
         self._car = _to_yuv(car)
         half = (mask.shape[1] // 2, mask.shape[0] // 2)
         half_mask = cv2.resize(mask.astype(np.uint8), half, interpolation=cv2.INTER_AREA) > 0
-        self._car_masks = (mask, half_mask, half_mask)
+        # uint8 (0 or 1): OpenCV's masks; numpy's ``where`` takes them compared with 0
+        self._car_masks = tuple(m.astype(np.uint8) for m in (mask, half_mask, half_mask))
         self._noise = _noise_bank(rng, height, width, NOISE_SIGMA)
         self._chroma_noise = _noise_bank(rng, height, width // 2, CHROMA_NOISE_SIGMA)
         logger.info("scene %dx%d made in %.2f s", width, height, time.perf_counter() - started)
@@ -334,23 +335,39 @@ class Scene:
         pan_x, y = self.pan(sequence)
         x = int(pan_x // 2) * 2  # whole pixels, even; the rest is the phase's shift
         landscape_y, landscape_u, landscape_v = self._phases[round((pan_x - x) * 2)]
-        np.copyto(luma, landscape_y[y : y + h, x : x + w])
-        np.copyto(u, landscape_u[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
-        np.copyto(v, landscape_v[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2])
-        self._paste_car((luma, u, v), sequence, x, y)
-        # A new pair of fields every frame (64 pairs in a cycle), in place.
+        # A new pair of noise fields every frame (64 pairs in a cycle): one added, one
+        # subtracted, with saturating uint8 arithmetic.
         i = sequence % NOISE_FIELDS
         j = (sequence + 1 + sequence // NOISE_FIELDS) % NOISE_FIELDS
-        for plane, (add, subtract) in (
-            (luma, (self._noise[0][i], self._noise[1][j])),
-            (u, (self._chroma_noise[0][j][: h // 2], self._chroma_noise[1][i][: h // 2])),
-            (v, (self._chroma_noise[0][j][h // 2 :], self._chroma_noise[1][i][h // 2 :])),
-        ):
-            cv2.add(plane, add, dst=plane)
+        frame = (luma, u, v)
+        adds = (
+            self._noise[0][i],
+            self._chroma_noise[0][j][: h // 2],
+            self._chroma_noise[0][j][h // 2 :],
+        )
+        subtracts = (
+            self._noise[1][j],
+            self._chroma_noise[1][i][: h // 2],
+            self._chroma_noise[1][i][h // 2 :],
+        )
+        landscape = (
+            landscape_y[y : y + h, x : x + w],
+            landscape_u[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2],
+            landscape_v[y // 2 : (y + h) // 2, x // 2 : (x + w) // 2],
+        )
+        # The landscape and the added field in one pass over memory (at 1920x1080 the
+        # frame and its fields are megabytes: the passes, not the arithmetic, cost).
+        for plane, source, add in zip(frame, landscape, adds, strict=True):
+            cv2.add(source, add, dst=plane)
+        self._paste_car(frame, adds, sequence, x, y)
+        for plane, subtract in zip(frame, subtracts, strict=True):
             cv2.subtract(plane, subtract, dst=plane)
 
-    def _paste_car(self, frame: Planes, sequence: int, pan_x: int, pan_y: int) -> None:
-        """The car where it is on the road at frame ``sequence``, clipped to the frame."""
+    def _paste_car(
+        self, frame: Planes, adds: Planes, sequence: int, pan_x: int, pan_y: int
+    ) -> None:
+        """The car where it is on the road at frame ``sequence``, clipped to the frame,
+        with the frame's added noise field on it as on the rest."""
         car_h, car_w = self._car[0].shape
         road_width = self.width + self._margin[0] + car_w
         world_x = _even(sequence * road_width / CAR_FRAMES) % road_width - car_w
@@ -360,18 +377,17 @@ class Scene:
         y0, y1 = max(top, 0), min(top + car_h, self.height)
         if x0 >= x1 or y0 >= y1:
             return
-        for scale, plane, sprite, mask in zip(
-            (1, 2, 2), frame, self._car, self._car_masks, strict=True
+        for scale, plane, add, sprite, mask in zip(
+            (1, 2, 2), frame, adds, self._car, self._car_masks, strict=True
         ):
             inside = (
                 slice((y0 - top) // scale, (y1 - top) // scale),
                 slice((x0 - left) // scale, (x1 - left) // scale),
             )
-            np.copyto(
-                plane[y0 // scale : y1 // scale, x0 // scale : x1 // scale],
-                sprite[inside],
-                where=mask[inside],
-            )
+            where = (slice(y0 // scale, y1 // scale), slice(x0 // scale, x1 // scale))
+            region = plane[where]
+            np.copyto(region, sprite[inside], where=mask[inside] > 0)
+            cv2.add(region, add[where], dst=region, mask=mask[inside])
 
 
 @functools.lru_cache(maxsize=2)

@@ -19,7 +19,7 @@ from aiortc import (
 from aiortc.sdp import MediaDescription, SessionDescription
 
 from common import aiortc_ext
-from common.aiortc_ext import rtcp_feedback, sender_reports
+from common.aiortc_ext import rtcp_feedback, rtp_send, sender_reports
 from common.codecs import prefer_codec
 from common.loop_budget import LoopBudget
 
@@ -319,6 +319,7 @@ class Sessions:
         transceiver.sender.replaceTrack(track)
         rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
         sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
+        rtp_send.apply(transceiver.sender, track.payloads)  # packetized once for all viewers
 
     def video_viewers(self) -> int:
         """Viewers getting video (an audio-only viewer keeps no camera open)."""

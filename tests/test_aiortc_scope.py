@@ -32,6 +32,7 @@ from common.aiortc_ext import (
     remb_later,
     remb_rtt,
     rtcp_feedback,
+    rtp_send,
 )
 from common.aiortc_ext.jitterbuffer import LowLatencyJitterBuffer
 from common.aiortc_ext.loop_decode import LoopDecoder
@@ -144,6 +145,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert cipher_names(certificate(our_pc)) == list(dtls_ciphers.CIPHERS)
             session_senders = [s.pc.getSenders()[0] for s in sender.sessions.live()]
             assert sum(rtcp_feedback.applied(s) for s in session_senders) == 2
+            assert sum(rtp_send.applied(s) for s in session_senders) == 2
             # Our REMB estimator works with the round trip measured (ICE), not 200 ms.
             stats = ours.connection.stats
             await wait_until(lambda: bool(stats.rtt_ms), what="a round trip measured")
@@ -173,6 +175,8 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert "_handle_rtp_packet" not in vars(plain_audio)
             plain_sender = plain_sending.getSenders()[0]
             assert not rtcp_feedback.applied(plain_sender)
+            assert not rtp_send.applied(plain_sender)
+            assert "_run_rtp" not in vars(plain_sender)
             # ... and its RTCP handling is aiortc's: a PLI forces its own encoder's keyframe.
             await plain_sender._handle_rtcp_packet(
                 RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=0, media_ssrc=plain_sender._ssrc)
@@ -182,6 +186,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             # Nothing process-wide was replaced.
             assert RTCRtpSender._handle_rtcp_packet.__module__ == "aiortc.rtcrtpsender"
             assert RTCRtpSender._send_keyframe.__module__ == "aiortc.rtcrtpsender"
+            assert RTCRtpSender._run_rtp.__module__ == "aiortc.rtcrtpsender"
             assert RTCCertificate._create_ssl_context.__module__ == "aiortc.rtcdtlstransport"
             assert Connection._pair_remote_candidate.__module__ == "aioice.ice"
             import aiortc.rtcrtpreceiver

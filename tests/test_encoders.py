@@ -138,15 +138,15 @@ def x264_options(packet: av.Packet[Any]) -> str:
 
 
 @pytest.mark.parametrize(
-    ("speed", "size", "subme"),
+    ("speed", "size", "subme", "deblock"),
     [
-        ("fast", (640, 480), 0),  # ultrafast
-        ("balanced", (640, 480), 2),  # veryfast
-        ("balanced", (1920, 1080), 1),  # superfast
-        ("quality", (640, 480), 7),  # medium
+        ("fast", (640, 480), 0, "1:0:0"),  # ultrafast, deblocking on
+        ("balanced", (640, 480), 2, "1:0:0"),  # veryfast
+        ("balanced", (1920, 1080), 0, "1:0:0"),  # ultrafast, deblocking on
+        ("quality", (640, 480), 7, "1:0:0"),  # medium
     ],
 )
-def test_the_speed_reaches_x264(speed, size, subme) -> None:
+def test_the_speed_reaches_x264(speed, size, subme, deblock) -> None:
     width, height = size
     params = EncoderParams("h264", width, height, 600_000, 30.0, speed)
     encoder = open_encoder("libx264", params)
@@ -154,6 +154,7 @@ def test_the_speed_reaches_x264(speed, size, subme) -> None:
     frame.pts, frame.time_base = 0, TIME_BASE
     options = x264_options(encoder.encode(frame)[0])
     assert f" subme={subme} " in options, options
+    assert f" deblock={deblock} " in options, options
     # Live video whatever the speed: no B-frames, keyframes on demand, the bitrate capped
     # with a buffer of 5 frames (600 kbit/s / 30 fps * 5 = 100 kbit).
     for setting in ("bframes=0", "keyint=3000", "scenecut=0", "vbv_maxrate=600", "vbv_bufsize=100"):
