@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpReceiverInfo
 from av.video.reformatter import VideoReformatter
 
-from common.aiortc_ext.rtp_send import Payloads, packetize
+from common.aiortc_ext.rtp_send import Payloads
 from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
 
 from . import encoders as video_encoders
@@ -143,6 +143,7 @@ class EncodedTrack(MediaStreamTrack):
         self._encoder = encoder
         self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
         self._sending: Queued | None = None  # the frame aiortc took last, being sent
+        self._own_picture_ids = PictureIds()  # for a packet not from the queue (``payloads``)
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
         self._highest_sequence: int | None = None  # in the last receiver report
@@ -217,12 +218,14 @@ class EncodedTrack(MediaStreamTrack):
         viewer on its tier (``common.aiortc_ext.rtp_send``)."""
         sending = self._sending
         if sending is None or sending.item.packet is not packet:
-            return packetize(self.codec, packet)  # not ours: packetized on its own
+            # not from our queue: packetized on its own, its picture ids its own
+            return self._own_picture_ids.wrap([packet])[0].payloads(self.codec)
         return sending.item.payloads(self.codec)
 
     def _sent(self) -> None:
-        """aiortc 1.16's ``RTCRtpSender._run_rtp`` asks for the next packet only once it
-        has sent every RTP packet of the last one: time the last one's send stage."""
+        """The RTP loop (``common.aiortc_ext.rtp_send``'s, like aiortc 1.16's) asks for the
+        next packet only once it has sent every RTP packet of the last one: time the last
+        one's send stage."""
         if self._sending is not None:
             stages = self._encoder.totals.stages
             stages.sent(self.codec, self._sending.tier, time.monotonic() - self._sending.handed_at)
