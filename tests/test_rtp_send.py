@@ -9,6 +9,7 @@ import asyncio
 import itertools
 from typing import Any
 
+import aiortc.clock
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -145,3 +146,10 @@ async def test_vp8_picture_ids_count_up_for_each_viewer(sender_factory) -> None:
     for each in ids:
         steps = [(b - a) % rtp_send.PICTURE_IDS for a, b in itertools.pairwise(each)]
         assert set(steps) == {1}, each
+
+
+def test_the_ntp_time_is_aiortcs() -> None:
+    """abs-send-time and the reports' NTP time are read as aiortc reads them, without
+    ``datetime``: the same 64-bit value to within a millisecond."""
+    ours, theirs = rtp_send.ntp_now(), aiortc.clock.current_ntp_time()
+    assert abs(ours - theirs) < (1 << 32) // 1000, (ours, theirs)

@@ -49,7 +49,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, HeaderExtensionsMap, 
 from aiortc.utils import random32, uint16_add, uint32_add
 
 from . import check, private
-from .sender_report_tap import NTP_EPOCH_OFFSET
+from .sender_report_tap import ntp_time
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ def packetize(codec: str, packet: av.Packet[Any], picture_id: int = 0) -> Payloa
 def ntp_now() -> int:
     """The 64-bit NTP time now, as ``aiortc.clock.current_ntp_time()`` gives it, without
     going through ``datetime``."""
-    seconds = time.time() + NTP_EPOCH_OFFSET
-    whole = int(seconds)
-    return (whole << 32) | int((seconds - whole) * (1 << 32))
+    return ntp_time(time.time())
 
 
 class _SharedPacker:

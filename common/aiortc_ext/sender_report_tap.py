@@ -30,6 +30,13 @@ RTP_WRAP = 1 << 32
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
+def ntp_time(unix_seconds: float) -> int:
+    """A Unix time as a 64-bit NTP timestamp (32 bits of seconds since 1900, 32 of fraction)."""
+    seconds = unix_seconds + NTP_EPOCH_OFFSET
+    whole = int(seconds)
+    return (whole << 32) | int((seconds - whole) * RTP_WRAP)
+
+
 @dataclass(frozen=True)
 class Report:
     """One sender report: the sender's wall-clock time (Unix seconds) of RTP ``rtp``."""

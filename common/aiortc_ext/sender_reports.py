@@ -46,7 +46,7 @@ from aiortc.rtp import RtcpSrPacket
 from common import stamp
 
 from . import check, private
-from .sender_report_tap import NTP_EPOCH_OFFSET
+from .sender_report_tap import ntp_time
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ class CaptureClock:
     def ntp_at(self, now: float) -> int:
         """The 64-bit NTP time of the monotonic instant ``now``, on the wall clock as it
         stood when this sender was set up."""
-        seconds = now + self.wall_offset + NTP_EPOCH_OFFSET
-        whole = int(seconds)
-        return (whole << 32) | int((seconds - whole) * RTP_WRAP)
+        return ntp_time(now + self.wall_offset)
 
 
 def apply(sender: RTCRtpSender, clock_rate: int, origin: float) -> CaptureClock:
