@@ -14,7 +14,7 @@ Every frame is a pure function of its sequence number (everything random is seed
 ``Scene.render(n)`` regenerates the frame the sender stamped ``n``, all but the stamp, so
 a benchmark can score a decoded frame against its source (``bench.quality``).
 
-It is cheap per frame (1920x1080: about half a millisecond of one core, ``python -m
+It is cheap per frame (1920x1080: about 1.2 ms of one core on a 2-core VM, ``python -m
 bench.scene_cost``): the landscape and a bank of noise fields are made once (about two
 seconds at 1080p), in yuv420p, once per half-pixel phase of the pan (``PAN_PHASES``
 copies, shifted by bicubic interpolation); a frame is a slice of one of them with one
