@@ -46,9 +46,9 @@ BITRATE_CHANGE = 0.1  # re-create the encoder only when the target moves by more
 KEYFRAME_INTERVAL_MIN = 0.3  # requests closer together than this share one keyframe
 UP_INTERVAL = 2.0  # seconds between two bitrate changes up (each costs a keyframe)
 UP_STEP = 1.25  # at most this much more bitrate per step up
-DOWN_HOLD = 3.0  # seconds after a decrease before going up again...
-DOWN_HOLD_MAX = 6.0  # ...doubled up to this while steps up keep failing
+DOWN_HOLD = 3.0  # seconds after a decrease before going up again
 STEP_FAILED_WITHIN = 5.0  # a decrease this soon after a step up: the step failed
+STEP_RETRY = 6.0  # seconds from a step up that failed to the next one
 CEILING_FRACTION = 0.95  # the first step up after a decrease: at most this much of the
 # bitrate that was decreased from
 DOWN_NOW = 0.7  # a target below this share of the bitrate (or congestion) is followed...
@@ -280,13 +280,16 @@ class TierEncoder:
       the last decrease; the first step after a decrease to at most
       ``CEILING_FRACTION`` (95%) of the bitrate that proved too much.
 
-    The hold is ``DOWN_HOLD`` (3 s), doubled to ``DOWN_HOLD_MAX`` (6 s) when a step up
-    is followed by a decrease within ``STEP_FAILED_WITHIN`` (5 s): behind a narrow link
-    each failed step costs two keyframes, and stepping every 3 s made about one keyframe
-    every two seconds and a p95 latency over 100 ms. It is not longer because a step up
-    is the only way to learn that a link widened (REMB rises to 1.5x what arrives
-    whether or not the link could carry more): with 12 s, the bitrate had not climbed
-    20 s after the link rose."""
+    The hold is ``DOWN_HOLD`` (3 s) after the decrease; when the decrease came within
+    ``STEP_FAILED_WITHIN`` (5 s) of a step up, that step failed, and the next one also
+    waits until ``STEP_RETRY`` (6 s) after it: behind a narrow link each failed step
+    costs two keyframes, and stepping every 3 s made about one keyframe every two seconds
+    and a p95 latency over 100 ms. The retry is counted from the failed step, not from
+    the decrease (which comes 0.5-2 s later, as the feedback arrives), so a link that
+    widens just after a step failed is tried again 6 s later at most: a step up is the
+    only way to learn that a link widened (REMB rises to 1.5x what arrives whether or
+    not the link could carry more). Counted from the decrease, the climb after a rise
+    began up to 9 s late (with 12 s, it had not begun 20 s after the rise)."""
 
     tier: tiers.Tier
     target_bitrate: int
@@ -294,10 +297,9 @@ class TierEncoder:
     keyframe_wanted: bool = True
     last_keyframe: float = -1e9
     last_rebuild: float = -1e9
-    last_down: float = -1e9
     start_bitrate: int | None = None  # the first encoder's (``Ladder.start``)
     ceiling: int | None = None  # the bitrate last decreased from, until the next step up
-    hold: float = DOWN_HOLD  # after a decrease, before a step up
+    next_up: float = -1e9  # no step up before this (a hold after a decrease)
     last_up: float = -1e9
     below_since: float | None = None  # since when the target is below the bitrate
     frames_encoded: int = 0
@@ -335,16 +337,17 @@ class TierEncoder:
                 self.below_since = now
             wait = DOWN_SETTLE if urgent or target < current * DOWN_NOW else DOWN_CONFIRM
             if now - self.below_since >= wait:
-                failed_step = now - self.last_up < STEP_FAILED_WITHIN
-                self.hold = min(2 * self.hold, DOWN_HOLD_MAX) if failed_step else DOWN_HOLD
+                self.next_up = now + DOWN_HOLD
+                if now - self.last_up < STEP_FAILED_WITHIN:  # the last step up failed
+                    self.next_up = max(self.next_up, self.last_up + STEP_RETRY)
                 self.ceiling = current
-                self.last_down, self.below_since = now, None
+                self.below_since = None
                 return target
             return None
         self.below_since = None
         if target <= current * (1 + BITRATE_CHANGE):
             return None
-        if now - self.last_rebuild < UP_INTERVAL or now - self.last_down < self.hold:
+        if now - self.last_rebuild < UP_INTERVAL or now < self.next_up:
             return None
         step = min(target, int(current * UP_STEP))
         if self.ceiling is not None:  # the first step after a decrease

@@ -204,10 +204,10 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     bitrate climbs: seconds 8-10 after it carry >= 1.2x what the narrow link carried (from
     5 s after the drop to the rise). Not the whole of seconds 5-10: the sender probes up in
     steps, and when a step has just failed as the link rises (the test's fixed schedule
-    often lands there) it holds 6 s before the next, so the climb starts 5-6 s after the
-    rise, at about 8% a second (seen: 1.18-1.19x over seconds 5-10, 1.4-1.65x over 8-10). How long it
-    takes to exceed what the narrow link could carry, and to get the full picture back,
-    is printed: REMB caps the estimate, and aiortc's receiver raises it slowly."""
+    often lands there) the next comes 6 s after it (``STEP_RETRY``), so the climb may
+    start 6 s after the rise, then 25% every 2 s. How long it takes to exceed what the
+    narrow link could carry, and to get the full picture back, is printed: REMB caps the
+    estimate, and aiortc's receiver raises it slowly."""
     require()
     drop_at, rise_at, end_at = 25.0, 45.0, 60.0
     with two_hosts() as net:

@@ -170,32 +170,43 @@ def test_the_first_step_after_a_decrease_stops_below_what_failed() -> None:
     assert encoder.next_bitrate(20.0 + encoding.UP_INTERVAL) == int(step * encoding.UP_STEP)
 
 
-def test_steps_up_that_keep_failing_wait_longer() -> None:
-    """Behind a narrow link every failed step up costs two keyframes: the hold after a
-    decrease doubles while steps fail, and is short again after a step that held."""
+def test_a_step_up_that_failed_is_retried_after_a_while() -> None:
+    """Behind a narrow link every failed step up costs two keyframes: after a decrease
+    the next step waits DOWN_HOLD, and after a failed step STEP_RETRY counted from that
+    step, so that a link that widens just after a failure is tried again soon."""
     encoder = encoder_at(300_000, 200_000, now=0.0)
-    now = 10.0
-    holds = []
-    for failing in (True, True, True, False, True):
+
+    def decrease(at: float) -> None:  # loss: down to 200k after DOWN_SETTLE
         encoder.target_bitrate = 200_000
-        assert encoder.next_bitrate(now, urgent=True) is None  # loss: down
-        assert encoder.next_bitrate(now + encoding.DOWN_SETTLE, urgent=True) == 200_000
-        now += encoding.DOWN_SETTLE
-        holds.append(encoder.hold)
+        assert encoder.next_bitrate(at - encoding.DOWN_SETTLE, urgent=True) is None
+        assert encoder.next_bitrate(at, urgent=True) == 200_000
         encoder.codec = PROFILES["vp8"].create(640, 360, 200_000, 30)
-        encoder.last_rebuild = now
+        encoder.last_rebuild = at
         encoder.target_bitrate = 400_000  # REMB back up
-        waited = 0.0
-        while encoder.next_bitrate(now + waited) is None:
-            waited += 0.5
-            assert waited < 60
-        now += waited  # stepped up (to 95% of 300k)...
+
+    def next_step(after: float) -> float:
+        """When the next step up comes (to 95% of 300k), its encoder made then."""
+        at = after
+        while encoder.next_bitrate(at) is None:
+            at = round(at + 0.1, 1)
+            assert at < after + 60
         encoder.codec = PROFILES["vp8"].create(640, 360, 285_000, 30)
-        encoder.last_rebuild = now
-        # ...and failed a second later, or held for longer than STEP_FAILED_WITHIN.
-        now += 1.0 if failing else encoding.STEP_FAILED_WITHIN + 1.0
-    hold, longer = encoding.DOWN_HOLD, encoding.DOWN_HOLD_MAX
-    assert holds == [hold, longer, longer, longer, hold]
+        encoder.last_rebuild = at
+        return at
+
+    decrease(10.5)  # no step before it: DOWN_HOLD
+    step = next_step(10.5)
+    assert step == 10.5 + encoding.DOWN_HOLD
+    decrease(step + 1.5)  # the step failed: retried STEP_RETRY after it
+    retry = next_step(step + 1.5)
+    assert retry == step + encoding.STEP_RETRY
+    decrease(retry + 4.5)  # failed late: still DOWN_HOLD after the decrease
+    late = next_step(retry + 4.5)
+    assert late == retry + 4.5 + encoding.DOWN_HOLD
+    decrease(late + encoding.STEP_FAILED_WITHIN + 1)  # the step had held: DOWN_HOLD
+    assert next_step(late + encoding.STEP_FAILED_WITHIN + 1) == pytest.approx(
+        late + encoding.STEP_FAILED_WITHIN + 1 + encoding.DOWN_HOLD
+    )
 
 
 # -- real viewers on 127.0.0.1 ----------------------------------------------------------
