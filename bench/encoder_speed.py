@@ -1,7 +1,8 @@
 """Encode time and size per codec, picture size and ``--encoder-speed``, beside stock
 aiortc's own encoders, on this machine (one encoder at a time, no network):
 
-    python -m bench.encoder_speed [--frames N] [--scene testsrc|scene|textured] [--markdown FILE]
+    python -m bench.encoder_speed [--frames N] [--scene testsrc|scene|textured]
+        [--size WxH] [--codec vp8|h264] [--markdown FILE] [--json FILE]
 
 For each run: milliseconds per frame (wall, and CPU of the whole process, which counts
 the encoder's own threads), bytes per frame, the bitrate that makes, and the luma PSNR
@@ -29,6 +30,7 @@ import numpy as np
 from aiortc.codecs.h264 import H264Encoder, h264_depayload
 from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 
+from common.cli import size as parse_size
 from sender import encoders
 from sender.encoders import Speed
 from sender.encoding import PROFILES
@@ -184,12 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=120)
     parser.add_argument("--scene", choices=("testsrc", "scene", "textured"), default="testsrc")
+    parser.add_argument("--size", action="append", type=parse_size, help="WxH (default: all three)")
     parser.add_argument("--codec", action="append", choices=tuple(PROFILES))
     parser.add_argument("--markdown", type=Path, help="also write the table here")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     results = []
-    for width, height in SIZES:
+    for width, height in args.size or SIZES:
         frames = scene(args.scene, width, height, args.frames)
         for codec in args.codec or PROFILES:
             bitrate = min(PROFILES[codec].max_bitrate, int(BITS_PER_PIXEL * width * height * FPS))
