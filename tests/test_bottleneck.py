@@ -57,6 +57,10 @@ RECOVERY = 5.0  # seconds after the drop by which the latency must be back
 WARM_UP = 5.0
 NARROW_SECONDS = 60.0
 VIEWER_TIMEOUT = 60.0  # on top of the seconds it watches
+FULL_TIER_TIMEOUT = 60.0  # for the link-drop viewer to reach the full tier
+FULL_BEFORE_DROP = 7.0  # seconds on the full tier before the drop (5 s are measured)
+AFTER_RISE = 15.0  # seconds watched after the rise
+WATCH_MAX = FULL_TIER_TIMEOUT + FULL_BEFORE_DROP + 20 + AFTER_RISE + 10  # stopped sooner
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -89,6 +93,17 @@ def fetch(net: TwoHosts, namespace: str, url: str) -> str:
 
 def health(net: TwoHosts, namespace: str, url: str) -> dict:
     return json.loads(fetch(net, namespace, url + "/healthz"))
+
+
+def wait_for_full_tier(net: TwoHosts, url: str, timeout: float) -> float:
+    """When the sender's /healthz first showed every viewer on the full tier."""
+    deadline = time.time() + timeout
+    while True:
+        tiers = health(net, net.receiver, url).get("viewer_tiers") or []
+        if tiers and all(t.get("tier") == "full" for t in tiers):
+            return time.time()
+        assert time.time() < deadline, f"not on the full tier after {timeout} s: {tiers}"
+        time.sleep(0.5)
 
 
 class Viewer:
@@ -199,7 +214,8 @@ def timeline(watched: Watched, start: float, end: float) -> str:
 
 
 def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
-    """4 Mbit/s, then 400 kbit/s for 20 s, then 4 Mbit/s: from 5 s after the drop the
+    """4 Mbit/s until the viewer has watched the full tier for 7 s, then 400 kbit/s for
+    20 s, then 4 Mbit/s for 15 s: from 5 s after the drop the
     p95 latency is back under 150 ms (over the next 5 s), and within 10 s of the rise the
     bitrate climbs: seconds 8-10 after it carry >= 1.2x what the narrow link carried (from
     5 s after the drop to the rise). Not the whole of seconds 5-10: the sender probes up in
@@ -209,29 +225,33 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     narrow link could carry, and to get the full picture back, is printed: REMB caps the
     estimate, and aiortc's receiver raises it slowly."""
     require()
-    drop_at, rise_at, end_at = 25.0, 45.0, 60.0
     with two_hosts() as net:
         shape(net, net.sender, WIDE)
         sender = start_sender(net, tmp_path / "sender.log")
         try:
-            viewer = Viewer(net, net.receiver, sender.url, end_at, tmp_path / "viewer.json")
-            started = time.time()
+            viewer = Viewer(net, net.receiver, sender.url, WATCH_MAX, tmp_path / "viewer.json")
+            # The drop comes once the viewer has watched the full tier for FULL_BEFORE_DROP
+            # (the start at 300 kbit/s on the reduced tier takes 15-25 s to climb out of):
+            # a fixed moment caught it still climbing, under 800 kbit/s.
+            full = wait_for_full_tier(net, sender.url, FULL_TIER_TIMEOUT)
             changes = {}
-            for at, rate in ((drop_at, NARROW), (rise_at, WIDE)):
-                time.sleep(max(0.0, started + at - time.time()))
+            for at, rate in ((FULL_BEFORE_DROP, NARROW), (FULL_BEFORE_DROP + 20, WIDE)):
+                time.sleep(max(0.0, full + at - time.time()))
                 shape(net, net.sender, rate, change=True)
                 changes[rate] = time.time()
-            watched = viewer.result()
+            time.sleep(max(0.0, changes[WIDE] + AFTER_RISE - time.time()))
+            watched = viewer.stop()
         finally:
             sender.stop()
     drop, rise = changes[NARROW], changes[WIDE]
     start = watched.start
+    end = rise + AFTER_RISE
     before = watched.window(drop - 5, drop)
     back = watched.window(drop + RECOVERY, drop + RECOVERY + 5)
     narrow = watched.window(drop + RECOVERY, rise)
     narrow_end = watched.window(rise - 5, rise)
     rising = watched.window(rise + 8, rise + 10)
-    after_rise = watched.per_second(rise, start + end_at)
+    after_rise = watched.per_second(rise, end)
     # When the latency was back: the first second after the drop from which the p95 over
     # 5 s is under 150 ms; when the bitrate climbed, when the full picture came back.
     recovered = next(
@@ -249,7 +269,7 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
         f"1280x720 after {full} s"
     )
     detail = (
-        f"{summary}\n{timeline(watched, start, start + end_at)}\n"
+        f"{summary}\n{timeline(watched, start, end)}\n"
         f"(drop at {drop - start:.1f} s, rise at {rise - start:.1f} s)\n"
         f"{sender.stderr()[-3000:]}"
     )
