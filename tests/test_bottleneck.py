@@ -214,16 +214,16 @@ def timeline(watched: Watched, start: float, end: float) -> str:
 
 
 def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
-    """4 Mbit/s until the viewer has watched the full tier for 7 s, then 400 kbit/s for
-    20 s, then 4 Mbit/s for 15 s: from 5 s after the drop the
-    p95 latency is back under 150 ms (over the next 5 s), and within 10 s of the rise the
-    bitrate climbs: seconds 8-10 after it carry >= 1.2x what the narrow link carried (from
-    5 s after the drop to the rise). Not the whole of seconds 5-10: the sender probes up in
-    steps, and when a step has just failed as the link rises (the test's fixed schedule
-    often lands there) the next comes 6 s after it (``STEP_RETRY``), so the climb may
-    start 6 s after the rise, then 25% every 2 s. How long it takes to exceed what the
-    narrow link could carry, and to get the full picture back, is printed: REMB caps the
-    estimate, and aiortc's receiver raises it slowly."""
+    """4 Mbit/s until the viewer has watched the full tier for 7 s, then 400 kbit/s for 20
+    s, then 4 Mbit/s for 15 s: from 5 s after the drop the p95 latency is back under 150
+    ms (over the next 5 s), and within 10 s of the rise the bitrate climbs: seconds 8-10
+    after it carry >= 1.2x what the narrow link carried (from 5 s after the drop to the
+    rise). Not the whole of seconds 5-10: the sender probes up in steps, and when a step
+    has just failed as the link rises (the test's fixed schedule often lands there) the
+    next comes 6 s after it (``STEP_RETRY``), so the climb may start 6 s after the rise,
+    then 25% every 2 s. How long it takes to exceed what the narrow link could carry,
+    and to get the full picture back, is printed: REMB caps the estimate, and aiortc's
+    receiver raises it slowly."""
     require()
     with two_hosts() as net:
         shape(net, net.sender, WIDE)
