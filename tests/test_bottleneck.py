@@ -60,6 +60,7 @@ VIEWER_TIMEOUT = 60.0  # on top of the seconds it watches
 FULL_TIER_TIMEOUT = 60.0  # for the link-drop viewer to reach the full tier
 FULL_BEFORE_DROP = 7.0  # seconds on the full tier before the drop (5 s are measured)
 AFTER_RISE = 15.0  # seconds watched after the rise
+STALL = 15.0  # seconds without video before the viewer gives up
 WATCH_MAX = FULL_TIER_TIMEOUT + FULL_BEFORE_DROP + 20 + AFTER_RISE + 10  # stopped sooner
 
 pytestmark = pytest.mark.timeout(300)
@@ -288,7 +289,9 @@ async def watch(url: str, seconds: float) -> dict:
     encoded: list[tuple[float, int, bool]] = []
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    async with Receiver(url, connect_timeout=60, encoded=True) as rx:
+    # A link that drops can freeze the picture for seconds (what the test measures):
+    # the viewer does not take that for a sender that vanished (3 s by default).
+    async with Receiver(url, connect_timeout=60, encoded=True, stall_timeout=STALL) as rx:
         end = time.time() + seconds
         async for item in rx.items():
             now = time.time()
