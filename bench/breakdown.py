@@ -1,6 +1,7 @@
 """Where a frame's milliseconds go, stage by stage, on 127.0.0.1.
 
-    python -m bench.breakdown [--sizes 640x480,1280x720] [--codec vp8] [--seconds 10] [--json FILE]
+    python -m bench.breakdown [--sizes 640x480,1280x720] [--codec vp8] [--source testsrc|scene]
+        [--seconds 10] [--json FILE]
 
 For each size: our sender on the fake camera and one ``webcam-receiver`` (both as
 processes, as a user runs them); the sender's stages come from its ``/metrics``
@@ -116,10 +117,11 @@ def measure(
     logs: Path,
     sender_options: Sequence[str] = (),
     receiver_options: Sequence[str] = (),
+    source: str = "testsrc",
 ) -> dict:
     fixed = ["--bitrate", str(bitrate)] if bitrate else []
     sender = SenderProcess(
-        ["--source", "testsrc", "--size", size, "--codec", codec, *fixed, *sender_options],
+        ["--source", source, "--size", size, "--codec", codec, *fixed, *sender_options],
         logs / f"sender-{size}.log",
     )
     stats = logs / f"receiver-{size}.json"
@@ -174,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
+        "--source",
+        choices=["testsrc", "scene"],
+        default="testsrc",
+        help="the fake camera: testsrc (default) or the camera-like scene",
+    )
+    parser.add_argument(
         "--bitrate", type=int, help="fixed bitrate (one tier: 1280x720 at full size from the start)"
     )
     parser.add_argument(
@@ -200,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(logs),
                 shlex.split(args.sender_options),
                 shlex.split(args.receiver_options),
+                args.source,
             )
             for size in args.sizes.split(",")
         ]
