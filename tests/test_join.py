@@ -11,7 +11,12 @@ from sender.sources import TestPattern, capture_time
 
 VIEWERS = 8
 JOINING = 8
-JOIN_P95_BOUND = 1.0  # seconds; the 0.3 s target is bench/join.py's, on a quiet machine
+# Seconds. The 0.3 s target is bench/join.py's, with the viewers in processes of their own
+# on a quiet machine. Here the 16 viewers share the test's process: on an idle 2-core host
+# their p95 was 0.45-0.92 s (2026-12-02, three runs at each of three commits), and one full
+# CI run gave 1.10 s against the 1.0 s this bound was; a join that waited for a periodic
+# keyframe or a stalled sender would take seconds.
+JOIN_P95_BOUND = 1.5
 
 
 async def test_eight_join_eight_quickly(sender_process) -> None:
