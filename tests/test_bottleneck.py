@@ -220,7 +220,7 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     ms (over the next 5 s), and within 10 s of the rise the bitrate climbs: seconds 8-10
     after it carry >= 1.2x what the narrow link carried (from 5 s after the drop to the
     rise). Not the whole of seconds 5-10: the sender probes up in steps, and when a step
-    has just failed as the link rises (the test's fixed schedule often lands there) the
+    has just failed as the link rises (the test's schedule often lands there) the
     next comes 6 s after it (``STEP_RETRY``), so the climb may start 6 s after the rise,
     then 25% every 2 s. How long it takes to exceed what the narrow link could carry,
     and to get the full picture back, is printed: REMB caps the estimate, and aiortc's
@@ -234,10 +234,10 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
             # The drop comes once the viewer has watched the full tier for FULL_BEFORE_DROP
             # (the start at 300 kbit/s on the reduced tier takes 15-25 s to climb out of):
             # a fixed moment caught it still climbing, under 800 kbit/s.
-            full = wait_for_full_tier(net, sender.url, FULL_TIER_TIMEOUT)
+            full_since = wait_for_full_tier(net, sender.url, FULL_TIER_TIMEOUT)
             changes = {}
             for at, rate in ((FULL_BEFORE_DROP, NARROW), (FULL_BEFORE_DROP + 20, WIDE)):
-                time.sleep(max(0.0, full + at - time.time()))
+                time.sleep(max(0.0, full_since + at - time.time()))
                 shape(net, net.sender, rate, change=True)
                 changes[rate] = time.time()
             time.sleep(max(0.0, changes[WIDE] + AFTER_RISE - time.time()))
