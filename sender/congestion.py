@@ -30,7 +30,8 @@ each cut is never won back, since 2-10% loss holds the estimate: a viewer on suc
 was cut step by step below its picture size's tier within seconds. So a report cuts the
 estimate only when its loss is above 10% by more than ``LOSS_SIGNIFICANCE`` (2) standard
 deviations of what 10% loss over that many packets would give (35 packets: 8 lost;
-100 packets: 17), the packet count taken from the report's highest sequence number.
+100 packets: 17), the packet count taken from the report's highest sequence number
+(the first report's from its cumulative loss: ``reported_packets``).
 libwebrtc, for the same reason, waits for 20 packets before it reads a loss fraction;
 a queue that overflows loses far more (40-60% when a link drops) and is cut at once.
 
@@ -45,6 +46,8 @@ import logging
 import math
 import time
 from collections import deque
+
+from aiortc.rtp import RtcpReceiverInfo
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,22 @@ def significant_loss(fraction_lost: float, packets: int | None) -> bool:
         return True
     spread = math.sqrt(LOSS_HIGH * (1 - LOSS_HIGH) * max(packets, 1))
     return fraction_lost * packets > LOSS_HIGH * packets + LOSS_SIGNIFICANCE * spread
+
+
+def reported_packets(report: RtcpReceiverInfo, previous_highest: int | None) -> int | None:
+    """How many packets ``report``'s loss fraction is over (None: not known).
+
+    Between two reports, the difference of their highest sequence numbers, taken modulo
+    2**16: RFC 3550 sends the extended number, aiortc 1.16 its low 16 bits alone, and
+    no second carries 65536 packets. The first report counts from the stream's start, so
+    its cumulative loss is its interval's: the count is that loss over the fraction (8
+    bits, rounded down by the receiver, hence the half).
+    """
+    if previous_highest is not None:
+        return (report.highest_sequence - previous_highest) % 2**16
+    if report.fraction_lost == 0:
+        return None
+    return round(report.packets_lost * 256 / (report.fraction_lost + 0.5))
 
 
 class BandwidthEstimator:

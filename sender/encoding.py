@@ -32,7 +32,7 @@ from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
 
 from . import encoders as video_encoders
 from . import tiers
-from .congestion import BandwidthEstimator
+from .congestion import BandwidthEstimator, reported_packets
 from .encoders import Encoder, EncoderFactory
 from .fanout import SharedSource, ViewerTrack
 from .outgoing import Outgoing, PictureIds
@@ -244,9 +244,7 @@ class EncodedTrack(MediaStreamTrack):
     def receiver_report(self, report: RtcpReceiverInfo, rtt: float | None) -> None:
         """An RTCP receiver report block about this viewer's stream, and the round-trip
         time it measured (None when it echoes no sender report of ours)."""
-        packets = None
-        if self._highest_sequence is not None:
-            packets = (report.highest_sequence - self._highest_sequence) % 2**32
+        packets = reported_packets(report, self._highest_sequence)
         self._highest_sequence = report.highest_sequence
         self.estimator.on_report(report.fraction_lost / 256, rtt, packets=packets)
         self._encoder.update_bitrate()
