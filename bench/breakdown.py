@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.senders import ROOT, SenderProcess, child_env
+from bench.senders import ROOT, SenderDidNotStart, SenderProcess, child_env
 
 SENDER_STAGES = ("capture_to_encoded", "encoding", "encoded_to_sent")
 RECEIVER_STAGES = ("capture_to_receive", "receive_to_complete", "complete_to_decoded", "decoding")
@@ -199,19 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as logs:
-        results = [
-            measure(
-                size,
-                args.codec,
-                args.seconds,
-                args.bitrate,
-                Path(logs),
-                shlex.split(args.sender_options),
-                shlex.split(args.receiver_options),
-                args.source,
-            )
-            for size in args.sizes.split(",")
-        ]
+        try:
+            results = [
+                measure(
+                    size,
+                    args.codec,
+                    args.seconds,
+                    args.bitrate,
+                    Path(logs),
+                    shlex.split(args.sender_options),
+                    shlex.split(args.receiver_options),
+                    args.source,
+                )
+                for size in args.sizes.split(",")
+            ]
+        except SenderDidNotStart as exc:  # bad --sender-options: the sender's own message
+            print(f"bench.breakdown: {str(exc).strip().splitlines()[-1]}", file=sys.stderr)
+            return 2
     print("p50 / p95 ms per stage\n" + table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -88,3 +88,16 @@ def test_benchmark_smoke(tmp_path) -> None:
     assert f"| {ratio:.2f} |" in text  # the floor ratio, recomputed
     ratio = 4321.5 / (ours["encoding_p50_ms"] + ours["decoding_p50_ms"])
     assert f"| {ratio:.2f} |" in text  # and the one on the pipeline's own codec time
+
+
+def test_a_breakdown_with_bad_sender_options_says_why() -> None:
+    """``--sender-options`` that the sender refuses: its one-line reason, no traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.breakdown", "--sizes", "640x480",
+         "--sender-options", "--source scene"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "two cameras named 'camera'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

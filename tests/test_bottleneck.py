@@ -199,6 +199,12 @@ class Watched:
             sizes=sizes,
         )
 
+    def longest_gap(self, start: float, end: float) -> float:
+        """The longest wait for a decoded frame between two moments (a freeze)."""
+        times = self.frames[:, 0]
+        inside = times[(times > start) & (times < end)]
+        return float(np.diff(np.concatenate(([start], inside, [end]))).max())
+
     def per_second(self, start: float, end: float) -> list[Window]:
         return [self.window(t, t + 1) for t in np.arange(start, end - 0.5, 1.0)]
 
@@ -261,10 +267,12 @@ def test_a_link_that_drops_and_recovers(tmp_path: Path) -> None:
     climbed = next((i for i, w in enumerate(after_rise) if w.kbps >= CLIMB_KBPS), None)
     fast = next((i for i, w in enumerate(after_rise) if w.kbps >= 500), None)
     full = next((i for i, w in enumerate(after_rise) if (1280, 720) in w.sizes), None)
+    freeze = watched.longest_gap(drop, drop + RECOVERY + 5)
     summary = (
         f"before the drop: {before}\n5-10 s after the drop: {back}\n"
         f"5 s after the drop to the rise: {narrow}\n"
         f"5 s before the rise: {narrow_end}\n8-10 s after the rise: {rising}\n"
+        f"longest wait for a frame within 10 s of the drop: {freeze:.2f} s\n"
         f"p95 (5 s) under 150 ms from {recovered} s after the drop; after the rise: "
         f">= {CLIMB_KBPS} kbit/s after {climbed} s, >= 500 kbit/s after {fast} s, "
         f"1280x720 after {full} s"
