@@ -8,7 +8,6 @@ import random
 import time
 
 import pytest
-from aiortc import RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
@@ -23,7 +22,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from common.aiortc_ext import private, rtcp_feedback
+from common.aiortc_ext import rtcp_feedback
 from receiver import Receiver
 from sender import congestion
 from sender.congestion import BandwidthEstimator
@@ -276,69 +275,6 @@ def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
     lan.rtt = 0.001  # on a LAN the floor applies: a lost resend can be asked for again soon
     assert lan.filter(nack, now=0.0).lost == [10, 11, 12]
     assert lan.filter(nack, now=rtcp_feedback.RESEND_MIN_INTERVAL).lost == [10, 11, 12]
-
-
-def test_each_further_resend_of_a_packet_waits_twice_as_long() -> None:
-    """A round trip from before a link dropped (1 ms) says nothing of the queue behind
-    it: the resends of one packet thin out anyway (30, 60, 120 ms apart)."""
-    resends = rtcp_feedback.Resends()
-    resends.rtt = 0.001
-    nack = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=[10]))
-    step = rtcp_feedback.RESEND_MIN_INTERVAL
-    resent = [t for t in range(0, 400, 10) if resends.filter(nack, now=t / 1000).lost]
-    assert resent == [0, step * 1000, step * 3000, step * 7000]
-
-
-def test_resends_stay_within_a_share_of_the_estimate() -> None:
-    """The resends of a second carry at most ``RESEND_SHARE`` of the viewer's estimate;
-    a packet aiortc no longer holds costs nothing (it is not resent)."""
-    estimate = 400_000
-    sizes = {seq: 1000 for seq in range(1000)}
-    resends = rtcp_feedback.Resends(sizes.get, lambda: estimate)
-    allowed = int(estimate * rtcp_feedback.RESEND_SHARE / 8 / 1000)  # packets of 1000 bytes
-    lost = list(range(allowed + 10))
-    nack = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=lost))
-    assert resends.filter(nack, now=0.0).lost == lost[:allowed]
-    assert resends.over_budget == 10
-    unknown = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=[5000]))
-    assert resends.filter(unknown, now=0.5).lost == [5000]
-    later = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=lost[allowed:]))
-    assert resends.filter(later, now=0.5).lost == []  # the window still holds the first
-    assert resends.filter(later, now=rtcp_feedback.RESEND_WINDOW + 0.01).lost == lost[allowed:]
-
-
-async def test_a_viewers_resends_stay_within_its_budget(sender_factory) -> None:
-    """Over a real connection: a NACK for every packet aiortc still holds is answered
-    with resends worth at most ``RESEND_SHARE`` of the viewer's estimate, sized from
-    aiortc's own history; the rest are skipped."""
-    sender = await sender_factory()
-    async with Receiver(sender.url, connect_timeout=30) as rx:
-        frames = rx.frames()
-        for _ in range(30):  # a second of video: the history holds 128 packets
-            await anext(frames)
-        [session] = sender.sessions.live()
-        track = session.track
-        assert track is not None
-        rtp_sender = session.pc.getSenders()[0]
-        history = private(rtp_sender, RTCRtpSender, "rtp_history")
-        held = {p.sequence_number: len(p.payload) for p in list(history.values())}
-        resent: list[int] = []
-        retransmit = rtp_sender._retransmit
-
-        async def counted(sequence_number: int) -> None:
-            resent.append(sequence_number)
-            await retransmit(sequence_number)
-
-        rtp_sender._retransmit = counted  # this sender only
-        nack = RtcpRtpfbPacket(
-            fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=rtp_sender._ssrc, lost=sorted(held)
-        )
-        budget = track.estimate * rtcp_feedback.RESEND_SHARE / 8
-        await rtp_sender._handle_rtcp_packet(wire(nack))
-        await frames.aclose()
-    assert resent, "nothing was resent"
-    assert sum(held[seq] for seq in resent) <= budget < sum(held.values())
-    assert len(resent) < len(held)
 
 
 async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:

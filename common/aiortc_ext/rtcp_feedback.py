@@ -17,17 +17,14 @@ calling these.
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
 from typing import Protocol
 
 from aiortc import RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
-    RTP_HISTORY_SIZE,
     AnyRtcpPacket,
     RtcpPsfbPacket,
     RtcpReceiverInfo,
@@ -37,7 +34,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from . import check, private
+from . import check
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +43,6 @@ RESEND_MIN_INTERVAL = 0.03  # seconds: a packet is resent at most once per this.
 RESEND_RTT_FACTOR = 1.25  # ...or per this many round trips, whichever is longer
 DEFAULT_RTT = 0.1  # until the first receiver report tells
 RESENT_KEPT = 512  # sequence numbers remembered (aiortc keeps 128 packets to resend)
-RESEND_BACKOFF = 2.0  # each further resend of one packet waits this many times longer
-RESEND_SHARE = 0.5  # resends carry at most this share of the viewer's estimate...
-RESEND_WINDOW = 1.0  # ...over this many seconds
 
 
 class FeedbackTarget(Protocol):
@@ -59,9 +53,6 @@ class FeedbackTarget(Protocol):
     def set_bitrate_estimate(self, bitrate: int) -> None: ...
 
     def receiver_report(self, report: RtcpReceiverInfo, rtt: float | None) -> None: ...
-
-    @property
-    def estimate(self) -> int: ...
 
 
 def round_trip_time(
@@ -76,80 +67,38 @@ def round_trip_time(
 
 
 class Resends:
-    """Which NACKed packets to resend: not one resent within the last round trip, each
-    further resend of one packet waiting twice as long, and no more than a share of the
-    viewer's bandwidth estimate.
+    """Which NACKed packets to resend: not one already resent within the last round trip.
 
     aiortc's receiver NACKs every packet still missing each time it notices a new gap,
-    and ours asks again every 40-50 ms (``nack_retry``); aiortc's sender resends whatever
-    is asked. Behind a full bottleneck queue the first resend is still queued when the
-    next request comes, so each lost packet went out many times over and the resends
-    alone filled the link (400 kbit/s, 300 ms queue: 1700 resent packets against 700 new
-    ones in 20 s, 1.5 s of delay). A resend is skipped when the same packet was resent
-    less than ``max(RESEND_MIN_INTERVAL, RESEND_RTT_FACTOR * rtt)`` ago.
+    and ours asks again every 50 ms (``nack_retry``); aiortc's sender resends whatever is
+    asked. Behind a full bottleneck queue the first resend is still queued when the next
+    request comes, so each lost packet went out many times over and the resends alone
+    filled the link (400 kbit/s, 300 ms queue: 1700 resent packets against 700 new ones in
+    20 s, 1.5 s of delay). A resend is skipped when the same packet was resent less than
+    ``max(RESEND_MIN_INTERVAL, RESEND_RTT_FACTOR * rtt)`` ago."""
 
-    That round trip comes from the last receiver report that echoed a sender report. When
-    a link drops, its queue fills at once and the sender reports behind it are lost or
-    late, so for 1-2 s the reports still echo one from before the drop: 1 ms on the
-    test's link while the queue held 300 ms. The resends of a 1.4 Mbit/s stream then ran
-    at 800 packets a second into 400 kbit/s, the new tier's keyframes were lost in them,
-    and the picture froze for 1.5-2.8 s (over 3 s once). Two limits hold whatever the
-    round trip says, as libwebrtc's do (its retransmission rate limiter allows the whole
-    estimate over a second):
-
-    - the n-th resend of one packet waits ``RESEND_BACKOFF ** (n - 1)`` intervals;
-    - the resends of the last ``RESEND_WINDOW`` seconds carry at most ``RESEND_SHARE``
-      of the estimate (``budget()``, bit/s); a resend over it is skipped (the receiver
-      asks again, or gives up and asks for a keyframe).
-    """
-
-    def __init__(
-        self,
-        size_of: Callable[[int], int | None] = lambda sequence: None,
-        budget: Callable[[], float] | None = None,
-    ) -> None:
+    def __init__(self) -> None:
         self.rtt = DEFAULT_RTT
-        self.skipped = 0  # too soon after the last resend of the same packet
-        self.over_budget = 0  # skipped for the budget
-        self._size_of = size_of  # a packet's bytes (None: not in the history, not resent)
-        self._budget = budget
-        self._last: OrderedDict[int, tuple[float, int]] = OrderedDict()  # seq -> at, resends
-        self._window: deque[tuple[float, int]] = deque()  # (resent at, bytes)
-        self._window_bytes = 0
+        self.skipped = 0
+        self._last: OrderedDict[int, float] = OrderedDict()  # sequence number -> resent at
 
     def filter(self, packet: RtcpRtpfbPacket, now: float | None = None) -> RtcpRtpfbPacket:
         now = time.monotonic() if now is None else now
         interval = max(RESEND_MIN_INTERVAL, RESEND_RTT_FACTOR * self.rtt)
-        allowed = self._allowed_bytes(now)
         wanted = []
         for seq in packet.lost:
-            at, times = self._last.get(seq, (-math.inf, 0))
-            if now - at < interval * RESEND_BACKOFF ** max(times - 1, 0):
+            last = self._last.get(seq)
+            if last is not None and now - last < interval:
                 self.skipped += 1
                 continue
-            size = self._size_of(seq) or 0
-            if self._window_bytes + size > allowed:
-                self.over_budget += 1
-                continue
             wanted.append(seq)
-            self._last[seq] = (now, times + 1)
+            self._last[seq] = now
             self._last.move_to_end(seq)
-            if size:
-                self._window.append((now, size))
-                self._window_bytes += size
         while len(self._last) > RESENT_KEPT:
             self._last.popitem(last=False)
         return RtcpRtpfbPacket(
             fmt=packet.fmt, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc, lost=wanted
         )
-
-    def _allowed_bytes(self, now: float) -> float:
-        """Bytes the resends of the window may carry in all (after expiring old ones)."""
-        while self._window and self._window[0][0] <= now - RESEND_WINDOW:
-            self._window_bytes -= self._window.popleft()[1]
-        if self._budget is None:
-            return math.inf
-        return self._budget() * RESEND_SHARE * RESEND_WINDOW / 8
 
 
 def apply(sender: RTCRtpSender, target: FeedbackTarget) -> None:
@@ -160,17 +109,7 @@ def apply(sender: RTCRtpSender, target: FeedbackTarget) -> None:
     handle_rtcp = sender._handle_rtcp_packet
     send_rtcp = sender._send_rtcp
     sent: OrderedDict[int, float] = OrderedDict()  # LSR (middle 32 bits of NTP) -> time
-    history = private(sender, RTCRtpSender, "rtp_history")
-    assert isinstance(history, dict)
-
-    def size_of(sequence: int) -> int | None:
-        """A packet's payload bytes, as aiortc's ``_retransmit`` would find it."""
-        packet = history.get(sequence % RTP_HISTORY_SIZE)
-        if packet is None or packet.sequence_number != sequence:
-            return None
-        return len(packet.payload)
-
-    resends = Resends(size_of, lambda: target.estimate)
+    resends = Resends()
 
     def _send_keyframe() -> None:
         send_keyframe()
