@@ -39,8 +39,15 @@ def wire(packet: RtcpRrPacket | RtcpPsfbPacket | RtcpRtpfbPacket | RtcpSrPacket)
     return parsed
 
 
-def report(fraction: float, lsr: int = 0, dlsr: int = 0) -> RtcpReceiverInfo:
-    """A receiver report block about our stream: ``fraction`` of its packets lost."""
+def report(
+    fraction: float,
+    lsr: int = 0,
+    dlsr: int = 0,
+    packets_lost: int = 0,
+    highest: int = 1000,
+) -> RtcpReceiverInfo:
+    """A receiver report block about our stream: ``fraction`` of its packets lost
+    (``packets_lost`` in all, up to sequence number ``highest``)."""
     packet = wire(
         RtcpRrPacket(
             ssrc=1,
@@ -48,8 +55,8 @@ def report(fraction: float, lsr: int = 0, dlsr: int = 0) -> RtcpReceiverInfo:
                 RtcpReceiverInfo(
                     ssrc=SSRC,
                     fraction_lost=min(255, round(fraction * 256)),
-                    packets_lost=0,
-                    highest_sequence=1000,
+                    packets_lost=packets_lost,
+                    highest_sequence=highest,
                     jitter=0,
                     lsr=lsr,
                     dlsr=dlsr,
@@ -168,24 +175,8 @@ def test_random_loss_in_small_reports_does_not_ratchet_the_estimate_down() -> No
 
 def first_report(lost: int, expected: int, highest: int = 1000) -> RtcpReceiverInfo:
     """A receiver's first report (RFC 3550, as aiortc computes it): ``lost`` of the
-    ``expected`` packets since the stream's start."""
-    [parsed] = wire(
-        RtcpRrPacket(
-            ssrc=1,
-            reports=[
-                RtcpReceiverInfo(
-                    ssrc=SSRC,
-                    fraction_lost=(lost << 8) // expected,
-                    packets_lost=lost,
-                    highest_sequence=highest,
-                    jitter=0,
-                    lsr=0,
-                    dlsr=0,
-                )
-            ],
-        )
-    ).reports
-    return parsed
+    ``expected`` packets since the stream's start, the fraction rounded down."""
+    return report(((lost << 8) // expected) / 256, packets_lost=lost, highest=highest)
 
 
 def test_the_packets_a_report_counts() -> None:
