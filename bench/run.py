@@ -428,9 +428,13 @@ def div(a: float | None, b: float | None) -> float | None:
 
 
 def pipeline_floor(latency: Json | None) -> float | None:
-    """Encode + decode of the measured frames themselves (ours; None when not measured)."""
+    """Encode + decode of the measured frames themselves (ours; None when not measured):
+    the median of a frame's sum, or in an older JSON without it, the sum of the two
+    medians."""
     if latency is None:
         return None
+    if latency.get("codec_p50_ms") is not None:
+        return float(latency["codec_p50_ms"])
     encode, decode = latency.get("encoding_p50_ms"), latency.get("decoding_p50_ms")
     return encode + decode if encode is not None and decode is not None else None
 

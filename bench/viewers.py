@@ -125,6 +125,8 @@ class Watched:
     # our receiver's decoder, p50 of its decode times (``LoopDecoder``) of those frames.
     encoding_ms: float | None = None
     decoding_ms: float | None = None
+    # Their sum per frame, p50 (``breakdown.codec_p50_ms``): above the two p50s' sum.
+    codec_ms: float | None = None
 
 
 async def _track_frames(track: MediaStreamTrack) -> AsyncIterator[av.VideoFrame]:
@@ -197,11 +199,14 @@ async def watch(
         elapsed = time.monotonic() - started - measuring
         received = await _bytes_received(pc()) - first_bytes
         after = await health(url)  # still connected
-        encoding_ms = decoding_ms = None
+        encoding_ms = decoding_ms = codec_ms = None
         if decodes is not None:
             encodes_after = await asyncio.to_thread(breakdown.sender_histograms, url)
-            encoding_ms = breakdown.encoding_p50_ms(breakdown.since(encodes_before, encodes_after))
-            decoding_ms = percentile(list(itertools.islice(decodes, decodes_before, None)), 50)
+            encodes = breakdown.since(encodes_before, encodes_after)
+            measured = list(itertools.islice(decodes, decodes_before, None))
+            encoding_ms = breakdown.encoding_p50_ms(encodes)
+            decoding_ms = percentile(measured, 50)
+            codec_ms = breakdown.codec_p50_ms(encodes, measured)
     return Watched(
         first_frame,
         elapsed,
@@ -212,6 +217,7 @@ async def watch(
         encoding=encoding(after),
         encoding_ms=encoding_ms,
         decoding_ms=decoding_ms,
+        codec_ms=codec_ms,
     )
 
 
@@ -239,6 +245,7 @@ async def latency(
         "encoding": watched.encoding,
         "encoding_p50_ms": rounded(watched.encoding_ms, 3),
         "decoding_p50_ms": rounded(watched.decoding_ms, 3),
+        "codec_p50_ms": rounded(watched.codec_ms, 3),
     }
 
 

@@ -66,12 +66,19 @@ def _bits(value: int) -> np.ndarray:
     return ((value % MODULUS) >> np.arange(BITS, dtype=np.uint64)) & 1
 
 
+CAPTURE_ROW, SEQUENCE_ROW = 0, 1
+
+
 def draw(plane: np.ndarray, stamp: Stamp) -> None:
     """Draw ``stamp`` into a luma (or single channel) plane, in place."""
+    draw_row(plane, CAPTURE_ROW, stamp.capture_us)
+    draw_row(plane, SEQUENCE_ROW, stamp.sequence)
+
+
+def draw_row(plane: np.ndarray, row: int, value: int) -> None:
+    """One row of the stamp: a source can draw the sequence before it reads the clock."""
     s = cell_size(plane.shape[1])
-    for row, value in enumerate((stamp.capture_us, stamp.sequence)):
-        cells = (_bits(value).astype(np.uint8) * 255).repeat(s)
-        plane[row * s : (row + 1) * s, : BITS * s] = cells
+    plane[row * s : (row + 1) * s, : BITS * s] = (_bits(value).astype(np.uint8) * 255).repeat(s)
 
 
 def read(plane: np.ndarray) -> Stamp:

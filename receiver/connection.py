@@ -136,6 +136,7 @@ class Connection:
             self._clock = frame_timing.apply(receiver)  # for the stats' breakdown
             if self.loop_decoder is not None:
                 self.loop_decoder.clock = self._clock  # each frame's decode time too
+                self.loop_decoder.reader = self._picture  # each picture at once
             self._tasks.append(asyncio.create_task(self._read(track), name="decoded frames"))
         self._tasks.append(asyncio.create_task(self._measure_rtt(), name="rtt"))
         if self._janus is not None:
@@ -212,16 +213,21 @@ class Connection:
         self.turn_problem = str(problem)
 
     async def _read(self, track: MediaStreamTrack) -> None:
+        """The track's pictures (from aiortc's decoder thread; ours hands them to
+        ``_picture`` itself), until it ends."""
         try:
             while True:
                 frame = await track.recv()
                 assert isinstance(frame, av.VideoFrame)
-                times = self._clock.decoded(frame.pts) if self._clock is not None else None
-                self._on_frame(frame)
-                if times is not None:  # once the reader has the frame (it runs first)
-                    asyncio.get_running_loop().call_soon(self.stats.decoded, frame, times)
+                self._picture(frame)
         except MediaStreamError:
             self.end("the sender ended the stream")
+
+    def _picture(self, frame: av.VideoFrame) -> None:
+        times = self._clock.decoded(frame.pts) if self._clock is not None else None
+        self._on_frame(frame)
+        if times is not None:  # once the reader has the frame (it runs first)
+            asyncio.get_running_loop().call_soon(self.stats.decoded, frame, times)
 
     async def _watch_janus(self) -> None:
         assert self._janus is not None

@@ -558,7 +558,6 @@ class SharedEncoder:
                     break
                 now = time.monotonic()
                 self._follow_size(frame, now)
-                self.update_bitrate(now)
                 jobs = self._plan(now)
                 results = await self._encode_all(jobs, frame, now)
                 packets = {}
@@ -568,8 +567,11 @@ class SharedEncoder:
                     packets[job.tier.name] = outgoing
                 handed = time.monotonic()
                 self._deliver(packets)
-                # The viewers' RTP senders run first; the bookkeeping can wait for them.
+                # The viewers' RTP senders run first; the bookkeeping can wait for them,
+                # and so can the tiers' choice for the next frame (REMB and receiver
+                # reports also update it as they come).
                 await asyncio.sleep(0)
+                self.update_bitrate(time.monotonic())
                 self.frames_encoded += 1
                 for (done, _), (_, seconds) in zip(jobs, results, strict=True):
                     self._count(done, packets[done.tier.name], seconds)

@@ -191,8 +191,10 @@ class Synthetic(Source):
             for p in frame.planes
         )
         self.render_into(sequence, luma, u, v)
-        captured = time.monotonic()  # one reading for the stamp and the pts
-        self._stamp_into(sequence, captured, luma, u, v)
+        self._stamp_sequence(sequence, luma, u, v)
+        # Captured once all but the time is drawn: one reading for the stamp and the pts.
+        captured = time.monotonic()
+        stamp.draw_row(luma, stamp.CAPTURE_ROW, stamp.wall_us(captured))
         return self._stamp_time(frame, captured)
 
     def _stamp_into(
@@ -200,10 +202,17 @@ class Synthetic(Source):
     ) -> None:
         """Draw the stamp (captured at the monotonic instant ``captured``) over a rendered
         frame's planes."""
-        # Neutral chroma under the stamp, so its cells are true white and black.
+        self._stamp_sequence(sequence, luma, u, v)
+        stamp.draw_row(luma, stamp.CAPTURE_ROW, stamp.wall_us(captured))
+
+    def _stamp_sequence(
+        self, sequence: int, luma: np.ndarray, u: np.ndarray, v: np.ndarray
+    ) -> None:
+        """The stamp's sequence row, on neutral chroma under the whole stamp (so that its
+        cells are true white and black)."""
         s = stamp.cell_size(self.width)
         u[:s] = v[:s] = 128
-        stamp.draw(luma, stamp.Stamp(capture_us=stamp.wall_us(captured), sequence=sequence))
+        stamp.draw_row(luma, stamp.SEQUENCE_ROW, sequence)
 
 
 class TestPattern(Synthetic):

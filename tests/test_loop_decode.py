@@ -119,6 +119,8 @@ async def test_a_receiver_decodes_the_right_frames_on_the_loop(
             assert decoder is not None
             decoded = decoder.on_loop + decoder.in_thread
             assert decoded >= FRAMES
+            # every picture straight to the receiver, not through the track's queue
+            assert decoder.handed == decoded
             if loop_decode == 0.005:
                 assert decoder.on_loop >= decoded / 2, (decoder.on_loop, decoded)
             else:
@@ -142,4 +144,25 @@ async def test_a_decoder_that_raises_costs_only_its_frame() -> None:
     decoder._last_seconds = 0.001  # known and quick: on the loop
     decoder.put((VP8, JitterFrame(data=b"x", timestamp=0)))
     assert error.is_set() and output.empty() and decoder.on_loop == 1
+    decoder.put(None)
+
+
+async def test_a_reader_gets_each_picture_at_once_and_cannot_break_the_decoder() -> None:
+    """With a reader, pictures skip the track's queue; one that raises costs nothing."""
+    output: asyncio.Queue = asyncio.Queue()
+    decoder = LoopDecoder(output, threading.Event(), LoopBudget(1.0))
+    got: list[int] = []
+
+    def reader(picture: av.VideoFrame) -> None:
+        got.append(picture.pts)
+        if len(got) == 2:
+            raise RuntimeError("a bug in the reader")
+
+    decoder.reader = reader
+    decoder._last_seconds = 0.001  # known and quick: on the loop, so at once
+    frames = vp8_frames(3)
+    for frame in frames:
+        decoder.put((VP8, frame))
+    assert got == [f.timestamp for f in frames] and output.empty()
+    assert decoder.on_loop == decoder.handed == 3
     decoder.put(None)
