@@ -125,7 +125,7 @@ class Watched:
     # our receiver's decoder, p50 of its decode times (``LoopDecoder``) of those frames.
     encoding_ms: float | None = None
     decoding_ms: float | None = None
-    # Their sum per frame, p50 (``breakdown.codec_p50_ms``): above the two p50s' sum.
+    # One frame's encode + decode, p50 (``breakdown.codec_p50_ms``), not the p50s' sum.
     codec_ms: float | None = None
 
 

@@ -194,7 +194,7 @@ class Synthetic(Source):
         self._stamp_sequence(sequence, luma, u, v)
         # Captured once all but the time is drawn: one reading for the stamp and the pts.
         captured = time.monotonic()
-        stamp.draw_row(luma, stamp.CAPTURE_ROW, stamp.wall_us(captured))
+        self._stamp_capture(captured, luma)
         return self._stamp_time(frame, captured)
 
     def _stamp_into(
@@ -203,6 +203,11 @@ class Synthetic(Source):
         """Draw the stamp (captured at the monotonic instant ``captured``) over a rendered
         frame's planes."""
         self._stamp_sequence(sequence, luma, u, v)
+        self._stamp_capture(captured, luma)
+
+    @staticmethod
+    def _stamp_capture(captured: float, luma: np.ndarray) -> None:
+        """The stamp's time row: the monotonic instant ``captured`` on the stamp's clock."""
         stamp.draw_row(luma, stamp.CAPTURE_ROW, stamp.wall_us(captured))
 
     def _stamp_sequence(
