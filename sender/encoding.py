@@ -249,6 +249,14 @@ class EncodedTrack(MediaStreamTrack):
         self.estimator.on_report(report.fraction_lost / 256, rtt, packets=packets)
         self._encoder.update_bitrate()
 
+    def nack_report(self, lost: list[int], rtt: float | None) -> None:
+        """A NACK from this viewer: the packets it asks for the first time, and the round
+        trip they show (None: not known)."""
+        before = self.estimate, self.estimator.congested_at
+        self.estimator.on_nack(lost, rtt)
+        if (self.estimate, self.estimator.congested_at) != before:  # most NACKs change nothing
+            self._encoder.update_bitrate()
+
     def stop(self) -> None:
         if self.readyState == "live":
             self._encoder.unsubscribe(self)

@@ -4,13 +4,16 @@ parsed back as aiortc's RTCP handler receives them, then through a live connecti
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
 import pytest
+from aiortc import RTCRtpSender
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_RTPFB_NACK,
+    RTP_HISTORY_SIZE,
     RtcpPacket,
     RtcpPsfbPacket,
     RtcpReceiverInfo,
@@ -18,11 +21,12 @@ from aiortc.rtp import (
     RtcpRtpfbPacket,
     RtcpSenderInfo,
     RtcpSrPacket,
+    RtpPacket,
     pack_remb_fci,
     unpack_remb_fci,
 )
 
-from common.aiortc_ext import rtcp_feedback
+from common.aiortc_ext import private, rtcp_feedback
 from receiver import Receiver
 from sender import congestion
 from sender.congestion import BandwidthEstimator
@@ -308,4 +312,169 @@ async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:
         await rtp_sender._handle_rtcp_packet(lossy)
         assert track.estimator.fraction_lost == 0.5
         assert track.estimate < before
+        await frames.aclose()
+
+
+def test_first_nacks_with_a_queue_cut_to_what_got_through() -> None:
+    """A link that drops: the queue fills, most packets are lost, and the first NACKs
+    show both (a round trip far over the reports' least) long before the next receiver
+    report: the estimate goes to what got through, at once."""
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 1_300_000, 0.0, 3.0)
+    feed(estimator, report(0.0), 0.002, now=1.0)  # the open link's round trip
+    # 0.4 s after the drop: 70% of packets 100-199 asked for, 300 ms after they left.
+    lost = [seq for seq in range(100, 200) if seq % 10 >= 3]
+    estimator.on_nack(lost[:3], 0.3, now=3.0)  # too few packets covered: no loss figure...
+    assert estimator.queue_delay == pytest.approx(0.298)
+    assert estimator.estimate == pytest.approx(1_300_000 * congestion.DELAY_DECREASE, rel=0.05)
+    estimator.on_nack(lost[3:], 0.31, now=3.1)  # ...then a figure, with the queue
+    got_through = 1 - len(lost) / (lost[-1] - lost[0] + 1)  # 70 of 103-199 lost
+    assert estimator.estimate == pytest.approx(1_300_000 * got_through, rel=0.1)
+    assert estimator.congested(3.1)
+    # For a round trip the NACKs ask for packets lost before that cut: no second cut...
+    cut = estimator.estimate
+    estimator.on_nack(list(range(300, 340)), 0.3, now=3.39)
+    assert estimator.estimate == cut
+    # ...after it, packets lost at the rate sent since then count
+    sending(estimator, 300_000, 3.1, 3.45)
+    estimator.on_nack([seq for seq in range(400, 440) if seq % 10], 0.3, now=3.45)
+    assert estimator.estimate < cut
+
+
+def test_random_loss_in_nacks_does_not_cut() -> None:
+    """5% of packets lost at random, each asked for as its gap is found, no queue: the
+    NACKs' loss figure stays under the cut (as a report's would)."""
+    estimator = BandwidthEstimator(300_000, 100_000, MAX)
+    estimator.on_remb(remb(MAX))
+    sending(estimator, 1_000_000, 0.0, 5.0)
+    feed(estimator, report(0.0), 0.002, now=1.0)
+    before = estimator.estimate
+    rng = random.Random(5)
+    now = 1.0
+    for seq in range(4000):  # 100 packets a second from 1 s on
+        now += 0.01
+        if rng.random() < 0.05:
+            estimator.on_nack([seq % 2**16], 0.012, now=now)
+    assert estimator.estimate == before and not estimator.congested(now)
+
+
+def test_the_loss_first_nacks_show() -> None:
+    window = congestion.NackLoss()
+    window.add([7], now=0.0)
+    assert window.fraction() is None  # one packet: no figure
+    window.add([65530, 2], now=0.1)  # sequence numbers wrap: 65530..7 is 14 packets
+    assert window.fraction() is None
+    window.add([20], now=0.2)  # 65530..20: 27 packets, 4 of them lost
+    assert window.fraction() == (pytest.approx(4 / 27), 27)
+    window.add([21], now=0.2 + congestion.NACK_WINDOW - 0.05)  # the first three expire
+    assert window.fraction() is None
+
+
+def test_resends_wait_for_the_round_trip_the_nacks_show() -> None:
+    """The reports' round trip is the open link's (2 ms); the NACKs show 300 ms: a packet
+    is resent again only once that round trip has passed, not every 30 ms."""
+    resends = rtcp_feedback.Resends()
+    resends.rtt = 0.002
+    nack = wire(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=SSRC, lost=[10, 11]))
+    assert resends.first_asked(nack.lost) == [10, 11]
+    assert resends.nack_round_trip(0.3, now=0.0) == 0.3
+    assert resends.filter(nack, now=0.0).lost == [10, 11]
+    assert resends.first_asked(nack.lost) == []
+    assert resends.filter(nack, now=0.1).lost == []  # the resends are still on their way
+    assert resends.filter(nack, now=0.3 * rtcp_feedback.RESEND_RTT_FACTOR - 0.01).lost == []
+    assert resends.filter(nack, now=0.3 * rtcp_feedback.RESEND_RTT_FACTOR + 0.01).lost == [10, 11]
+    # The estimate judges a queue by the last 200 ms only; the resends keep their pace for
+    # a second (the queue still drains once new packets stop being lost)...
+    assert resends.nack_round_trip(None, now=rtcp_feedback.NACK_RTT_WINDOW + 0.01) is None
+    assert resends.filter(nack, now=0.7).lost == []
+    # ...then the reports' round trip again
+    later = rtcp_feedback.NACK_RTT_HOLD + 0.01
+    assert resends.filter(nack, now=later).lost == [10, 11]
+
+
+def test_the_time_since_a_packet_left_from_its_abs_send_time() -> None:
+    ntp = rtcp_feedback.ntp_time(1_800_000_000.25)
+    packet = RtpPacket(sequence_number=70_000 % 2**16)
+    # sent 0.3 s before, just before abs-send-time's 64 s wrap
+    packet.extensions.abs_send_time = ((ntp >> 14) - int(0.3 * 2**18)) % 2**24
+    history = {packet.sequence_number % RTP_HISTORY_SIZE: packet}
+    age = rtcp_feedback.sent_ago(history, packet.sequence_number, ntp)
+    assert age == pytest.approx(0.3, abs=1e-5)
+    assert rtcp_feedback.sent_ago(history, packet.sequence_number + RTP_HISTORY_SIZE, ntp) is None
+    assert rtcp_feedback.sent_ago({}, 5, ntp) is None
+
+
+def test_a_nacks_round_trip_is_timed_from_the_packet_that_showed_the_gap() -> None:
+    """Packets 10-11 left a frame (200 ms at 5 fps) before packet 12, whose arrival
+    showed them missing; the NACK came 50 ms after 12 left: a 50 ms round trip."""
+    now = time.time()
+    history = {}
+    for seq, ago in ((10, 0.25), (11, 0.25), (12, 0.05)):
+        packet = RtpPacket(sequence_number=seq)
+        packet.extensions.abs_send_time = (rtcp_feedback.ntp_time(now - ago) >> 14) % 2**24
+        history[seq] = packet
+    rtt = rtcp_feedback.nack_round_trip(history, [10, 11])
+    assert rtt == pytest.approx(0.05, abs=0.02)
+    assert rtcp_feedback.nack_round_trip(history, [12]) is None  # 13 not sent yet
+
+
+async def test_a_viewers_nacks_reach_its_estimate(sender_factory) -> None:
+    """Over a real connection, NACKs through the sender's RTCP handler (as aiortc receives
+    them): one for most of the packets just sent shows a round trip of milliseconds and
+    cuts nothing (loss without a queue is for the receiver reports); one for packets that
+    left 0.4 s before shows a queue, and cuts the viewer's estimate at once."""
+    sender = await sender_factory()
+    async with Receiver(sender.url, connect_timeout=30) as rx:
+        frames = rx.frames()
+        await anext(frames)
+        [session] = sender.sessions.live()
+        track = session.track
+        assert track is not None
+        rtp_sender = session.pc.getSenders()[0]
+        await wait_until(lambda: track.estimator.rtt is not None, within=20, what="an RTT")
+        started = time.monotonic()
+        while time.monotonic() - started < 2:  # let it send for a while
+            await anext(frames)
+        before = track.estimate
+        reports: list[tuple[list[int], float | None]] = []
+        report = track.nack_report
+
+        def noted(lost: list[int], rtt: float | None) -> None:
+            reports.append((lost, rtt))
+            report(lost, rtt)
+
+        track.nack_report = noted  # what rtcp_feedback calls, seen on its way
+
+        async def nack(newest: int) -> list[int]:
+            lost = [(newest - 39 + i) % 2**16 for i in range(40) if i % 5]  # 32 of 40
+            packet = RtcpRtpfbPacket(
+                fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=rtp_sender._ssrc, lost=lost
+            )
+            await rtp_sender._handle_rtcp_packet(wire(packet))
+            return lost
+
+        history = private(rtp_sender, RTCRtpSender, "rtp_history")
+        ntp = rtcp_feedback.ntp_time(time.time())
+        ages = {
+            p.sequence_number: rtcp_feedback.sent_ago(history, p.sequence_number, ntp)
+            for p in history.values()
+        }
+        newest = min(ages, key=lambda seq: ages[seq])
+        old = [seq for seq, age in ages.items() if age >= 0.4 and (newest - seq) % 2**16 >= 40]
+        assert old, f"aiortc's history holds too little: {sorted(ages.values())}"
+        lost = await nack(newest)
+        [(first, rtt)] = reports
+        assert first == lost and rtt is not None and rtt < congestion.QUEUE_DELAY
+        assert track.estimate == before and not track.estimator.congested()
+        await asyncio.sleep(rtcp_feedback.NACK_RTT_WINDOW)  # that round trip is forgotten
+        lost = await nack(min(old, key=lambda seq: ages[seq]))
+        assert reports[1][0] == lost and (reports[1][1] or 0) >= 0.35
+        assert track.estimate < before and track.estimator.congested()
+        await rtp_sender._handle_rtcp_packet(
+            wire(
+                RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=rtp_sender._ssrc, lost=lost)
+            )
+        )
+        assert reports[2][0] == []  # asked again: not a first request
         await frames.aclose()
