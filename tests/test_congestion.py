@@ -5,8 +5,10 @@ parsed back as aiortc's RTCP handler receives them, then through a live connecti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 from aiortc import RTCRtpSender
@@ -30,6 +32,7 @@ from common.aiortc_ext import private, rtcp_feedback
 from receiver import Receiver
 from sender import congestion
 from sender.congestion import BandwidthEstimator
+from sender.encoding import EncodedTrack
 
 from .helpers import wait_until
 
@@ -272,10 +275,12 @@ def test_a_packet_is_resent_at_most_once_per_round_trip() -> None:
     assert lan.filter(nack, now=rtcp_feedback.RESEND_MIN_INTERVAL).lost == [10, 11, 12]
 
 
-async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:
-    """Over a real connection: aiortc's receiver reports arrive with the round-trip time
-    they measure, and a lossy report (through the sender's RTCP handler) cuts the
-    viewer's estimate."""
+@contextlib.asynccontextmanager
+async def watching(
+    sender_factory,
+) -> AsyncIterator[tuple[AsyncIterator, EncodedTrack, RTCRtpSender]]:
+    """A viewer of a real sender, once its receiver reports have given the sender a round
+    trip: its frames, its track and RTP sender at the sender."""
     sender = await sender_factory()
     async with Receiver(sender.url, connect_timeout=30) as rx:
         frames = rx.frames()
@@ -287,6 +292,14 @@ async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:
         assert rtcp_feedback.applied(rtp_sender)
         # Receiver reports come every 0.5-1.5 s; one echoing a sender report has an RTT.
         await wait_until(lambda: track.estimator.rtt is not None, within=20, what="an RTT")
+        yield frames, track, rtp_sender
+
+
+async def test_a_viewers_reports_reach_its_estimate(sender_factory) -> None:
+    """Over a real connection: aiortc's receiver reports arrive with the round-trip time
+    they measure, and a lossy report (through the sender's RTCP handler) cuts the
+    viewer's estimate."""
+    async with watching(sender_factory) as (frames, track, rtp_sender):
         assert 0 <= track.estimator.rtt < 0.5
         assert track.estimator.fraction_lost == 0
         before = track.estimate
@@ -424,15 +437,7 @@ async def test_a_viewers_nacks_reach_its_estimate(sender_factory) -> None:
     them): one for most of the packets just sent shows a round trip of milliseconds and
     cuts nothing (loss without a queue is for the receiver reports); one for packets that
     left 0.4 s before shows a queue, and cuts the viewer's estimate at once."""
-    sender = await sender_factory()
-    async with Receiver(sender.url, connect_timeout=30) as rx:
-        frames = rx.frames()
-        await anext(frames)
-        [session] = sender.sessions.live()
-        track = session.track
-        assert track is not None
-        rtp_sender = session.pc.getSenders()[0]
-        await wait_until(lambda: track.estimator.rtt is not None, within=20, what="an RTT")
+    async with watching(sender_factory) as (frames, track, rtp_sender):
         started = time.monotonic()
         while time.monotonic() - started < 2:  # let it send for a while
             await anext(frames)
