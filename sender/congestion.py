@@ -31,10 +31,10 @@ Receiver reports come 0.5-1.5 s apart, and a link that drops fills its queue wit
 tenth of a second. The NACKs tell sooner (``on_nack``, fed by ``common.aiortc_ext.
 rtcp_feedback``): the packets a NACK asks for the first time were just found missing, when
 the packet after them arrived, so the time since that packet was sent is a round trip,
-and it shows the queue once a packet after a lost one is through it. When it does, the first NACKs
-over the last ``NACK_WINDOW`` give a loss figure (those packets against the span of
-sequence numbers they cover, at least ``NACK_MIN_PACKETS``), judged by a report's rules
-(so with the queue, a cut to what got through). Behind a 400 kbit/s link with a 300 ms
+and it shows the queue once a packet after a lost one is through it. When it does, the
+first NACKs over the last ``NACK_WINDOW`` give a loss figure (those packets against the
+span of sequence numbers they cover, at least ``NACK_MIN_PACKETS``), judged by a
+report's rules (so with the queue, a cut to what got through). Behind a 400 kbit/s link with a 300 ms
 queue, a 1.3 Mbit/s stream was cut to what got through 0.6 s after the drop (the first
 NACK showing the queue came 0.47 s after it), where receiver reports come 0.5-1.5 s apart.
 For a round trip after such a cut the NACKs are ignored, and without a queue they cut

@@ -29,6 +29,7 @@ from aiortc.rtp import (
 )
 
 from common.aiortc_ext import private, rtcp_feedback
+from common.aiortc_ext.sender_report_tap import ntp_time
 from receiver import Receiver
 from sender import congestion
 from sender.congestion import BandwidthEstimator
@@ -407,7 +408,7 @@ def test_resends_wait_for_the_round_trip_the_nacks_show() -> None:
 
 
 def test_the_time_since_a_packet_left_from_its_abs_send_time() -> None:
-    ntp = rtcp_feedback.ntp_time(1_800_000_000.25)
+    ntp = ntp_time(1_800_000_000.25)
     packet = RtpPacket(sequence_number=70_000 % 2**16)
     # sent 0.3 s before, just before abs-send-time's 64 s wrap
     packet.extensions.abs_send_time = ((ntp >> 14) - int(0.3 * 2**18)) % 2**24
@@ -425,7 +426,7 @@ def test_a_nacks_round_trip_is_timed_from_the_packet_that_showed_the_gap() -> No
     history = {}
     for seq, ago in ((10, 0.25), (11, 0.25), (12, 0.05)):
         packet = RtpPacket(sequence_number=seq)
-        packet.extensions.abs_send_time = (rtcp_feedback.ntp_time(now - ago) >> 14) % 2**24
+        packet.extensions.abs_send_time = (ntp_time(now - ago) >> 14) % 2**24
         history[seq] = packet
     rtt = rtcp_feedback.nack_round_trip(history, [10, 11])
     assert rtt == pytest.approx(0.05, abs=0.02)
@@ -460,7 +461,7 @@ async def test_a_viewers_nacks_reach_its_estimate(sender_factory) -> None:
             return lost
 
         history = private(rtp_sender, RTCRtpSender, "rtp_history")
-        ntp = rtcp_feedback.ntp_time(time.time())
+        ntp = ntp_time(time.time())
         ages = {
             p.sequence_number: rtcp_feedback.sent_ago(history, p.sequence_number, ntp)
             for p in history.values()

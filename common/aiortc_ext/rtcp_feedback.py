@@ -39,7 +39,8 @@ from aiortc.rtp import (
 )
 
 from . import check, private
-from .sender_report_tap import ntp_time
+from .rtp_send import ntp_now
+from .sender_report_tap import ABS_SEND_TIME_MASK, ABS_SEND_TIME_UNIT, abs_send_time
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ DEFAULT_RTT = 0.1  # until the first receiver report tells
 RESENT_KEPT = 512  # sequence numbers remembered (aiortc keeps 128 packets to resend)
 NACK_RTT_WINDOW = 0.2  # seconds: the least round trip NACKs showed over it tells a queue
 NACK_RTT_HOLD = 1.0  # seconds the last round trip NACKs showed spaces resends
-ABS_SEND_TIME_WRAP = 1 << 24  # abs-send-time: 6.18 fixed-point seconds, 24 bits
-ABS_SEND_TIME_UNIT = 1 << 18
 
 
 class FeedbackTarget(Protocol):
@@ -152,7 +151,7 @@ def sent_ago(history: dict[int, RtpPacket], seq: int, ntp: int) -> float | None:
     sent = packet.extensions.abs_send_time
     if sent is None:
         return None
-    return ((ntp >> 14) - sent) % ABS_SEND_TIME_WRAP / ABS_SEND_TIME_UNIT
+    return ((abs_send_time(ntp) - sent) & ABS_SEND_TIME_MASK) / ABS_SEND_TIME_UNIT
 
 
 def nack_round_trip(history: dict[int, RtpPacket], lost: list[int]) -> float | None:
@@ -160,7 +159,7 @@ def nack_round_trip(history: dict[int, RtpPacket], lost: list[int]) -> float | N
     when the packet after it arrived, and asked at once, so the least time since the
     packet after any run of ``lost`` was sent. (Not since the lost ones were: at a few
     frames a second the packet after the last of a frame leaves a frame later.)"""
-    ntp = ntp_time(time.time())
+    ntp = ntp_now()
     asked = set(lost)
     after = [nxt for seq in lost if (nxt := (seq + 1) % 2**16) not in asked]
     ages = [age for seq in after if (age := sent_ago(history, seq, ntp)) is not None]

@@ -49,7 +49,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, HeaderExtensionsMap, 
 from aiortc.utils import random32, uint16_add, uint32_add
 
 from . import check, private
-from .sender_report_tap import ntp_time
+from .sender_report_tap import abs_send_time, ntp_time
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class _Loop:
                     continue
                 timestamp = uint32_add(timestamp_origin, frame.timestamp)
                 ntp = ntp_now()
-                extensions = HeaderExtensions(mid=mid, abs_send_time=(ntp >> 14) & 0xFFFFFF)
+                extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time(ntp))
                 profile, extension_bytes = extensions_map.set(extensions)
                 ssrc = sender._ssrc
                 last = len(frame.payloads) - 1

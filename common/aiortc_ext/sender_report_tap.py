@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 RTP_WRAP = 1 << 32
 NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+ABS_SEND_TIME_MASK = (1 << 24) - 1
+ABS_SEND_TIME_UNIT = 1 << 18  # of a second
 
 
 def ntp_time(unix_seconds: float) -> int:
@@ -35,6 +37,12 @@ def ntp_time(unix_seconds: float) -> int:
     seconds = unix_seconds + NTP_EPOCH_OFFSET
     whole = int(seconds)
     return (whole << 32) | int((seconds - whole) * RTP_WRAP)
+
+
+def abs_send_time(ntp: int) -> int:
+    """The abs-send-time header extension of a 64-bit NTP time: 24 bits of 6.18
+    fixed-point seconds, wrapping every 64 s."""
+    return (ntp >> 14) & ABS_SEND_TIME_MASK
 
 
 @dataclass(frozen=True)
