@@ -1,7 +1,8 @@
 """A capture shared by whoever uses it: the camera (``sender.fanout``) and the audio
 (``sender.audio``) both open their device for the first user, read it in one owned task,
 and close it shortly after the last user left, so that a user arriving right after
-another left does not reopen it."""
+another left does not reopen it. A user arriving while it closes gets it reopened once the
+device is released."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class SharedCapture(ABC):
         self._idle_close = idle_close
         self._task_name = name
         self._task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None  # a stopped task releasing the device
         self._idle_timer: asyncio.TimerHandle | None = None
         self.opens = 0  # how many times the device was opened (tests and /healthz)
         self.is_open = False
@@ -50,7 +52,20 @@ class SharedCapture(ABC):
             self._idle_timer.cancel()
             self._idle_timer = None
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name=self._task_name)
+            run = self._run_after(self._closing)
+            self._task, self._closing = asyncio.create_task(run, name=self._task_name), None
+
+    async def _run_after(self, closing: asyncio.Task[None] | None) -> None:
+        """Run once ``closing`` (a stopped capture) has released the device: a camera opens
+        once at a time. Cancelled meanwhile, it still waits, so that awaiting it means the
+        device is free."""
+        if closing is not None:
+            try:
+                await asyncio.wait([closing])
+            except asyncio.CancelledError:
+                await asyncio.wait([closing])
+                raise
+        await self._run()
 
     def _idle(self) -> None:
         """A user left: when nobody is left, close the capture shortly."""
@@ -61,7 +76,10 @@ class SharedCapture(ABC):
     def _stop(self) -> None:
         self._idle_timer = None
         if not self.in_use and self._task is not None:
+            # The task is let go at once: a user arriving while it releases the device
+            # must start a new one, not join one about to end.
             self._task.cancel()
+            self._closing, self._task = self._task, None
 
     async def close(self) -> None:
         """Stop now and release the device, whoever is still using it."""
@@ -71,7 +89,8 @@ class SharedCapture(ABC):
         self._end_users()
         self._forget_users()
         await cancel(self._task)
-        self._task = None
+        await cancel(self._closing)
+        self._task = self._closing = None
 
     async def __aenter__(self) -> Self:
         return self

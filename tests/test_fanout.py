@@ -3,7 +3,10 @@
 import asyncio
 import time
 
+import pytest
+
 from receiver import Receiver
+from sender.sources import TestPattern
 
 from .helpers import wait_until
 
@@ -20,6 +23,13 @@ async def watch(url: str) -> dict:
             if now - start >= SECONDS:
                 break
         return rx.stats.summary()
+
+
+async def first_frame_width(url: str) -> int:
+    async with Receiver(url, connect_timeout=30) as rx:
+        async for frame in rx.frames():
+            return frame.width
+    raise AssertionError("the stream ended before a frame")
 
 
 async def test_three_receivers_share_one_camera(sender_process) -> None:
@@ -43,12 +53,38 @@ async def test_three_receivers_share_one_camera(sender_process) -> None:
 
 
 async def test_camera_reopens_for_a_later_viewer(sender) -> None:
-    async with Receiver(sender.url, connect_timeout=20) as rx:
-        async for _ in rx.frames():
-            break
+    assert await first_frame_width(sender.url) == 640
     await wait_until(lambda: not sender.source.is_open, within=10, what="camera release")
-    async with Receiver(sender.url, connect_timeout=20) as rx:
-        async for frame in rx.frames():
-            assert frame.width == 640
-            break
+    assert await first_frame_width(sender.url) == 640
     assert sender.source.opens == 2
+
+
+async def test_a_viewer_arriving_while_the_camera_closes_reopens_it(
+    sender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The idle close has begun (a camera can take seconds to release) when a viewer comes:
+    the camera opens again once released, and the viewer gets frames. (It used to join the
+    capture that was ending and wait for frames that never came: CI, bench.passthrough.)"""
+    released = asyncio.Event()
+    opened_while_held: list[bool] = []
+    original_open, original_close = TestPattern.open, TestPattern.close
+
+    async def open_(self: TestPattern) -> None:
+        opened_while_held.append(sender.source.opens > 0 and not released.is_set())
+        await original_open(self)
+
+    async def slow_close(self: TestPattern) -> None:
+        await asyncio.sleep(5)  # a device slow to let go
+        await original_close(self)
+        released.set()
+
+    monkeypatch.setattr(TestPattern, "open", open_)
+    monkeypatch.setattr(TestPattern, "close", slow_close)
+    assert await first_frame_width(sender.url) == 640
+    await wait_until(lambda: not sender.source.is_open, within=10, what="the idle close")
+    watching = asyncio.create_task(first_frame_width(sender.url))
+    await wait_until(lambda: sender.source.viewers == 1, within=10, what="the second viewer")
+    assert not released.is_set(), "the second viewer came after the release: no race"
+    assert await asyncio.wait_for(watching, 40) == 640
+    assert released.is_set() and sender.source.opens == 2
+    assert opened_while_held == [False, False], "the camera reopened before its release"
