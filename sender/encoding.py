@@ -63,6 +63,7 @@ class Totals:
 
     frames_encoded: int = 0
     frames_encoded_on_loop: int = 0  # not in a worker thread (``common.loop_budget``)
+    frames_encoded_at_capture: int = 0  # of those, in the capture task (``SharedEncoder._take``)
     keyframes: int = 0
     encode_seconds: float = 0.0
     frames_sent: int = 0
@@ -399,8 +400,9 @@ class Scaler:
 class SharedEncoder:
     """One codec's encoders, one per tier in use, fed from the shared source while
     anyone watches. Every captured frame is encoded once per tier in use (the tiers in
-    parallel threads; a lone quick one on the event loop, as ``budget`` allows) and the
-    packets go to the viewers on that tier."""
+    parallel threads; a lone quick one on the event loop, as ``budget`` allows, in the
+    capture task as the frame is captured) and the packets go to the viewers on that
+    tier."""
 
     def __init__(
         self,
@@ -426,6 +428,7 @@ class SharedEncoder:
         self._viewers: set[EncodedTrack] = set()
         self._frames: ViewerTrack | None = None
         self._task: asyncio.Task[None] | None = None
+        self._busy = False  # ``_run`` is on a frame: the next one waits for it
         self.ladder: tiers.Ladder | None = None
         self._tiers: dict[str, TierEncoder] = {}
         self.frames_encoded = 0  # captured frames encoded (by every tier in use)
@@ -460,6 +463,7 @@ class SharedEncoder:
             self._place(track, time.monotonic())
         if self._task is None:
             self._frames = self._source.subscribe()
+            self._frames.take = self._take
             self._task = asyncio.create_task(self._run(), name=f"encode {self.profile.name}")
         return track
 
@@ -556,6 +560,8 @@ class SharedEncoder:
             self._on_idle(self)
 
     async def _run(self) -> None:
+        """The frames ``_take`` left: those needing a thread (several tiers, a slow or new
+        encoder), or arriving while the last is in one."""
         assert self._frames is not None
         frames = self._frames
         try:
@@ -564,26 +570,18 @@ class SharedEncoder:
                     frame = await frames.recv()
                 except MediaStreamError:
                     break
+                self._busy = True
                 now = time.monotonic()
                 self._follow_size(frame, now)
                 jobs = self._plan(now)
                 results = await self._encode_all(jobs, frame, now)
-                packets = {}
-                for (job, _), (encoded, _) in zip(jobs, results, strict=True):
-                    outgoing = job.picture_ids.wrap(encoded)
-                    job.remember(outgoing, now)  # before a newcomer can join (below)
-                    packets[job.tier.name] = outgoing
-                handed = time.monotonic()
-                self._deliver(packets)
+                done = self._hand_out(frame, now, jobs, results)
                 # The viewers' RTP senders run first; the bookkeeping can wait for them,
                 # and so can the tiers' choice for the next frame (REMB and receiver
                 # reports also update it as they come).
                 await asyncio.sleep(0)
-                self.update_bitrate(time.monotonic())
-                self.frames_encoded += 1
-                for (done, _), (_, seconds) in zip(jobs, results, strict=True):
-                    self._count(done, packets[done.tier.name], seconds)
-                self._time_encoded(frame, packets, handed)
+                done()
+                self._busy = False
         except Exception:
             # Its viewers' video ends (below); say why, once, rather than silently.
             logger.exception("the %s encoder failed", self.profile.name)
@@ -591,6 +589,67 @@ class SharedEncoder:
         finally:
             for viewer in list(self._viewers):
                 viewer.offer(None)
+
+    def _take(self, frame: av.VideoFrame) -> bool:
+        """In the capture task, as the frame is captured: encode it at once on the loop when
+        ``_run`` would (one tier, its encoder's last frame quick enough for the loop
+        budget) and ``_run`` is idle; False leaves the frame to ``_run``."""
+        now = time.monotonic()
+        wanted = self._wanted()
+        encoder = self._tiers.get(next(iter(wanted))) if len(wanted) == 1 else None
+        if (
+            self._busy
+            or encoder is None
+            or encoder.codec is None
+            or self.ladder is None
+            or (self.ladder.full.width, self.ladder.full.height) != (frame.width, frame.height)
+            or not self._budget.allows(encoder.last_encode_seconds, now)
+        ):
+            return False
+        try:
+            jobs = self._plan(now)
+            results = [self._encode_on_loop(*jobs[0], frame)]
+            done = self._hand_out(frame, now, jobs, results)
+        except Exception:
+            logger.exception("the %s encoder failed", self.profile.name)
+            self._fail()
+            return True
+        self.totals.frames_encoded_at_capture += 1
+        asyncio.get_running_loop().call_soon(done)  # after the RTP senders, as in ``_run``
+        return True
+
+    def _fail(self) -> None:
+        """The encoder failed in ``_take``: its viewers' video ends, as when ``_run`` fails."""
+        if self._frames is not None:
+            self._frames.take = None
+        if self._task is not None:
+            self._task.cancel()  # its end tells the viewers
+
+    def _hand_out(
+        self,
+        frame: av.VideoFrame,
+        now: float,
+        jobs: list[tuple[TierEncoder, bool]],
+        results: list[tuple[list[av.Packet[Any]], float]],
+    ) -> Callable[[], None]:
+        """Each tier's packets to its viewers; returns the bookkeeping, to run after the
+        viewers' RTP senders."""
+        packets = {}
+        for (job, _), (encoded, _) in zip(jobs, results, strict=True):
+            outgoing = job.picture_ids.wrap(encoded)
+            job.remember(outgoing, now)  # before a newcomer can join (``_deliver``)
+            packets[job.tier.name] = outgoing
+        handed = time.monotonic()
+        self._deliver(packets)
+
+        def done() -> None:
+            self.update_bitrate(time.monotonic())
+            self.frames_encoded += 1
+            for (job, _), (_, seconds) in zip(jobs, results, strict=True):
+                self._count(job, packets[job.tier.name], seconds)
+            self._time_encoded(frame, packets, handed)
+
+        return done
 
     def _follow_size(self, frame: av.VideoFrame, now: float) -> None:
         """The tiers follow the capture size (known from the first frame)."""
@@ -611,11 +670,16 @@ class SharedEncoder:
             self._place(track, now)
             track.tier = None
 
+    def _wanted(self) -> set[str]:
+        """The tiers the viewers are on or moving to."""
+        names = {t.tier for t in self._viewers} | {t.wanted_tier for t in self._viewers}
+        return {name for name in names if name is not None}
+
     def _plan(self, now: float) -> list[tuple[TierEncoder, bool]]:
         """The tiers to encode this frame (those in use), each with its encoder ready
         at its bitrate, and whether the frame must be a keyframe."""
         assert self.ladder is not None
-        wanted = {t.tier for t in self._viewers} | {t.wanted_tier for t in self._viewers}
+        wanted = self._wanted()
         for name in list(self._tiers):
             if name not in wanted:
                 logger.info("%s %s tier: no viewer left, encoder closed", self.profile.name, name)
@@ -678,13 +742,18 @@ class SharedEncoder:
         """Each tier's encode of ``frame``: a lone quick one on the loop (two thread
         hand-overs less), else each in a worker thread, in parallel."""
         if len(jobs) == 1 and self._budget.allows(jobs[0][0].last_encode_seconds, now):
-            result = self._encode(*jobs[0], frame)
-            self._budget.spent(result[1], time.monotonic())
-            self.totals.frames_encoded_on_loop += 1
-            return [result]
+            return [self._encode_on_loop(*jobs[0], frame)]
         return await asyncio.gather(
             *(asyncio.to_thread(self._encode, job, key, frame) for job, key in jobs)
         )
+
+    def _encode_on_loop(
+        self, encoder: TierEncoder, keyframe: bool, frame: av.VideoFrame
+    ) -> tuple[list[av.Packet[Any]], float]:
+        result = self._encode(encoder, keyframe, frame)
+        self._budget.spent(result[1], time.monotonic())
+        self.totals.frames_encoded_on_loop += 1
+        return result
 
     def _encode(
         self, encoder: TierEncoder, keyframe: bool, frame: av.VideoFrame

@@ -124,6 +124,11 @@ class CameraCollector(Collector):
                 "Of those, encoded on the event loop, not in a worker thread",
                 totals.frames_encoded_on_loop,
             ),
+            (
+                "webcam_frames_encoded_at_capture",
+                "Of those, encoded as captured, in the capture task (a loop iteration sooner)",
+                totals.frames_encoded_at_capture,
+            ),
             ("webcam_keyframes", "Keyframes encoded", totals.keyframes),
             ("webcam_encode_seconds", "Time spent encoding", totals.encode_seconds),
             ("webcam_frames_sent", "Encoded frames handed to viewers", totals.frames_sent),
