@@ -34,11 +34,11 @@ the packet after them arrived, so the time since that packet was sent is a round
 and it shows the queue once a packet after a lost one is through it. When it does, the
 first NACKs over the last ``NACK_WINDOW`` give a loss figure (those packets against the
 span of sequence numbers they cover, at least ``NACK_MIN_PACKETS``), judged by a
-report's rules (so with the queue, a cut to what got through). Behind a 400 kbit/s link with a 300 ms
-queue, a 1.3 Mbit/s stream was cut to what got through 0.6 s after the drop (the first
-NACK showing the queue came 0.47 s after it), where receiver reports come 0.5-1.5 s apart.
-For a round trip after such a cut the NACKs are ignored, and without a queue they cut
-nothing (``on_nack`` says why).
+report's rules (so with the queue, a cut to what got through). Behind a 400 kbit/s link
+with a 300 ms queue, a 1.3 Mbit/s stream was cut to what got through 0.6 s after the
+drop (the first NACK showing the queue came 0.47 s after it), where receiver reports
+come 0.5-1.5 s apart. For a round trip after such a cut the NACKs are ignored, and
+without a queue they cut nothing (``on_nack`` says why).
 
 A report covers about a second: at 300 kbit/s, some 35 packets. With 5% random loss
 (a lossy radio link, no congestion), one report in ten then says more than 10%, and

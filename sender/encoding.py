@@ -601,8 +601,7 @@ class SharedEncoder:
             self._busy
             or encoder is None
             or encoder.codec is None
-            or self.ladder is None
-            or (self.ladder.full.width, self.ladder.full.height) != (frame.width, frame.height)
+            or not self._same_size(frame)
             or not self._budget.allows(encoder.last_encode_seconds, now)
         ):
             return False
@@ -651,12 +650,14 @@ class SharedEncoder:
 
         return done
 
+    def _same_size(self, frame: av.VideoFrame) -> bool:
+        """The tiers are for ``frame``'s size."""
+        full = self.ladder.full if self.ladder is not None else None
+        return full is not None and (full.width, full.height) == (frame.width, frame.height)
+
     def _follow_size(self, frame: av.VideoFrame, now: float) -> None:
         """The tiers follow the capture size (known from the first frame)."""
-        if self.ladder is not None and (self.ladder.full.width, self.ladder.full.height) == (
-            frame.width,
-            frame.height,
-        ):
+        if self._same_size(frame):
             return
         self.ladder = tiers.ladder(
             frame.width,

@@ -89,7 +89,10 @@ class SharedCapture(ABC):
         self._end_users()
         self._forget_users()
         await cancel(self._task)
-        await cancel(self._closing)
+        if self._closing is not None:
+            # Cancelled already and releasing the device: cancelling it again would end
+            # its wait for the release, not the release.
+            await asyncio.wait([self._closing])
         self._task = self._closing = None
 
     async def __aenter__(self) -> Self:
