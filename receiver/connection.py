@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from common import aiortc_ext
 from common.aiortc_ext import (
     audio_jitter,
+    eager_receive,
     frame_timing,
     h264_profiles,
     ice_rtt,
@@ -104,9 +105,13 @@ class Connection:
         self._on_audio_packet = on_audio_packet
         self._on_audio_frame = on_audio_frame
         self.audio: audio.AudioStream | None = None  # when the sender sends audio
+        self.eager: eager_receive.EagerReceive | None = None  # once a track arrives
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
+        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        # each datagram decrypted and handled as it arrives (before the first one)
+        self.eager = eager_receive.apply(transceiver.receiver.transport)
         if track.kind == "audio":
             self._on_audio_track(track)
             return

@@ -27,7 +27,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtcpReceiverInfo
 from av.video.reformatter import VideoReformatter
 
-from common.aiortc_ext.rtp_send import Payloads
+from common.aiortc_ext.rtp_send import Payloads, SendNow
 from common.loop_budget import MAX_ENCODE_SECONDS, LoopBudget
 
 from . import encoders as video_encoders
@@ -67,6 +67,7 @@ class Totals:
     keyframes: int = 0
     encode_seconds: float = 0.0
     frames_sent: int = 0
+    frames_sent_at_once: int = 0  # of those, sent as handed over (``EncodedTrack._send``)
     bytes_sent: int = 0
     frames_dropped: int = 0
     stages: StageTimes = field(default_factory=StageTimes)  # per-frame stage times
@@ -144,6 +145,11 @@ class EncodedTrack(MediaStreamTrack):
         self._encoder = encoder
         self._queue: asyncio.Queue[Queued | None] = asyncio.Queue(VIEWER_QUEUE_PACKETS)
         self._sending: Queued | None = None  # the frame aiortc took last, being sent
+        # The RTP loop's ``send_now`` (``common.aiortc_ext.rtp_send``): a frame for a loop
+        # waiting on an empty queue is sent at once, not on the loop's next turn.
+        self.send_now: SendNow | None = None
+        self._loop_waits = False  # the RTP loop waits in ``recv()``
+        self._handing: Queued | None = None  # the frame ``send_now`` is taking
         self._own_picture_ids = PictureIds()  # for a packet not from the queue (``payloads``)
         self._need_keyframe = True
         self.bitrate_estimate: int | None = None  # the last REMB
@@ -196,13 +202,36 @@ class EncodedTrack(MediaStreamTrack):
         if self._queue.full():
             self._queue.get_nowait()
         queued = None if packet is None else Queued(packet, self.tier or "", time.monotonic())
+        if queued is not None and self._loop_waits and self._queue.empty() and self._send(queued):
+            return
         self._queue.put_nowait(queued)
+
+    def _send(self, queued: Queued) -> bool:
+        """Have the RTP loop send ``queued`` now (True), if it can."""
+        if self.send_now is None:
+            return False
+        self._handing = queued
+        try:
+            sent = self.send_now(lambda: self._sent(queued))
+        finally:
+            self._handing = None
+        if sent:
+            self._encoder.totals.frames_sent_at_once += 1
+        return sent
 
     async def recv(self) -> av.Packet[Any]:
         self._sent()
         if self.readyState != "live":
             raise MediaStreamError
-        queued = await self._queue.get()
+        queued = self._handing
+        if queued is None:
+            self._loop_waits = True
+            try:
+                queued = await self._queue.get()
+            finally:
+                self._loop_waits = False
+        else:
+            self._handing = None  # taken by ``send_now``
         if queued is None:
             self.stop()
             raise MediaStreamError
@@ -223,11 +252,11 @@ class EncodedTrack(MediaStreamTrack):
             return self._own_picture_ids.wrap([packet])[0].payloads(self.codec)
         return sending.item.payloads(self.codec)
 
-    def _sent(self) -> None:
+    def _sent(self, queued: Queued | None = None) -> None:
         """The RTP loop (``common.aiortc_ext.rtp_send``'s, like aiortc 1.16's) asks for the
         next packet only once it has sent every RTP packet of the last one: time the last
-        one's send stage."""
-        if self._sending is not None:
+        one's send stage (``queued``'s: ``send_now`` sent it)."""
+        if self._sending is not None and (queued is None or queued is self._sending):
             stages = self._encoder.totals.stages
             stages.sent(self.codec, self._sending.tier, time.monotonic() - self._sending.handed_at)
             self._sending = None

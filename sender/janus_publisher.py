@@ -321,7 +321,8 @@ class _Attempt:
         track.on("ended", lambda: self.end("the camera track ended"))
         transceiver = pc.addTransceiver(track, direction="sendonly")
         rtcp_feedback.apply(transceiver.sender, track)  # Janus's PLI/REMB reach the encoder
-        rtp_send.apply(transceiver.sender, track.payloads)  # packetized once for all viewers
+        # packetized once for all viewers, and sent as it is handed over
+        track.send_now = rtp_send.apply(transceiver.sender, track.payloads)
         # Only VP8 (and its retransmissions): the track's packets are VP8.
         transceiver.setCodecPreferences(
             [c for c in preferred_codecs(CODEC) if c.name.lower() in (CODEC, "rtx")]

@@ -132,6 +132,11 @@ class CameraCollector(Collector):
             ("webcam_keyframes", "Keyframes encoded", totals.keyframes),
             ("webcam_encode_seconds", "Time spent encoding", totals.encode_seconds),
             ("webcam_frames_sent", "Encoded frames handed to viewers", totals.frames_sent),
+            (
+                "webcam_frames_sent_at_once",
+                "Of those, sent as the encoder handed them over (a loop iteration sooner)",
+                totals.frames_sent_at_once,
+            ),
             ("webcam_bytes_sent", "Encoded bytes handed to viewers", totals.bytes_sent),
             ("webcam_frames_dropped", "Frames dropped for slow viewers", totals.frames_dropped),
         ]

@@ -319,7 +319,8 @@ class Sessions:
         transceiver.sender.replaceTrack(track)
         rtcp_feedback.apply(transceiver.sender, track)  # PLI, REMB, RR to its encoder
         sender_reports.apply(transceiver.sender, VIDEO_CLOCK_RATE, CLOCK_ORIGIN)  # lip sync
-        rtp_send.apply(transceiver.sender, track.payloads)  # packetized once for all viewers
+        # packetized once for all viewers, and sent as it is handed over
+        track.send_now = rtp_send.apply(transceiver.sender, track.payloads)
 
     def video_viewers(self) -> int:
         """Viewers getting video (an audio-only viewer keeps no camera open)."""

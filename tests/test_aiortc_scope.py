@@ -26,6 +26,7 @@ from OpenSSL import SSL
 from common.aiortc_ext import (
     audio_jitter,
     dtls_ciphers,
+    eager_receive,
     frame_timing,
     jitterbuffer,
     relay_pairs,
@@ -141,6 +142,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert audio_jitter.applied(our_audio)
             assert dtls_ciphers.applied(our_pc)
             assert relay_pairs.applied(our_pc)
+            assert eager_receive.applied(our_receiver.transport)
             assert all(relay_pairs.applied(s.pc) for s in sender.sessions.live())
             assert cipher_names(certificate(our_pc)) == list(dtls_ciphers.CIPHERS)
             session_senders = [s.pc.getSenders()[0] for s in sender.sessions.live()]
@@ -158,6 +160,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             for pc in (plain_sending, plain_receiving, viewer):
                 assert not dtls_ciphers.applied(pc)
                 assert not relay_pairs.applied(pc)
+                assert not eager_receive.applied(pc.getTransceivers()[0].receiver.transport)
                 assert cipher_names(certificate(pc)) == list(dtls_ciphers.STOCK_CIPHERS)
             for pc in (plain_receiving, viewer):
                 receiver = pc.getReceivers()[0]
@@ -189,6 +192,7 @@ async def test_plain_aiortc_next_to_ours_is_stock(sender_factory) -> None:
             assert RTCRtpSender._run_rtp.__module__ == "aiortc.rtcrtpsender"
             assert RTCCertificate._create_ssl_context.__module__ == "aiortc.rtcdtlstransport"
             assert Connection._pair_remote_candidate.__module__ == "aioice.ice"
+            assert Connection.data_received.__module__ == "aioice.ice"
             import aiortc.rtcrtpreceiver
 
             assert aiortc.rtcrtpreceiver.JitterBuffer is JitterBuffer

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiortc.clock
+import av
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs.vpx import VpxPayloadDescriptor
@@ -18,6 +20,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket, is_rtcp
 import sender.outgoing
 from common.aiortc_ext import private, rtp_send
 from receiver import Receiver
+from receiver.stats import read_stamp
 
 from .helpers import wait_until
 
@@ -146,6 +149,69 @@ async def test_vp8_picture_ids_count_up_for_each_viewer(sender_factory) -> None:
     for each in ids:
         steps = [(b - a) % rtp_send.PICTURE_IDS for a, b in itertools.pairwise(each)]
         assert set(steps) == {1}, each
+
+
+async def stamped_sequences(frames: AsyncIterator[av.VideoFrame], count: int) -> list[int]:
+    """The stamped sequence numbers of the next ``count`` frames."""
+    sequences = []
+    for _ in range(count):
+        found = read_stamp(await asyncio.wait_for(anext(frames), 10))
+        assert found is not None
+        sequences.append(found.sequence)
+    return sequences
+
+
+def in_order(sequences: list[int]) -> bool:
+    return sequences == sorted(set(sequences))
+
+
+async def test_a_frame_leaves_as_the_encoder_hands_it_over(sender_factory) -> None:
+    """A viewer's RTP loop waits for its next frame; the encoder's hand-over sends it at
+    once (``EncodedTrack._send``, the loop's ``send_now``) rather than on the loop's next
+    turn. Most frames go that way (``webcam_frames_sent_at_once_total``), whole and in
+    order."""
+    app_sender = await sender_factory()
+    async with Receiver(app_sender.url) as rx:
+        assert in_order(await stamped_sequences(rx.frames(), 60))
+        totals = app_sender.sessions.encoders.active()[0].totals
+        assert totals.frames_sent_at_once >= totals.frames_sent // 2, totals
+        # the RTP loop has sent the rest: the first frames, and any that found it busy
+        assert totals.frames_sent_at_once < totals.frames_sent
+
+
+async def test_a_send_that_has_to_wait_keeps_the_packets_in_order(sender_factory) -> None:
+    """A send that has to wait (over TURN, while a channel is bound) goes on as a task;
+    frames handed over meanwhile go to the RTP loop, which waits for it: every packet
+    still leaves in order, and the viewer decodes every frame in order."""
+    app_sender = await sender_factory(codec="vp8")
+    async with Receiver(app_sender.url) as rx:
+        frames = rx.frames()
+        await asyncio.wait_for(anext(frames), 10)
+        rtp = video_sender(app_sender)
+        totals = app_sender.sessions.encoders.active()[0].totals
+        transport = rtp.transport
+        send_rtp = transport._send_rtp
+        order: list[int] = []
+        waits = 0
+
+        async def _send_rtp(data: bytes) -> None:
+            nonlocal waits
+            if not is_rtcp(data):
+                packet = RtpPacket.parse(data)
+                if packet.ssrc == rtp._ssrc:  # not a retransmission (RTX)
+                    if packet.sequence_number % 10 == 0:
+                        waits += 1
+                        await asyncio.sleep(0.05)  # longer than a frame interval
+                    order.append(packet.sequence_number)
+            await send_rtp(data)
+
+        transport._send_rtp = _send_rtp  # type: ignore[method-assign]  # this test's tap
+        sent_at_once = totals.frames_sent_at_once
+        assert in_order(await stamped_sequences(frames, 60))
+    steps = {(b - a) % 2**16 for a, b in itertools.pairwise(order)}
+    assert steps == {1}, sorted(steps)
+    assert waits >= 5
+    assert totals.frames_sent_at_once > sent_at_once
 
 
 def test_the_ntp_time_is_aiortcs() -> None:

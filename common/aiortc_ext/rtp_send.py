@@ -23,10 +23,19 @@ modules here do; every other sender in the process is stock):
   ``_retransmit`` and RTX), the packet and octet counts and the NTP/RTP times of the
   sender reports, the started/exited events ``stop()`` waits on, and it still takes each
   frame through ``_next_encoded_frame``, so the per-object hooks on it
-  (``sender_reports``) run as before.
+  (``sender_reports``) run as before;
+- ``apply()`` returns the loop's ``send_now``, which the track calls as the encoder hands
+  it a frame while the loop waits on an empty queue: the same steps (``_next_encoded_frame``,
+  then the packets) run at once, in the encoder's own task, until they first have to wait
+  (``common.tasks.start_eagerly``). A task waiting for a queued item resumes only on the
+  event loop's next turn, after whatever else is ready: about 0.08 ms of a 640x480 frame's
+  path (docs/performance.md). A send that has to wait (a TURN channel being bound) goes on
+  as a task; the loop sends nothing before it is done, and frames handed over meanwhile
+  queue for the loop, so packets leave in order.
 
-``tests/test_rtp_send.py`` fails if an upgrade renames what this relies on, or if a packet
-it sends differs by a byte from the one aiortc would have serialized.
+``tests/test_rtp_send.py`` fails if an upgrade renames what this relies on, if a packet it
+sends differs by a byte from the one aiortc would have serialized, or if frames stop
+leaving as they are handed over or leave out of order.
 """
 
 from __future__ import annotations
@@ -44,9 +53,11 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtcrtpsender import random_sequence_number
+from aiortc.rtcrtpsender import RTCEncodedFrame, random_sequence_number
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random32, uint16_add, uint32_add
+
+from common.tasks import start_eagerly
 
 from . import check, private
 from .sender_report_tap import abs_send_time, ntp_time
@@ -56,6 +67,7 @@ logger = logging.getLogger(__name__)
 # A frame's RTP payloads and its RTP timestamp (before the sender's random origin).
 Payloads = tuple[list[bytes], int]
 PayloadSource = Callable[["av.Packet[Any]"], Payloads]
+SendNow = Callable[[Callable[[], None]], bool]  # ``_Loop.send_now``
 
 PICTURE_IDS = 1 << 15  # VP8's 15-bit picture id
 HEADER = struct.Struct("!BBHLL")
@@ -95,11 +107,20 @@ class _SharedPacker:
 
 
 class _Loop:
-    """One sender's RTP loop (see the module docstring)."""
+    """One sender's RTP loop (see the module docstring), and its way to send a frame at
+    once (``send_now``)."""
 
     def __init__(self, sender: RTCRtpSender) -> None:
         self._sender = sender
         self._state = vars(sender)
+        self._codec: RTCRtpCodecParameters | None = None  # set when the loop starts
+        self._sequence_number = random_sequence_number()
+        self._timestamp_origin = random32()
+        self._rest: asyncio.Task[None] | None = None  # a frame ``send_now`` left waiting
+        # aiortc's, read when the loop starts (``send()`` has set the mid by then)
+        self._history: dict[int, RtpPacket] = {}
+        self._extensions_map = HeaderExtensionsMap()
+        self._mid: str | None = None
 
     def _private(self, name: str) -> Any:
         return private(self._sender, RTCRtpSender, name)
@@ -108,63 +129,30 @@ class _Loop:
         sender, state = self._sender, self._state
         started: asyncio.Event = self._private("rtp_started")
         exited: asyncio.Event = self._private("rtp_exited")
-        history: dict[int, RtpPacket] = self._private("rtp_history")
-        extensions_map: HeaderExtensionsMap = self._private("rtp_header_extensions_map")
-        mid: str | None = self._private("mid")
+        assert codec.payloadType is not None  # negotiated before send() starts this loop
+        self._history = self._private("rtp_history")
+        self._extensions_map = self._private("rtp_header_extensions_map")
+        self._mid = self._private("mid")
+        self._codec = codec
         started.set()
-        sequence_number = random_sequence_number()
-        timestamp_origin = random32()
-        payload_type = codec.payloadType
-        assert payload_type is not None  # negotiated before send() starts this loop
         try:
             while True:
                 if state["_RTCRtpSender__track"] is None:  # no track (yet): nothing to send
                     await asyncio.sleep(0.02)
                     continue
                 frame = await sender._next_encoded_frame(codec)
-                if frame is None:
-                    continue
-                timestamp = uint32_add(timestamp_origin, frame.timestamp)
-                ntp = ntp_now()
-                extensions = HeaderExtensions(mid=mid, abs_send_time=abs_send_time(ntp))
-                profile, extension_bytes = extensions_map.set(extensions)
-                ssrc = sender._ssrc
-                last = len(frame.payloads) - 1
-                octets = 0
-                for i, payload in enumerate(frame.payloads):
-                    marker = 1 if i == last else 0
-                    packet = RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc)
-                    packet.payload = payload
-                    packet.extensions = extensions
-                    history[sequence_number % RTP_HISTORY_SIZE] = packet
-                    second = (marker << 7) | payload_type
-                    if extension_bytes:
-                        header = HEADER_WITH_EXTENSIONS.pack(
-                            VERSION_2 | HAS_EXTENSIONS,
-                            second,
-                            sequence_number,
-                            timestamp,
-                            ssrc,
-                            profile,
-                            len(extension_bytes) >> 2,
-                        )
-                        data = header + extension_bytes + payload
-                    else:
-                        data = HEADER.pack(VERSION_2, second, sequence_number, timestamp, ssrc)
-                        data += payload
-                    await sender.transport._send_rtp(data)
-                    octets += len(payload)
-                    sequence_number = uint16_add(sequence_number, 1)
-                # what aiortc's next sender report and its statistics read
-                state["_RTCRtpSender__ntp_timestamp"] = ntp
-                state["_RTCRtpSender__rtp_timestamp"] = timestamp
-                state["_RTCRtpSender__octet_count"] += octets
-                state["_RTCRtpSender__packet_count"] += last + 1
+                if frame is not None:
+                    if self._rest is not None:
+                        await self._rest  # the frame before it leaves first
+                    await self._send(frame, codec)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             # stop() waits for the exit below: say what went wrong, as aiortc does
             logger.warning("RTP sender failed", exc_info=True)
+        self._codec = None
+        if self._rest is not None:
+            self._rest.cancel()
         track = state["_RTCRtpSender__track"]
         if track is not None:
             track.stop()
@@ -172,10 +160,80 @@ class _Loop:
         state["_RTCRtpSender__encoder"] = None
         exited.set()
 
+    def send_now(self, done: Callable[[], None]) -> bool:
+        """Take the next frame from the track and send it now, in the caller, rather than
+        on the loop's next turn (the track calls this while the loop waits for it, empty);
+        ``done()`` once it is sent. A send that has to wait (a TURN channel being bound)
+        goes on as a task, which the loop's next frame waits for. False: not now (the loop
+        has not started or has ended, or such a send is still going on)."""
+        codec = self._codec
+        if codec is None or (self._rest is not None and not self._rest.done()):
+            return False
+        self._rest = start_eagerly(self._send_next(codec))
+        if self._rest is None:
+            done()
+        else:
+            self._rest.add_done_callback(lambda _: done())
+        return True
 
-def apply(sender: RTCRtpSender, payloads: PayloadSource) -> None:
+    async def _send_next(self, codec: RTCRtpCodecParameters) -> None:
+        try:
+            frame = await self._sender._next_encoded_frame(codec)
+            if frame is not None:
+                await self._send(frame, codec)
+        except (ConnectionError, MediaStreamError):
+            pass  # the loop meets it too, and ends
+        except Exception:
+            logger.warning("RTP sender failed to send a frame", exc_info=True)
+
+    async def _send(self, frame: RTCEncodedFrame, codec: RTCRtpCodecParameters) -> None:
+        sender, state, history = self._sender, self._state, self._history
+        payload_type = codec.payloadType
+        assert payload_type is not None
+        timestamp = uint32_add(self._timestamp_origin, frame.timestamp)
+        ntp = ntp_now()
+        extensions = HeaderExtensions(mid=self._mid, abs_send_time=abs_send_time(ntp))
+        profile, extension_bytes = self._extensions_map.set(extensions)
+        ssrc = sender._ssrc
+        last = len(frame.payloads) - 1
+        octets = 0
+        for i, payload in enumerate(frame.payloads):
+            sequence_number = self._sequence_number
+            marker = 1 if i == last else 0
+            second = (marker << 7) | payload_type
+            if extension_bytes:
+                header = HEADER_WITH_EXTENSIONS.pack(
+                    VERSION_2 | HAS_EXTENSIONS,
+                    second,
+                    sequence_number,
+                    timestamp,
+                    ssrc,
+                    profile,
+                    len(extension_bytes) >> 2,
+                )
+                data = header + extension_bytes + payload
+            else:
+                data = HEADER.pack(VERSION_2, second, sequence_number, timestamp, ssrc)
+                data += payload
+            self._sequence_number = uint16_add(sequence_number, 1)
+            await sender.transport._send_rtp(data)
+            # kept for a NACK once it is on its way (a NACK can only follow it)
+            packet = RtpPacket(payload_type, marker, sequence_number, timestamp, ssrc)
+            packet.payload = payload
+            packet.extensions = extensions
+            history[sequence_number % RTP_HISTORY_SIZE] = packet
+            octets += len(payload)
+        # what aiortc's next sender report and its statistics read
+        state["_RTCRtpSender__ntp_timestamp"] = ntp
+        state["_RTCRtpSender__rtp_timestamp"] = timestamp
+        state["_RTCRtpSender__octet_count"] += octets
+        state["_RTCRtpSender__packet_count"] += last + 1
+
+
+def apply(sender: RTCRtpSender, payloads: PayloadSource) -> SendNow:
     """Send this video sender's frames with ``payloads(packet)``'s RTP payloads, in the
-    loop above; call before it starts sending."""
+    loop above; call before it starts sending. Returns the loop's ``send_now``, for the
+    track."""
     check(__name__)
     for name in (
         "encoder",
@@ -193,7 +251,9 @@ def apply(sender: RTCRtpSender, payloads: PayloadSource) -> None:
         private(sender, RTCRtpSender, name)  # raises if aiortc renamed it
     vars(sender)["_RTCRtpSender__encoder"] = _SharedPacker(payloads)
     # an instance attribute: send() starts it as self._run_rtp, so only this sender changes
-    sender._run_rtp = _Loop(sender).run  # type: ignore[method-assign]  # per-object hook
+    loop = _Loop(sender)
+    sender._run_rtp = loop.run  # type: ignore[method-assign]  # per-object hook
+    return loop.send_now
 
 
 def applied(sender: RTCRtpSender) -> bool:
