@@ -7,27 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 
-import av
 from aiortc import RTCDtlsTransport, RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from common.aiortc_ext import eager_receive
 from receiver import Receiver
-from receiver.stats import read_stamp
+
+from .test_rtp_send import in_order, stamped_sequences
 
 FRAMES = 60
-
-
-async def stamped_in_order(frames: AsyncIterator[av.VideoFrame], count: int) -> bool:
-    """The next ``count`` frames carry stamps, in order, none twice."""
-    sequences = []
-    for _ in range(count):
-        found = read_stamp(await asyncio.wait_for(anext(frames), 10))
-        assert found is not None
-        sequences.append(found.sequence)
-    return sequences == sorted(set(sequences))
 
 
 def transport(rx: Receiver) -> RTCDtlsTransport:
@@ -42,7 +31,7 @@ async def test_the_receivers_packets_are_handled_as_they_arrive(sender_factory) 
     the end of the handshake may go aiortc's way), and the transport still counts them."""
     app_sender = await sender_factory()
     async with Receiver(app_sender.url) as rx:
-        assert await stamped_in_order(rx.frames(), FRAMES)
+        assert in_order(await stamped_sequences(rx.frames(), FRAMES))
         dtls = transport(rx)
         assert eager_receive.applied(dtls)
         assert rx.connection is not None and rx.connection.eager is not None
@@ -60,7 +49,7 @@ async def test_a_handling_that_waits_keeps_the_packets_in_order(sender_factory) 
     app_sender = await sender_factory(codec="vp8")
     async with Receiver(app_sender.url) as rx:
         frames = rx.frames()
-        assert await stamped_in_order(frames, 5)
+        assert in_order(await stamped_sequences(frames, 5))
         dtls = transport(rx)
         handle = dtls._handle_rtp_data
         order: list[int] = []
@@ -76,7 +65,7 @@ async def test_a_handling_that_waits_keeps_the_packets_in_order(sender_factory) 
             await handle(data, arrival_time_ms)
 
         dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]  # this test's tap
-        assert await stamped_in_order(frames, FRAMES)
+        assert in_order(await stamped_sequences(frames, FRAMES))
     steps = {(b - a) % 2**16 for a, b in itertools.pairwise(order)}  # one stream: no audio
     assert steps == {1}, sorted(steps)
     assert waits >= 5

@@ -12,10 +12,10 @@ decrypted and handled at once, by the same steps as aiortc's ``_recv_next`` (the
 transport's counters, ``clock.current_ms()`` as the arrival time, ``_handle_rtp_data`` or
 ``_handle_rtcp_data``), run in the caller until they first wait
 (``common.tasks.start_eagerly``). While aioice's queue still holds datagrams (those that
-came as the handshake ended), new ones join it, so none overtakes another. Handling that has to wait (a NACK or a report sent
-through a TURN server while a channel is bound) goes on as a task, and the datagrams that
-arrive meanwhile wait behind it, in order. Everything else (STUN, DTLS records, anything
-before the handshake ends) takes aiortc's path. A packet that fails to decrypt is dropped,
+came as the handshake ended), new ones join it, so none overtakes another. Handling that
+has to wait (a NACK or a report sent through a TURN server while a channel is bound) goes
+on as a task, and the datagrams that arrive meanwhile wait behind it, in order. Everything
+else (STUN, DTLS records, anything before the handshake ends) takes aiortc's path. A packet that fails to decrypt is dropped,
 as aiortc drops it; one that makes aiortc raise is logged and dropped, where aiortc's
 task would have ended the connection.
 
@@ -37,7 +37,7 @@ from aiortc.rtp import is_rtcp
 
 from common.tasks import start_eagerly
 
-from . import check, private
+from . import check, private, relay_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,10 @@ class EagerReceive:
     def data_received(self, data: bytes, component: int) -> None:
         """aioice's hand-over of a datagram."""
         dtls = self._dtls
-        if not (127 < data[0] < 192 and dtls._state is State.CONNECTED and self._ready(dtls)):
-            self._stock(data, component)  # not SRTP, or not yet: aiortc's own path
-        elif not self._queue.empty():
-            self._stock(data, component)  # behind what arrived before the handshake ended
+        srtp = 127 < data[0] < 192 and dtls._state is State.CONNECTED and self._ready(dtls)
+        if not srtp or not self._queue.empty():
+            # aiortc's own path: not SRTP, not yet, or behind what came as the handshake ended
+            self._stock(data, component)
         elif self._rest is not None:
             self._backlog.append(data)  # behind the one that waits
         else:
@@ -111,7 +111,7 @@ class EagerReceive:
 
 def connection(dtls: RTCDtlsTransport) -> Connection:
     """The aioice connection under an aiortc DTLS transport."""
-    found = dtls.transport._connection
+    found = relay_pairs.connection(dtls.transport)
     if not isinstance(found, Connection):
         raise RuntimeError("aiortc changed: RTCIceTransport's aioice connection")
     return found
