@@ -109,15 +109,14 @@ class Connection:
         self.pc.on("track", self._on_track)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        transceiver = next(t for t in self.pc.getTransceivers() if t.receiver.track is track)
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         # each datagram decrypted and handled as it arrives (before the first one)
-        self.eager = eager_receive.apply(transceiver.receiver.transport)
+        self.eager = eager_receive.apply(receiver.transport)
         if track.kind == "audio":
-            self._on_audio_track(track)
+            self._on_audio_track(track, receiver)
             return
         if track.kind != "video" or self._receiver is not None or not self._receive_video:
             return
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         self._receiver = receiver
         if self.audio is not None:
             self.audio.set_sync(audio.Lipsync(receiver, self.audio.receiver))
@@ -147,11 +146,10 @@ class Connection:
         if self._janus is not None:
             self._tasks.append(asyncio.create_task(self._watch_janus(), name="janus"))
 
-    def _on_audio_track(self, track: MediaStreamTrack) -> None:
+    def _on_audio_track(self, track: MediaStreamTrack, receiver: RTCRtpReceiver) -> None:
         """The sender's audio (``receiver.audio``), placed on the video's clock."""
         if self.audio is not None or not self._receive_audio:
             return
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
         audio_jitter.apply(receiver)  # a lost packet holds the rest back 60 ms, not 300
         alone = not self._receive_video  # its own clock; its packets keep us alive
         sync: audio.Lipsync | audio.OwnClock | None = None

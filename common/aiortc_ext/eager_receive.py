@@ -15,9 +15,9 @@ transport's counters, ``clock.current_ms()`` as the arrival time, ``_handle_rtp_
 came as the handshake ended), new ones join it, so none overtakes another. Handling that
 has to wait (a NACK or a report sent through a TURN server while a channel is bound) goes
 on as a task, and the datagrams that arrive meanwhile wait behind it, in order. Everything
-else (STUN, DTLS records, anything before the handshake ends) takes aiortc's path. A packet that fails to decrypt is dropped,
-as aiortc drops it; one that makes aiortc raise is logged and dropped, where aiortc's
-task would have ended the connection.
+else (STUN, DTLS records, anything before the handshake ends) takes aiortc's path. A
+packet that fails to decrypt is dropped, as aiortc drops it; one that makes aiortc raise
+is logged and dropped, where aiortc's task would have ended the connection.
 
 ``tests/test_eager_receive.py`` fails if an upgrade renames what this relies on, or if
 the receiver stops getting its packets this way.
