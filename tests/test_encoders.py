@@ -172,8 +172,9 @@ def test_settings_per_size_and_speed() -> None:
         2,
         4,
     ]
-    assert threads("libx264", 1920, 1080, 2) == 2
-    # libvpx's threads cost CPU: one below 3 cores
+    assert threads("libx264", 1280, 720, 4) == 2
+    # sliced threads and libvpx's threads cost CPU: one below 3 cores
+    assert threads("libx264", 1920, 1080, 2) == 1
     assert threads("libvpx", 1920, 1080, 2) == 1
     assert threads("libvpx", 1280, 720, 4) == 2
     cpu_used = {
