@@ -5,8 +5,7 @@
 A plain ``RTCPeerConnection`` with aiortc's defaults (its jitter buffer, one NACK per lost
 packet, its decoder) offers recvonly to the stock sender's JSON ``/offer``, as the
 tutorial's page does (``bench.viewers.PlainViewer``), and decodes for ``--duration``
-seconds counted from its start, connection included, as the project's receiver counts
-them. Every decoded frame goes through the project receiver's own ``FrameStats``, so the
+seconds counted from its first frame, as the project's receiver counts them. Every decoded frame goes through the project receiver's own ``FrameStats``, so the
 summary (fps, capture-to-decoded latency from the frame stamp, gaps, freezes over 250 ms,
 RTP counters) has the same keys and the same definitions as ``--stats-json`` of
 ``python -m receiver``. It is printed on stdout and written to ``--stats-json``.
@@ -35,8 +34,9 @@ CONNECT_TIMEOUT = 30.0
 
 
 async def watch(url: str, duration: float, connect_timeout: float = CONNECT_TIMEOUT) -> FrameStats:
-    """Decode the stock sender's video until ``duration`` s after the start; the counters."""
-    deadline = time.monotonic() + duration
+    """Decode the stock sender's video until ``duration`` s after the first frame (which
+    must come within ``connect_timeout``); the counters."""
+    deadline = time.monotonic() + connect_timeout
     stats = FrameStats()
     viewer = PlainViewer(url)
     try:
@@ -47,6 +47,8 @@ async def watch(url: str, duration: float, connect_timeout: float = CONNECT_TIME
             except (TimeoutError, MediaStreamError):
                 break
             assert isinstance(frame, av.VideoFrame)  # a video track's recv()
+            if not stats.frames:
+                deadline = time.monotonic() + duration
             stats.update(frame)
         for report in (await viewer.pc.getStats()).values():
             if report.type == "inbound-rtp":

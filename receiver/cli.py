@@ -111,7 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--frames", type=positive(int), metavar="N", help="stop after N frames")
     parser.add_argument(
-        "--duration", type=positive(float), metavar="S", help="stop after S seconds"
+        "--duration",
+        type=positive(float),
+        metavar="S",
+        help="stop S seconds after the first frame (set-up not counted)",
     )
     parser.add_argument(
         "--connect-timeout", type=positive(float), default=10.0, metavar="S", help="(10)"
@@ -343,7 +346,7 @@ class Run:
         self.audio_packets = [s for s in self.sinks if isinstance(s, AudioPacketSink)]
         self.players = [s for s in self.sinks if isinstance(s, AudioOut)]
         audio = not args.no_audio
-        self.deadline = time.monotonic() + args.duration if args.duration else None
+        self.deadline: float | None = None  # --duration's end, from the first frame
         self.receiver = Receiver(
             url,
             ice_servers=args.ice_server,
@@ -413,11 +416,18 @@ class Run:
             await rx.close()
 
     def finished(self) -> bool:
+        """Whether to stop, asked as each frame has gone to the sinks. ``--duration``
+        counts from the first one, so that a 5-s clip is 5 s of video however long the
+        connection took (seconds under loss: DTLS resends a lost flight after 1, 2, 4 s)."""
         args = self.args
         if args.frames and self.stats.frames >= args.frames:
             return True
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return True
+        if args.duration:
+            now = time.monotonic()
+            if self.deadline is None:
+                self.deadline = now + args.duration
+            if now >= self.deadline:
+                return True
         return any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in self.sinks)
 
 

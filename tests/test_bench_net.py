@@ -1,4 +1,4 @@
-"""The network benchmark runs (10 s per run, two links) so it cannot rot; its numbers are
+"""The network benchmark runs (5 s per run, two links) so it cannot rot; its numbers are
 not asserted, only that every column is measured for both implementations. Needs root,
 ``ip``, ``nft`` and ``tc``: skipped without them, failed in CI. Without them the
 benchmark itself says why in one line and exits 0 (what ``make bench-net`` relies on)."""
@@ -16,7 +16,7 @@ from bench.net import BEGIN, COLUMNS, END, IMPLS, missing_requirements
 from .ci import require_or_skip
 from .helpers import ROOT, child_env
 
-TIMEOUT = 600.0  # four runs of 10 s, each with two namespaces and a sender to start
+TIMEOUT = 600.0  # four runs of 5 s, each with two namespaces and a sender to start
 
 
 def bench_net(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
