@@ -5,9 +5,10 @@
 A plain ``RTCPeerConnection`` with aiortc's defaults (its jitter buffer, one NACK per lost
 packet, its decoder) offers recvonly to the stock sender's JSON ``/offer``, as the
 tutorial's page does (``bench.viewers.PlainViewer``), and decodes for ``--duration``
-seconds counted from its first frame, as the project's receiver counts them. Every decoded frame goes through the project receiver's own ``FrameStats``, so the
-summary (fps, capture-to-decoded latency from the frame stamp, gaps, freezes over 250 ms,
-RTP counters) has the same keys and the same definitions as ``--stats-json`` of
+seconds counted from its first frame, as the project's receiver counts them. Every
+decoded frame goes through the project receiver's own ``FrameStats``, so the summary
+(fps, capture-to-decoded latency from the frame stamp, gaps, freezes over 250 ms, RTP
+counters) has the same keys and the same definitions as ``--stats-json`` of
 ``python -m receiver``. It is printed on stdout and written to ``--stats-json``.
 Exit 1 when no frame was decoded.
 """

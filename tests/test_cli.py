@@ -36,9 +36,11 @@ def test_record_snapshots_and_stats(sender_process, tmp_path: Path) -> None:
     stats = json.loads(stats_file.read_text())
     assert (stats["width"], stats["height"]) == (640, 480)
     assert stats["frames"] >= 60 and stats["fps"] > 15
-    # --duration counts from the first frame: the connection's set-up (a few hundred ms
-    # here) does not come out of the clip
-    assert stats["seconds"] >= 4 - 0.02, stats
+    # --duration counts from the first frame: the connection's set-up does not come out
+    # of the clip. Counted from the start, this was 3.90-3.92 s on a busy 2-core machine
+    # (set-up about 0.1 s, less the frame that crosses the deadline); the margin is for
+    # the sinks' time on the last frame between its count and the check.
+    assert stats["seconds"] >= 4 - 0.05, stats
     assert stats["latency_ms"]["p50"] > 0 and stats["stamped_frames"] == stats["frames"]
     assert "fps" in result.stderr and "latency p50" in result.stderr  # the status line
 
