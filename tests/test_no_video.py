@@ -134,7 +134,9 @@ def test_audio_alone_recorded(
     assert kinds == ["audio"] and audio_codec == codec
     received = json.loads(stats.read_text())["seconds"]  # first to last packet
     print(f"{clip.name}: {seconds:.3f} s of audio, received for {received:.3f} s")
-    assert SECONDS - 2 <= received <= SECONDS
+    # --duration counts from the first packet: the run is SECONDS of audio, give or take
+    # the packet that crosses the deadline and the sinks' time on it
+    assert SECONDS - 0.1 <= received <= SECONDS + 0.5
     assert abs(seconds - received) <= 0.5
     check_clicks(clip, SECONDS - 2)
 
