@@ -346,7 +346,6 @@ class Run:
         self.audio_packets = [s for s in self.sinks if isinstance(s, AudioPacketSink)]
         self.players = [s for s in self.sinks if isinstance(s, AudioOut)]
         audio = not args.no_audio
-        self.deadline: float | None = None  # --duration's end, from the first frame
         self.receiver = Receiver(
             url,
             ice_servers=args.ice_server,
@@ -417,17 +416,15 @@ class Run:
 
     def finished(self) -> bool:
         """Whether to stop, asked as each frame has gone to the sinks. ``--duration``
-        counts from the first one, so that a 5-s clip is 5 s of video however long the
-        connection took (seconds under loss: DTLS resends a lost flight after 1, 2, 4 s)."""
-        args = self.args
-        if args.frames and self.stats.frames >= args.frames:
+        counts from the first arrival the statistics saw (video, or audio alone), so that
+        a 5-s clip is 5 s of video however long the connection took (seconds under loss:
+        DTLS resends a lost flight after 1, 2, 4 s)."""
+        args, stats = self.args, self.stats
+        if args.frames and stats.frames >= args.frames:
             return True
-        if args.duration:
-            now = time.monotonic()
-            if self.deadline is None:
-                self.deadline = now + args.duration
-            if now >= self.deadline:
-                return True
+        first = (stats if stats.video else stats.audio).first_at
+        if args.duration and first is not None and time.monotonic() - first >= args.duration:
+            return True
         return any(isinstance(s, DisplaySink) and s.closed_by_user.is_set() for s in self.sinks)
 
 
