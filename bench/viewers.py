@@ -13,9 +13,10 @@ seconds): our sender starts a new viewer above 640x480 on its reduced tier (half
 size) and moves it up once its bandwidth estimate allows (10-20 s on loopback), and
 measuring before that would time a smaller picture. ``latency`` waits for the first
 decoded frame of the full ``--size``; ``load`` polls the sender's /healthz until every
-viewer is on the full tier (the stock sender has no tiers: settled at once). Each result
-says how long that took and whether it happened, and what the sender was encoding at the
-end (our tiers' sizes and bitrates; the stock sender's per-viewer encoder bitrates).
+viewer is on the full tier and its encoder's bitrate has stepped up to the most the tier
+may use (the stock sender has no tiers and no steps: settled at once). Each result says how long that took
+and whether it happened, and what the sender was encoding at the end (our tiers' sizes
+and bitrates; the stock sender's per-viewer encoder bitrates).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from common import stamp
 from common.cli import size as parse_size
 from receiver import Receiver
 from receiver.stats import read_stamp
+from sender.encoding import BITRATE_CHANGE
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -283,12 +285,41 @@ def encoding(body: dict[str, Any] | None) -> Any:
     return body["tiers"] if "tiers" in body else {"bitrates": body.get("bitrates")}
 
 
+def bitrates(body: dict[str, Any] | None) -> dict[tuple[str, str], int] | None:
+    """Our sender's encoder bitrate per codec and tier with viewers (None for a sender
+    without tiers: the stock one)."""
+    if body is None or "tiers" not in body:
+        return None
+    return {
+        (codec, name): tier["bitrate"]
+        for codec, tiers in body["tiers"].items()
+        for name, tier in tiers.items()
+        if tier["viewers"]
+    }
+
+
+def at_the_top(body: dict[str, Any] | None) -> bool:
+    """Whether our encoders have finished stepping their bitrate up: every tier with viewers
+    has its target at the most it may use and its encoder within a step of it (always,
+    for the stock sender: its aiortc encoders follow their viewers' REMB at once)."""
+    if body is None or "tiers" not in body:
+        return True
+    tiers = [t for codec in body["tiers"].values() for t in codec.values() if t["viewers"]]
+    return bool(tiers) and all(
+        t["target"] >= t["max"] and t["bitrate"] * (1 + BITRATE_CHANGE) >= t["target"]
+        for t in tiers
+    )
+
+
 async def settle_load(url: str, viewers: int, limit: float) -> tuple[float, bool]:
-    """Wait (at most ``limit`` s) until every viewer is on the full tier: the time it
-    took and whether it happened."""
+    """Wait (at most ``limit`` s) until every viewer is on the full tier and our encoders'
+    bitrate has stopped stepping up: on loopback nothing limits it, so its ramp ends at the
+    top, and each step on the way is a new encoder and a keyframe to every viewer, not the
+    steady state a viewer count costs. The time it took and whether it happened."""
     started = time.monotonic()
     while True:
-        if on_full_tier(await health(url), viewers):
+        body = await health(url)
+        if on_full_tier(body, viewers) and at_the_top(body):
             return time.monotonic() - started, True
         if time.monotonic() - started >= limit:
             return time.monotonic() - started, False
@@ -342,6 +373,7 @@ async def load(
         tracks = await asyncio.gather(*(p.connect() for p in peers))
         tasks = [asyncio.create_task(watch(i, t)) for i, t in enumerate(tracks)]
         settle_s, settled = await settle_load(url, viewers, settle)
+        before = bitrates(await health(url))
         cpu, wall = await measured(pid, seconds, warmup, measuring)
         after = await health(url)  # what the sender was encoding at the end
         done.set()
@@ -352,7 +384,8 @@ async def load(
     return {
         **load_figures(viewers, cpu, wall, counts),
         "settle_s": round(settle_s, 1),
-        "settled": settled and on_full_tier(after, viewers),
+        "settled": settled and on_full_tier(after, viewers) and at_the_top(after),
+        "steady": bitrates(after) == before,  # no bitrate step (new encoder) in the window
         "encoding": encoding(after),
     }
 
@@ -392,7 +425,10 @@ def main() -> None:
     parser.add_argument("--pid", type=int, help="the sender's process id")
     parser.add_argument("--size", type=parse_size, help="latency: the full picture size, WxH")
     parser.add_argument(
-        "--settle", type=float, default=60.0, help="at most this long to wait for full size (s)"
+        "--settle",
+        type=float,
+        default=60.0,
+        help="at most this long to wait for full size (load: and the top bitrate; s)",
     )
     args = parser.parse_args()
     if args.mode == "latency":

@@ -899,8 +899,9 @@ class Encoders:
         return list(self._encoders.values())
 
     def describe(self) -> dict[str, dict[str, dict[str, int]]]:
-        """Per codec, the tiers being encoded: size, the encoder's bitrate and the target
-        it steps towards, and the viewers getting it (/healthz, /metrics)."""
+        """Per codec, the tiers being encoded: size, the encoder's bitrate, the target it
+        steps towards and the most it may use, and the viewers getting it (/healthz,
+        /metrics)."""
         result: dict[str, dict[str, dict[str, int]]] = {}
         for encoder in self.active():
             result[encoder.profile.name] = {
@@ -909,6 +910,7 @@ class Encoders:
                     "height": tier.tier.height,
                     "bitrate": (tier.codec.bit_rate if tier.codec else None) or tier.target_bitrate,
                     "target": tier.target_bitrate,
+                    "max": tier.tier.max_bitrate,
                     "viewers": sum(t.tier == name for t in encoder.tracks),
                 }
                 for name, tier in encoder.tier_encoders.items()
