@@ -10,13 +10,17 @@ reading the sender's resident memory. Prints one JSON object on stdout.
 
 ``latency`` and ``load`` wait until the sender has *settled* (at most ``--settle``
 seconds): our sender starts a new viewer above 640x480 on its reduced tier (half the
-size) and moves it up once its bandwidth estimate allows (10-20 s on loopback), and
-measuring before that would time a smaller picture. ``latency`` waits for the first
-decoded frame of the full ``--size``; ``load`` polls the sender's /healthz until every
-viewer is on the full tier and its encoder's bitrate has stepped up to the most the tier
-may use (the stock sender has no tiers and no steps: settled at once). Each result says how long that took
-and whether it happened, and what the sender was encoding at the end (our tiers' sizes
-and bitrates; the stock sender's per-viewer encoder bitrates).
+size) and moves it up once its bandwidth estimate allows (10-20 s on loopback), and at
+every size it steps the bitrate up from 300 kbit/s, each step a new encoder and a
+keyframe, until the estimate reaches the most the tier may use (on loopback nothing
+limits it: about 25 s from the start); measuring before that would time a smaller picture,
+or a cheaper one with keyframes in it. ``latency`` waits for the first decoded frame of
+the full ``--size`` once the sender's /healthz shows its bitrate at the top; ``load``
+polls /healthz until every viewer is on the full tier and at the top (the stock sender
+has no tiers and no steps: its aiortc encoders follow each REMB at once, so it is
+settled at once). Each result says how long that took and whether it happened, and what
+the sender was encoding at the end (our tiers' sizes and bitrates; the stock sender's
+per-viewer encoder bitrates).
 """
 
 from __future__ import annotations
@@ -118,8 +122,8 @@ class Watched:
     first_frame: float  # seconds from the start, connection included
     seconds: float  # from the first (full-size) frame to the last
     bitrate: float  # bits/s received over the transport in that time (RTP and RTCP)
-    settle: float = 0.0  # seconds from the first frame to the first full-size one
-    settled: bool = True  # False: no full-size frame within ``settle``; measured anyway
+    settle: float = 0.0  # seconds from the first frame to the first full-size one at the top
+    settled: bool = True  # False: none within ``settle``; measured anyway
     frame_size: str = ""  # WxH of the last frame
     encoding: Any = None  # what the sender was encoding at the end (``encoding()``)
     # The codec's own time on the measured frames, project only (None: not known): the
@@ -154,14 +158,19 @@ async def watch(
     """Decode ``url``'s video until ``seconds`` after the first frame, each frame to
     ``on_frame``: ``project`` with our Receiver (WHEP, low-latency jitter buffer), ``stock``
     with a plain aiortc RTCPeerConnection with aiortc's defaults. With ``size``, frames
-    before the first one of that size (within ``settle`` s of the first frame) are
-    skipped, and the ``seconds`` count from that one."""
+    before the first one of that size once our sender's bitrate is at its top
+    (``at_the_top``; within ``settle`` s of the first frame) are skipped, and the
+    ``seconds`` count from that one."""
     started = time.monotonic()
+    top = asyncio.Event()
     first_frame: float | None = None
     measuring: float | None = None  # since when (from the start)
     shape = ""
     decodes: deque[float] | None = None  # project: our receiver's decode times (ms)
     async with contextlib.AsyncExitStack() as stack:
+        if size is not None:
+            poller = asyncio.create_task(_until_at_the_top(url, top))
+            stack.callback(poller.cancel)
         if impl == "project":
             rx = await stack.enter_async_context(Receiver(url, connect_timeout=30))
             frames = rx.frames()
@@ -184,7 +193,7 @@ async def watch(
                 first_frame = now
             shape = f"{frame.width}x{frame.height}"
             if measuring is None:
-                right = size is None or (frame.width, frame.height) == size
+                right = size is None or ((frame.width, frame.height) == size and top.is_set())
                 if not right and now - first_frame < settle:
                     continue
                 measuring, settled = now, right
@@ -221,6 +230,15 @@ async def watch(
         decoding_ms=decoding_ms,
         codec_ms=codec_ms,
     )
+
+
+async def _until_at_the_top(url: str, top: asyncio.Event) -> None:
+    """Set ``top`` once the sender's encoders are at the top of their bitrate ramp."""
+    while True:  # polled: /healthz is the only way to ask
+        if at_the_top(await health(url)):
+            top.set()
+            return
+        await asyncio.sleep(0.5)
 
 
 async def latency(
