@@ -68,7 +68,7 @@ class Plan:
     seconds: float = 5.0
     warmup: float = 2.0
     settle: float = 60.0  # at most this long for our viewers to reach the full-size tier
-    # (and, for the CPU, their encoder the top of its bitrate ramp: sender.encoding)
+    # and our encoders the top of their bitrate ramp (bench.viewers.at_the_top)
     cycles: int = 200
     cycle_size: str = "640x480"
     cycle_codec: str = "vp8"
@@ -87,7 +87,7 @@ def quick_plan() -> Plan:
         repeat=1,
         seconds=1.0,
         warmup=0.5,
-        settle=60.0,  # the CPU viewers' ramp to 1.5 Mbit/s: about 25 s
+        settle=60.0,  # our bitrate's ramp to 1.5 Mbit/s: about 25 s
         cycles=3,
         floor_frames=20,
         quick=True,
@@ -745,9 +745,9 @@ def footnotes(summary: Json, results: Json, options: Json) -> list[str]:
     notes = []
     if any(c["stock"]["unsettled"] + c["project"]["unsettled"] for c in summary["cases"]):
         notes.append(
-            f"† In at least one run a viewer was still on a smaller tier (or, for the CPU,"
-            f" its encoder still stepping its bitrate up) after {options['settle']:g} s and"
-            f" was measured so (`settled: false` in the JSON)."
+            f"† In at least one run a viewer was still on a smaller tier, or our encoder"
+            f" still stepping its bitrate up, after {options['settle']:g} s and was measured"
+            f" so (`settled: false` in the JSON)."
         )
     failed = sum(c[impl]["failed"] for c in summary["cases"] for impl in IMPLS)
     failed += sum(1 for r in results["cases"] for run in r["runs"] if "error" in run["floor"])
@@ -821,8 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--settle",
         type=float,
-        help="at most this long for our viewers to reach full size, and for load, their top"
-        " bitrate (60)",
+        help="at most this long for our viewers to reach full size and our bitrate its top (60)",
     )
     args = parser.parse_args(argv)
 

@@ -446,7 +446,7 @@ def main() -> None:
         "--settle",
         type=float,
         default=60.0,
-        help="at most this long to wait for full size (load: and the top bitrate; s)",
+        help="at most this long to wait for full size and the top bitrate (s)",
     )
     args = parser.parse_args()
     if args.mode == "latency":
