@@ -303,44 +303,53 @@ def encoding(body: dict[str, Any] | None) -> Any:
     return body["tiers"] if "tiers" in body else {"bitrates": body.get("bitrates")}
 
 
-def bitrates(body: dict[str, Any] | None) -> dict[tuple[str, str], int] | None:
-    """Our sender's encoder bitrate per codec and tier with viewers (None for a sender
-    without tiers: the stock one)."""
+def _busy_tiers(body: dict[str, Any] | None) -> dict[tuple[str, str], dict[str, int]] | None:
+    """Our sender's tiers with viewers, by codec and tier name (None for a sender without
+    tiers: the stock one)."""
     if body is None or "tiers" not in body:
         return None
     return {
-        (codec, name): tier["bitrate"]
+        (codec, name): tier
         for codec, tiers in body["tiers"].items()
         for name, tier in tiers.items()
         if tier["viewers"]
     }
 
 
+def bitrates(body: dict[str, Any] | None) -> dict[tuple[str, str], int] | None:
+    """Our sender's encoder bitrate per codec and tier with viewers (None: stock)."""
+    tiers = _busy_tiers(body)
+    return None if tiers is None else {key: tier["bitrate"] for key, tier in tiers.items()}
+
+
 def at_the_top(body: dict[str, Any] | None) -> bool:
     """Whether our encoders have finished stepping their bitrate up: every tier with viewers
     has its target at the most it may use and its encoder within a step of it (always,
     for the stock sender: its aiortc encoders follow their viewers' REMB at once)."""
-    if body is None or "tiers" not in body:
+    tiers = _busy_tiers(body)
+    if tiers is None:
         return True
-    tiers = [t for codec in body["tiers"].values() for t in codec.values() if t["viewers"]]
     return bool(tiers) and all(
         t["target"] >= t["max"] and t["bitrate"] * (1 + BITRATE_CHANGE) >= t["target"]
-        for t in tiers
+        for t in tiers.values()
     )
 
 
-async def settle_load(url: str, viewers: int, limit: float) -> tuple[float, bool]:
+async def settle_load(
+    url: str, viewers: int, limit: float
+) -> tuple[float, bool, dict[str, Any] | None]:
     """Wait (at most ``limit`` s) until every viewer is on the full tier and our encoders'
     bitrate has stopped stepping up: on loopback nothing limits it, so its ramp ends at the
     top, and each step on the way is a new encoder and a keyframe to every viewer, not the
-    steady state a viewer count costs. The time it took and whether it happened."""
+    steady state a viewer count costs. The time it took, whether it happened, and the
+    last /healthz read."""
     started = time.monotonic()
     while True:
         body = await health(url)
         if on_full_tier(body, viewers) and at_the_top(body):
-            return time.monotonic() - started, True
+            return time.monotonic() - started, True, body
         if time.monotonic() - started >= limit:
-            return time.monotonic() - started, False
+            return time.monotonic() - started, False, body
         await asyncio.sleep(0.5)
 
 
@@ -390,8 +399,8 @@ async def load(
     try:
         tracks = await asyncio.gather(*(p.connect() for p in peers))
         tasks = [asyncio.create_task(watch(i, t)) for i, t in enumerate(tracks)]
-        settle_s, settled = await settle_load(url, viewers, settle)
-        before = bitrates(await health(url))
+        settle_s, settled, settled_body = await settle_load(url, viewers, settle)
+        before = bitrates(settled_body)
         cpu, wall = await measured(pid, seconds, warmup, measuring)
         after = await health(url)  # what the sender was encoding at the end
         done.set()
